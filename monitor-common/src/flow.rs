@@ -1,0 +1,198 @@
+//! Flow identity and the records kernel and agent exchange about flows.
+//!
+//! # Map layout
+//!
+//! * `FLOWS`: LRU hash, [`FlowKey`] → [`FlowValue`]. Created by the TC program
+//!   when a segment's payload starts with a ClientHello; updated on every TLS
+//!   segment in either direction; marked closed by the `sock/inet_sock_set_state`
+//!   tracepoint; deleted by the agent once it has copied a closed flow.
+//! * `EVENTS`: ring buffer of [`FlowEvent`] (flow opened, flow closed with its
+//!   final state). Counters in `FLOWS` are the truth; a lost event costs only
+//!   latency (the agent's sweep finds the flow) and is counted in `STATS`.
+//! * `STATS`: per-CPU array of `u64` indexed by [`Stat`].
+//! * `CONFIG`: array with one [`TrackerConfig`].
+
+/// Identity of a TCP connection, the same whichever direction a packet goes.
+///
+/// Addresses are IPv6 or IPv4-mapped IPv6 (`::ffff:a.b.c.d`), network byte
+/// order; ports host order. The endpoint that sorts first (address, then port)
+/// is `a`, so both directions of a connection give the same key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Address of endpoint a.
+    pub addr_a: [u8; 16],
+    /// Address of endpoint b.
+    pub addr_b: [u8; 16],
+    /// Port of endpoint a.
+    pub port_a: u16,
+    /// Port of endpoint b.
+    pub port_b: u16,
+}
+
+impl FlowKey {
+    /// The key for a segment from `src` to `dst`, and whether the sender is endpoint a.
+    #[inline(always)]
+    pub fn from_endpoints(
+        src: &[u8; 16],
+        src_port: u16,
+        dst: &[u8; 16],
+        dst_port: u16,
+    ) -> (Self, bool) {
+        let src_first = match cmp_addr(src, dst) {
+            core::cmp::Ordering::Less => true,
+            core::cmp::Ordering::Greater => false,
+            core::cmp::Ordering::Equal => src_port <= dst_port,
+        };
+        if src_first {
+            (
+                FlowKey {
+                    addr_a: *src,
+                    addr_b: *dst,
+                    port_a: src_port,
+                    port_b: dst_port,
+                },
+                true,
+            )
+        } else {
+            (
+                FlowKey {
+                    addr_a: *dst,
+                    addr_b: *src,
+                    port_a: dst_port,
+                    port_b: src_port,
+                },
+                false,
+            )
+        }
+    }
+}
+
+/// Byte-wise comparison the verifier accepts (a fixed, unrolled loop).
+#[inline(always)]
+fn cmp_addr(x: &[u8; 16], y: &[u8; 16]) -> core::cmp::Ordering {
+    let mut i = 0;
+    while i < 16 {
+        if x[i] != y[i] {
+            return if x[i] < y[i] {
+                core::cmp::Ordering::Less
+            } else {
+                core::cmp::Ordering::Greater
+            };
+        }
+        i += 1;
+    }
+    core::cmp::Ordering::Equal
+}
+
+/// Maps an IPv4 address (network byte order bytes) to IPv4-mapped IPv6.
+#[inline(always)]
+pub fn ipv4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Value of the `FLOWS` map: the tracker state plus who is the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// The TLS record tracker for this connection.
+    pub tracker: crate::tracker::FlowState,
+    /// Monotonic time (ns, `bpf_ktime_get_ns`) of the first ClientHello.
+    pub first_seen_ns: u64,
+    /// Monotonic time (ns) of the last segment with payload.
+    pub last_seen_ns: u64,
+    /// 1 when endpoint a of the key is the client (sent the first ClientHello).
+    pub client_is_a: u8,
+    /// Padding, always zero.
+    pub _pad: [u8; 7],
+}
+
+/// Event kind: a TLS flow was first seen.
+pub const EVENT_FLOW_OPENED: u32 = 1;
+/// Event kind: a TLS flow was closed; the event carries its final state.
+pub const EVENT_FLOW_CLOSED: u32 = 2;
+
+/// A ring-buffer event about a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// `EVENT_*`.
+    pub kind: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+    /// The flow's state when the event was sent.
+    pub value: FlowValue,
+    /// The flow.
+    pub key: FlowKey,
+    /// Padding, always zero.
+    pub _tail: u32,
+}
+
+/// Indexes of the `STATS` per-CPU counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// TCP segments with payload the TC programs looked at.
+    Segments = 0,
+    /// Segments of TLS flows fed to the tracker.
+    TlsSegments = 1,
+    /// TLS flows created.
+    FlowsCreated = 2,
+    /// Flow creations that failed (map update error).
+    FlowInsertErrors = 3,
+    /// Events dropped because the ring buffer was full.
+    EventsLost = 4,
+    /// Flows marked closed by the tracepoint.
+    FlowsClosed = 5,
+    /// Packets the TC program could not parse (truncated headers).
+    MalformedPackets = 6,
+}
+
+/// Number of `STATS` slots.
+pub const STAT_COUNT: u32 = 7;
+
+/// Settings the agent writes into the `CONFIG` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackerConfig {
+    /// Number of valid entries in `ports` (0: every TCP port).
+    pub port_count: u32,
+    /// Only flows with one of these server ports are tracked (host order).
+    pub ports: [u16; MAX_PORTS],
+}
+
+/// Most ports a port filter can hold.
+pub const MAX_PORTS: usize = 16;
+
+// The map types have no implicit padding: what the kernel writes is what user
+// space reads, byte for byte.
+const _: () = assert!(core::mem::size_of::<crate::tracker::DirState>() == 40);
+const _: () = assert!(core::mem::size_of::<crate::tracker::FlowState>() == 152);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 176);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 224);
+const _: () = assert!(core::mem::size_of::<TrackerConfig>() == 36);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_the_same_for_both_directions() {
+        let a = ipv4_mapped([10, 0, 0, 1]);
+        let b = ipv4_mapped([10, 0, 0, 2]);
+        let (k1, a_sends) = FlowKey::from_endpoints(&a, 40000, &b, 443);
+        let (k2, b_sends) = FlowKey::from_endpoints(&b, 443, &a, 40000);
+        assert_eq!(k1, k2);
+        assert!(a_sends);
+        assert!(!b_sends);
+        // Same address: the port decides.
+        let (k3, first) = FlowKey::from_endpoints(&a, 443, &a, 40000);
+        let (k4, second) = FlowKey::from_endpoints(&a, 40000, &a, 443);
+        assert_eq!(k3, k4);
+        assert!(first);
+        assert!(!second);
+    }
+}

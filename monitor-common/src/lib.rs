@@ -1,0 +1,24 @@
+//! Types shared by hsmon's eBPF programs and its agent, and the TLS record
+//! tracker both of them run.
+//!
+//! `no_std`, allocation-free and panic-free on any input, so the same code is
+//! compiled into the TC program and unit-tested, property-tested and fuzzed in
+//! user space. With the `user` feature the map types implement `aya::Pod`.
+#![no_std]
+
+pub mod flow;
+pub mod payload;
+pub mod tls;
+pub mod tracker;
+
+#[cfg(feature = "user")]
+mod pod {
+    //! `aya::Pod` for the types stored in maps (user space only).
+    use crate::flow::{FlowEvent, FlowKey, FlowValue, TrackerConfig};
+
+    // SAFETY: plain `repr(C)` integer structs with explicit padding fields.
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for TrackerConfig {}
+}

@@ -1,0 +1,29 @@
+//! hsmon's eBPF programs: thin glue between the kernel's hooks and
+//! `monitor_common`'s TLS record tracker.
+//!
+//! * `hsmon_tc_ingress` / `hsmon_tc_egress` (TC classifiers): parse Ethernet,
+//!   IPv4/IPv6 and TCP, find the flow, feed the payload to the tracker. They
+//!   never drop or change a packet (always `TC_ACT_UNSPEC`).
+//! * `hsmon_sock_state` (tracepoint `sock/inet_sock_set_state`): a TCP socket
+//!   entering `TCP_CLOSE` finishes its flow and sends the final state to user
+//!   space.
+//!
+//! Map layout and event format: see `monitor_common::flow`.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod packet;
+mod sock_state;
+mod tc;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path; this is never called.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,151 @@
+//! Reading a TCP segment out of a socket buffer: headers and payload.
+
+use aya_ebpf::programs::TcContext;
+use monitor_common::{flow::ipv4_mapped, payload::Payload};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+
+/// TCP flag FIN.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP flag RST.
+pub const TCP_RST: u8 = 0x04;
+
+/// The parts of a TCP segment the tracker needs.
+#[derive(Default)]
+pub struct Segment {
+    /// Source address (IPv6 or IPv4-mapped), network order.
+    pub src: [u8; 16],
+    /// Destination address (IPv6 or IPv4-mapped), network order.
+    pub dst: [u8; 16],
+    /// Source port, host order.
+    pub src_port: u16,
+    /// Destination port, host order.
+    pub dst_port: u16,
+    /// Sequence number of the first payload byte.
+    pub seq: u32,
+    /// TCP flags byte.
+    pub flags: u8,
+    /// Offset of the payload in the packet.
+    pub payload_off: u32,
+    /// Payload length.
+    pub payload_len: u32,
+}
+
+/// Parses Ethernet + IPv4/IPv6 + TCP into `out`. `false` for anything else
+/// (not TCP, a non-first fragment, IPv6 extension headers, truncated headers).
+///
+/// Not inlined, and writing straight into `out`: its header buffers then live
+/// in a small frame of their own, not in the caller's, which also holds the
+/// `bpf_loop` callback's context (the verifier caps the whole call chain at
+/// 512 bytes of stack).
+#[inline(never)]
+pub fn parse(ctx: &TcContext, out: &mut Segment) -> bool {
+    parse_into(ctx, out).is_some()
+}
+
+#[inline(always)]
+fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
+    let proto = u16::from_be(ctx.load::<u16>(12).ok()?);
+    let (l4, l4_end) = match proto {
+        ETH_P_IP => {
+            let h: [u8; 20] = ctx.load(ETH_HLEN).ok()?;
+            if h[0] >> 4 != 4 || h[9] != IPPROTO_TCP {
+                return None;
+            }
+            // A non-first fragment has no TCP header.
+            if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+                return None;
+            }
+            let ihl = ((h[0] & 0x0f) as u32) * 4;
+            let tot_len = u16::from_be_bytes([h[2], h[3]]) as u32;
+            out.src = ipv4_mapped([h[12], h[13], h[14], h[15]]);
+            out.dst = ipv4_mapped([h[16], h[17], h[18], h[19]]);
+            // Big TCP sets tot_len to 0; then the packet length is the bound.
+            let end = if tot_len == 0 {
+                ctx.len()
+            } else {
+                ETH_HLEN as u32 + tot_len
+            };
+            (ETH_HLEN as u32 + ihl, end)
+        }
+        ETH_P_IPV6 => {
+            let h: [u8; 8] = ctx.load(ETH_HLEN).ok()?;
+            if h[0] >> 4 != 6 || h[6] != IPPROTO_TCP {
+                return None;
+            }
+            let plen = u16::from_be_bytes([h[4], h[5]]) as u32;
+            out.src = ctx.load(ETH_HLEN + 8).ok()?;
+            out.dst = ctx.load(ETH_HLEN + 24).ok()?;
+            let end = if plen == 0 {
+                ctx.len()
+            } else {
+                ETH_HLEN as u32 + 40 + plen
+            };
+            (ETH_HLEN as u32 + 40, end)
+        }
+        _ => return None,
+    };
+    let t: [u8; 14] = ctx.load(l4 as usize).ok()?;
+    let doff = ((t[12] >> 4) as u32) * 4;
+    out.payload_off = l4 + doff;
+    let end = if l4_end > ctx.len() {
+        ctx.len()
+    } else {
+        l4_end
+    };
+    out.payload_len = end.saturating_sub(out.payload_off);
+    out.src_port = u16::from_be_bytes([t[0], t[1]]);
+    out.dst_port = u16::from_be_bytes([t[2], t[3]]);
+    out.seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+    out.flags = t[13];
+    Some(())
+}
+
+/// A segment's payload inside the socket buffer, read with `bpf_skb_load_bytes`.
+pub struct SkbPayload<'a> {
+    /// The packet.
+    pub ctx: &'a TcContext,
+    /// Offset of the payload in the packet.
+    pub off: u32,
+    /// Payload length.
+    pub len: u32,
+}
+
+macro_rules! load_n {
+    ($ctx:expr, $off:expr, $n:literal) => {{
+        let b: [u8; $n] = $ctx.load($off).ok()?;
+        let mut v = 0u64;
+        let mut i = 0;
+        while i < $n {
+            v = (v << 8) | b[i] as u64;
+            i += 1;
+        }
+        Some(v)
+    }};
+}
+
+impl Payload for SkbPayload<'_> {
+    #[inline(always)]
+    fn payload_len(&self) -> usize {
+        self.len as usize
+    }
+
+    #[inline(always)]
+    fn load_be(&self, off: usize, n: usize) -> Option<u64> {
+        let at = self.off as usize + off;
+        match n {
+            1 => Some(self.ctx.load::<u8>(at).ok()? as u64),
+            2 => load_n!(self.ctx, at, 2),
+            3 => load_n!(self.ctx, at, 3),
+            4 => load_n!(self.ctx, at, 4),
+            5 => load_n!(self.ctx, at, 5),
+            6 => load_n!(self.ctx, at, 6),
+            7 => load_n!(self.ctx, at, 7),
+            8 => load_n!(self.ctx, at, 8),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The `sock/inet_sock_set_state` tracepoint: a TCP socket that closes
+//! finishes its flow and reports the final state.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use monitor_common::flow::{FlowEvent, FlowKey, Stat, EVENT_FLOW_CLOSED};
+
+use crate::maps::{count, EVENTS, FLOWS};
+
+// Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format
+// (stable tracepoint ABI).
+const OFF_NEWSTATE: usize = 20;
+const OFF_SPORT: usize = 24;
+const OFF_DPORT: usize = 26;
+const OFF_PROTOCOL: usize = 30;
+const OFF_SADDR_V6: usize = 40;
+const OFF_DADDR_V6: usize = 56;
+
+const TCP_CLOSE: i32 = 7;
+const IPPROTO_TCP: u16 = 6;
+
+/// Finishes the flow of a TCP socket entering `TCP_CLOSE`.
+#[tracepoint]
+pub fn hsmon_sock_state(ctx: TracePointContext) -> u32 {
+    let _ = on_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_state(ctx: &TracePointContext) -> Option<()> {
+    // SAFETY: offsets inside the tracepoint record (see the format file).
+    let newstate: i32 = unsafe { ctx.read_at(OFF_NEWSTATE) }.ok()?;
+    if newstate != TCP_CLOSE {
+        return None;
+    }
+    let protocol: u16 = unsafe { ctx.read_at(OFF_PROTOCOL) }.ok()?;
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let sport: u16 = unsafe { ctx.read_at(OFF_SPORT) }.ok()?;
+    let dport: u16 = unsafe { ctx.read_at(OFF_DPORT) }.ok()?;
+    // IPv4 sockets carry IPv4-mapped addresses here too.
+    let saddr: [u8; 16] = unsafe { ctx.read_at(OFF_SADDR_V6) }.ok()?;
+    let daddr: [u8; 16] = unsafe { ctx.read_at(OFF_DADDR_V6) }.ok()?;
+    let (key, _) = FlowKey::from_endpoints(&saddr, sport, &daddr, dport);
+    let flow = FLOWS.get_ptr_mut(&key)?;
+    // SAFETY: a valid pointer into the map.
+    let flow = unsafe { &mut *flow };
+    flow.tracker.finish();
+    count(Stat::FlowsClosed);
+    match EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.as_mut_ptr();
+            // SAFETY: `ev` points at reserved ring-buffer memory of the right size.
+            unsafe {
+                (*ev).kind = EVENT_FLOW_CLOSED;
+                (*ev)._pad = 0;
+                (*ev).value = *flow;
+                (*ev).key = key;
+                (*ev)._tail = 0;
+            }
+            entry.submit(0);
+        }
+        None => count(Stat::EventsLost),
+    }
+    Some(())
+}

@@ -1,0 +1,201 @@
+//! The TC classifiers: find the flow of each TCP segment and feed the tracker.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
+    cty::{c_long, c_void},
+    helpers::{bpf_ktime_get_ns, bpf_loop},
+    macros::classifier,
+    programs::TcContext,
+};
+use monitor_common::{
+    flow::{FlowKey, FlowValue, Stat, MAX_PORTS},
+    tls::starts_with_client_hello,
+    tracker::{CLIENT, SERVER},
+};
+
+use crate::{
+    maps::{count, CONFIG, FLOWS, SCRATCH},
+    packet::{parse, Segment, SkbPayload, TCP_FIN, TCP_RST},
+};
+
+/// Parsing steps per segment: records (plus handshake fields) one segment may
+/// carry before the direction is marked unsynced (`overflows`). The steps run
+/// inside `bpf_loop`, so the verifier checks one step, not this many.
+pub const MAX_STEPS: u32 = 1024;
+
+/// What the `bpf_loop` callback needs, on the caller's stack.
+#[repr(C)]
+struct StepCtx<'a> {
+    flow: *mut FlowValue,
+    payload: SkbPayload<'a>,
+    dir: u32,
+    off: u32,
+    len: u32,
+    done: u32,
+}
+
+/// One tracker step per `bpf_loop` iteration; returns 1 to stop.
+extern "C" fn step_cb(_index: u64, ctx: *mut c_void) -> c_long {
+    // SAFETY: `ctx` is the `StepCtx` on `track`'s stack, alive during bpf_loop.
+    let sc = unsafe { &mut *(ctx as *mut StepCtx) };
+    let flow = unsafe { &mut *sc.flow };
+    let mut off = sc.off;
+    let r = flow
+        .tracker
+        .step_segment(sc.dir as usize, &sc.payload, &mut off, sc.len);
+    sc.off = off;
+    if r.is_some() {
+        sc.done = 1;
+        1
+    } else {
+        0
+    }
+}
+
+/// Ingress hook: segments arriving at this host.
+#[classifier]
+pub fn hsmon_tc_ingress(ctx: TcContext) -> i32 {
+    track(&ctx);
+    TC_ACT_UNSPEC
+}
+
+/// Egress hook: segments leaving this host.
+#[classifier]
+pub fn hsmon_tc_egress(ctx: TcContext) -> i32 {
+    track(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[inline(never)]
+fn track(ctx: &TcContext) {
+    let mut seg = Segment::default();
+    if !parse(ctx, &mut seg) {
+        return;
+    }
+    let has_payload = seg.payload_len > 0;
+    let closing = seg.flags & (TCP_FIN | TCP_RST) != 0;
+    if !has_payload && !closing {
+        return;
+    }
+    if has_payload {
+        count(Stat::Segments);
+    }
+    let (key, sender_is_a) =
+        FlowKey::from_endpoints(&seg.src, seg.src_port, &seg.dst, seg.dst_port);
+    let payload = SkbPayload {
+        ctx,
+        off: seg.payload_off,
+        len: seg.payload_len,
+    };
+    let flow = match FLOWS.get_ptr_mut(&key) {
+        Some(flow) => flow,
+        None => {
+            if !has_payload {
+                return;
+            }
+            match new_flow(&seg, &payload, &key, sender_is_a) {
+                Some(flow) => flow,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: a valid pointer into the map; the tracker only touches plain integers.
+    let flow = unsafe { &mut *flow };
+    let dir = if sender_is_a == (flow.client_is_a != 0) {
+        CLIENT
+    } else {
+        SERVER
+    };
+    if has_payload {
+        count(Stat::TlsSegments);
+        flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+        parse_payload(flow, dir, seg.seq, payload);
+    }
+    if closing {
+        flow.tracker.on_close(dir);
+    }
+}
+
+/// Feeds the payload to the tracker, one step per `bpf_loop` iteration.
+#[inline(always)]
+fn parse_payload(flow: &mut FlowValue, dir: usize, seq: u32, payload: SkbPayload) {
+    let Ok((off, len)) = flow.tracker.begin_segment(dir, seq, payload.len as usize) else {
+        return;
+    };
+    let mut sc = StepCtx {
+        flow: flow as *mut FlowValue,
+        payload,
+        dir: dir as u32,
+        off,
+        len,
+        done: 0,
+    };
+    // SAFETY: helper call; the callback only touches `sc`.
+    unsafe {
+        bpf_loop(
+            MAX_STEPS,
+            step_cb as *mut c_void,
+            &mut sc as *mut StepCtx as *mut c_void,
+            0,
+        );
+    }
+    if sc.done == 0 {
+        flow.tracker.overflow(dir, sc.off, sc.len);
+    }
+}
+
+/// Creates the flow when the payload starts with a ClientHello on a watched port.
+#[inline(never)]
+fn new_flow(
+    seg: &Segment,
+    payload: &SkbPayload,
+    key: &FlowKey,
+    sender_is_a: bool,
+) -> Option<*mut FlowValue> {
+    if seg.payload_len < 6 {
+        return None;
+    }
+    let head: [u8; 6] = payload.ctx.load(seg.payload_off as usize).ok()?;
+    if !starts_with_client_hello(&head) || !port_watched(seg.dst_port) {
+        return None;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let value = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot; nothing else uses it during this program run.
+    let value = unsafe {
+        core::ptr::write_bytes(value, 0, 1);
+        (*value).first_seen_ns = now;
+        (*value).last_seen_ns = now;
+        (*value).client_is_a = sender_is_a as u8;
+        &*value
+    };
+    if FLOWS.insert(key, value, BPF_NOEXIST as u64).is_err() {
+        // Lost a race with the other hook, or the map refused: use what is there.
+        if FLOWS.get_ptr_mut(key).is_none() {
+            count(Stat::FlowInsertErrors);
+        }
+    } else {
+        count(Stat::FlowsCreated);
+    }
+    FLOWS.get_ptr_mut(key)
+}
+
+/// Is `server_port` in the configured port list (or is the list empty)?
+#[inline(always)]
+fn port_watched(server_port: u16) -> bool {
+    let Some(cfg) = CONFIG.get(0) else {
+        return true;
+    };
+    let n = cfg.port_count as usize;
+    if n == 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_PORTS {
+        if i < n && cfg.ports[i] == server_port {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
