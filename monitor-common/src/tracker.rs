@@ -35,7 +35,9 @@
 //!   client a ClientHello (`renegotiations_client`), from the server a
 //!   HelloRequest (`renegotiations_server`). The peer's next records give the
 //!   outcome: handshake records mean honoured, an alert or closing the
-//!   connection means refused (`renegotiations_refused`). A ClientHello that
+//!   connection means refused (`renegotiations_refused`); so does silence:
+//!   another ClientHello while the previous one is unanswered refuses the
+//!   previous one and counts as a new attempt. A ClientHello that
 //!   answers a HelloRequest counts as a ClientHello, not as a client-initiated
 //!   renegotiation. Every ClientHello, cleartext or encrypted, counts in
 //!   `client_hellos`.
@@ -564,9 +566,18 @@ impl FlowState {
                 bump(&mut self.counters.renegotiations_server);
                 self.flags |= FF_HELLO_REQUEST_PENDING;
             }
-        } else if dir == SERVER && self.flags & FF_RENEG_PENDING_CLIENT != 0 {
-            // The server answers the renegotiation ClientHello with a handshake.
-            self.flags &= !FF_RENEG_PENDING_CLIENT;
+        } else if self.flags & FF_RENEG_PENDING_CLIENT != 0 {
+            if dir == SERVER {
+                // The server answers the renegotiation ClientHello with a handshake.
+                self.flags &= !FF_RENEG_PENDING_CLIENT;
+            } else {
+                // The server has not answered, so the client can only be sending
+                // another ClientHello (a flood into a silent server): the
+                // unanswered attempt was not honoured, the new one is pending.
+                bump(&mut self.counters.renegotiations_refused);
+                bump(&mut self.counters.client_hellos);
+                bump(&mut self.counters.renegotiations_client);
+            }
         }
     }
 

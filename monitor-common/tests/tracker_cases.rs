@@ -257,6 +257,59 @@ fn tls12_message_spanning_two_records() {
     assert_synced(&s);
 }
 
+/// The server's flight cut into tiny records: every message, the ServerHello's
+/// fields included, spans several records.
+#[test]
+fn flights_in_tiny_records() {
+    for frag in [1usize, 2, 3, 5, 7, 64] {
+        let msgs = [
+            ServerHello::tls12().message(),
+            certificate(100),
+            server_key_exchange(50),
+            server_hello_done(),
+        ];
+        let refs: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
+        let total: usize = msgs.iter().map(Vec::len).sum();
+        let mut c = Conversation::new();
+        c.client(ClientHello::tls12().record())
+            .server(hs_fragmented(&refs, frag))
+            .client(
+                [
+                    hs_record(&[&client_key_exchange(66)]),
+                    ccs(),
+                    encrypted_finished(),
+                ]
+                .concat(),
+            )
+            .server([ccs(), encrypted_finished()].concat());
+        let s = all_ways(&c);
+        assert_eq!(
+            s.counters,
+            FlowCounters {
+                client_hellos: 1,
+                handshakes: 1,
+                records: recs(2, 0, 4 + total.div_ceil(frag) as u32, 0, 0),
+                ..Default::default()
+            },
+            "frag {frag}"
+        );
+        assert_eq!(s.version, VERSION_TLS12);
+        assert!(!s.resumed());
+
+        // TLS 1.3, resumed: the ServerHello alone in tiny records.
+        let sh = ServerHello::tls13().psk().message();
+        let mut c = Conversation::new();
+        c.client(hs_fragmented(&[&ClientHello::tls13().message()], frag))
+            .server([hs_fragmented(&[&sh], frag), app_data(60)].concat())
+            .client(app_data(53));
+        let s = all_ways(&c);
+        assert_eq!(s.counters.client_hellos, 1, "frag {frag}");
+        assert_eq!(s.counters.handshakes, 1, "frag {frag}");
+        assert_eq!(s.version, VERSION_TLS13, "frag {frag}");
+        assert!(s.resumed(), "frag {frag}");
+    }
+}
+
 /// The ServerHello (and the handshake header of the message after it) split
 /// across two records at every byte: version, resumption and sync unchanged.
 #[test]
@@ -1535,6 +1588,13 @@ fn server_hello_with_lying_lengths() {
             "supported_versions of 1 byte",
             with_exts(5, &[0, 0x2b, 0, 1, 3]),
         ),
+        // The extensions length promises 6 bytes, the message ends after the
+        // 4-byte header of a 2-byte supported_versions: its value must not be
+        // read from the next message.
+        (
+            "supported_versions past the end of the message",
+            with_exts(6, &[0, 0x2b, 0, 2]),
+        ),
     ];
     for (name, body) in cases {
         let c = with_server_hello_body(&body);
@@ -1624,4 +1684,21 @@ fn starts_with_client_hello_cases() {
     for (name, b) in no {
         assert!(!starts_with_client_hello(b), "{name}");
     }
+}
+
+/// A renegotiation flood into a server that never answers: every encrypted
+/// ClientHello is a new attempt, and each unanswered one is refused.
+#[test]
+fn client_renegotiation_flood_into_silent_server() {
+    let mut c = Conversation::new();
+    tls12_full(&mut c);
+    for _ in 0..5 {
+        c.client(encrypted_handshake(250));
+    }
+    let s = all_ways_finished(&c);
+    assert_eq!(s.counters.client_hellos, 6);
+    assert_eq!(s.counters.renegotiations_client, 5);
+    // Four superseded while unanswered, the last one refused at finish().
+    assert_eq!(s.counters.renegotiations_refused, 5);
+    assert_eq!(s.counters.handshakes, 1);
 }

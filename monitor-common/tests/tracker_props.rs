@@ -751,7 +751,7 @@ fn is_tls_header(b: &[u8]) -> bool {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 512,
+        cases: 1000,
         max_shrink_iters: 2000,
         ..ProptestConfig::default()
     })]
@@ -799,6 +799,15 @@ proptest! {
         got.counters.retransmits = 0;
         prop_assert_eq!(got, Observed::of(&unsplit));
     }
+
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    })]
 
     /// (b) Arbitrary bytes in arbitrary segments, any budget: no panic, and
     /// each direction loses sync at most once.

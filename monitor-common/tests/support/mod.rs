@@ -114,11 +114,6 @@ pub fn hs_fragmented(msgs: &[&[u8]], frag: usize) -> Vec<u8> {
         .collect()
 }
 
-/// How many records [`hs_fragmented`] makes of `total` bytes.
-pub fn fragment_count(total: usize, frag: usize) -> usize {
-    total.div_ceil(frag)
-}
-
 /// An extension: type, length, data.
 pub fn ext(typ: u16, data: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
