@@ -6,8 +6,13 @@
 //! user space. With the `user` feature the map types implement `aya::Pod`.
 #![no_std]
 
+#[cfg(feature = "testing")]
+extern crate std;
+
 pub mod flow;
 pub mod payload;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 pub mod tracker;
 
