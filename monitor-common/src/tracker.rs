@@ -57,6 +57,12 @@
 use crate::payload::Payload;
 use crate::tls::*;
 
+/// Step budget per segment in the TC program: records (plus handshake fields)
+/// one segment may carry before the direction is marked unsynced
+/// (`overflows`). The program runs the steps inside `bpf_loop`, so the
+/// verifier checks one step, not this many.
+pub const EBPF_MAX_STEPS: u32 = 1024;
+
 /// Index of the client-to-server direction in [`FlowState::dirs`].
 pub const CLIENT: usize = 0;
 /// Index of the server-to-client direction in [`FlowState::dirs`].

@@ -1,7 +1,12 @@
 //! Reading a TCP segment out of a socket buffer: headers and payload.
 
 use aya_ebpf::programs::TcContext;
-use monitor_common::{flow::ipv4_mapped, payload::Payload};
+use monitor_common::{
+    flow::{ipv4_mapped, Stat},
+    payload::Payload,
+};
+
+use crate::maps::count;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -88,15 +93,19 @@ fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
         }
         _ => return None,
     };
-    let t: [u8; 14] = ctx.load(l4 as usize).ok()?;
+    if l4_end > ctx.len() {
+        // The IP header claims more bytes than the packet has: truncated.
+        // Nothing of it is parsed (the IP layer drops it anyway).
+        count(Stat::MalformedPackets);
+        return None;
+    }
+    let Ok(t) = ctx.load::<[u8; 14]>(l4 as usize) else {
+        count(Stat::MalformedPackets);
+        return None;
+    };
     let doff = ((t[12] >> 4) as u32) * 4;
     out.payload_off = l4 + doff;
-    let end = if l4_end > ctx.len() {
-        ctx.len()
-    } else {
-        l4_end
-    };
-    out.payload_len = end.saturating_sub(out.payload_off);
+    out.payload_len = l4_end.saturating_sub(out.payload_off);
     out.src_port = u16::from_be_bytes([t[0], t[1]]);
     out.dst_port = u16::from_be_bytes([t[2], t[3]]);
     out.seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);

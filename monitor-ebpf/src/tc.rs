@@ -10,18 +10,13 @@ use aya_ebpf::{
 use monitor_common::{
     flow::{FlowKey, FlowValue, Stat, MAX_PORTS},
     tls::starts_with_client_hello,
-    tracker::{CLIENT, SERVER},
+    tracker::{CLIENT, EBPF_MAX_STEPS, SERVER},
 };
 
 use crate::{
     maps::{count, CONFIG, FLOWS, SCRATCH},
     packet::{parse, Segment, SkbPayload, TCP_FIN, TCP_RST},
 };
-
-/// Parsing steps per segment: records (plus handshake fields) one segment may
-/// carry before the direction is marked unsynced (`overflows`). The steps run
-/// inside `bpf_loop`, so the verifier checks one step, not this many.
-pub const MAX_STEPS: u32 = 1024;
 
 /// What the `bpf_loop` callback needs, on the caller's stack.
 #[repr(C)]
@@ -133,7 +128,7 @@ fn parse_payload(flow: &mut FlowValue, dir: usize, seq: u32, payload: SkbPayload
     // SAFETY: helper call; the callback only touches `sc`.
     unsafe {
         bpf_loop(
-            MAX_STEPS,
+            EBPF_MAX_STEPS,
             step_cb as *mut c_void,
             &mut sc as *mut StepCtx as *mut c_void,
             0,

@@ -41,11 +41,13 @@ pub mod hsmon;
 pub mod netns;
 pub mod nginx;
 pub mod openssl;
+pub mod packet;
 pub mod plain;
 pub mod process;
 pub mod pyssl;
 pub mod root;
 pub mod scenario;
+pub mod test_run;
 pub mod truth;
 pub mod workdir;
 

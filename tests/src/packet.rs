@@ -29,7 +29,13 @@ pub struct Endpoint {
 /// An Ethernet frame carrying one TCP segment from `src` to `dst`.
 ///
 /// Panics if the two addresses are of different families: a test bug.
-pub fn tcp_segment(src: Endpoint, dst: Endpoint, seq: u32, tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
+pub fn tcp_segment(
+    src: Endpoint,
+    dst: Endpoint,
+    seq: u32,
+    tcp_flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut tcp = Vec::with_capacity(20 + payload.len());
     tcp.extend_from_slice(&src.port.to_be_bytes());
     tcp.extend_from_slice(&dst.port.to_be_bytes());
@@ -75,8 +81,14 @@ mod tests {
 
     #[test]
     fn ipv4_frame_layout() {
-        let a = Endpoint { ip: "10.0.0.1".parse().unwrap(), port: 40000 };
-        let b = Endpoint { ip: "10.0.0.2".parse().unwrap(), port: 443 };
+        let a = Endpoint {
+            ip: "10.0.0.1".parse().unwrap(),
+            port: 40000,
+        };
+        let b = Endpoint {
+            ip: "10.0.0.2".parse().unwrap(),
+            port: 443,
+        };
         let f = tcp_segment(a, b, 7, flags::ACK, b"xy");
         assert_eq!(f.len(), 14 + 20 + 20 + 2);
         assert_eq!(&f[12..14], &[0x08, 0x00]);
@@ -89,8 +101,14 @@ mod tests {
 
     #[test]
     fn ipv6_frame_layout() {
-        let a = Endpoint { ip: "fd00::1".parse().unwrap(), port: 40000 };
-        let b = Endpoint { ip: "fd00::2".parse().unwrap(), port: 443 };
+        let a = Endpoint {
+            ip: "fd00::1".parse().unwrap(),
+            port: 40000,
+        };
+        let b = Endpoint {
+            ip: "fd00::2".parse().unwrap(),
+            port: 443,
+        };
         let f = tcp_segment(a, b, 9, flags::ACK, b"z");
         assert_eq!(f.len(), 14 + 40 + 20 + 1);
         assert_eq!(&f[12..14], &[0x86, 0xDD]);

@@ -1,0 +1,30 @@
+//! The control API both sides agree on: paths and the statistics document.
+//! (`GET /v1/conns` serves a JSON array of [`crate::record::ConnRecord`].)
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET`: JSON array of every tracked connection, open and recently closed.
+pub const CONNS_PATH: &str = "/v1/conns";
+/// `GET`: [`Stats`].
+pub const STATS_PATH: &str = "/v1/stats";
+
+/// What `GET /v1/stats` serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// The kernel's `STATS` counters summed over CPUs, by name.
+    pub kernel: BTreeMap<String, u64>,
+    /// Flows live in the kernel's flow map.
+    pub flows_tracked: usize,
+    /// Closed flows the agent keeps.
+    pub flows_recently_closed: usize,
+    /// Ring-buffer events read.
+    pub events_read: u64,
+    /// Ring-buffer events too short or of an unknown kind.
+    pub events_bad: u64,
+    /// Closes taken in (events and sweeps), duplicates included.
+    pub closes_seen: u64,
+    /// Closes that repeated a flow already closed.
+    pub duplicate_closes: u64,
+}

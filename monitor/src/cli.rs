@@ -1,0 +1,154 @@
+//! The command line: one subcommand per verb, each defined in its own module.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Where the agent listens and the CLI connects unless `--socket` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/hsmon/hsmon.sock";
+
+/// hsmon watches TLS handshakes and renegotiations on this host from the kernel.
+#[derive(Debug, Parser)]
+#[command(name = "hsmon", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+/// The verbs `hsmon` understands.
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Run the agent: load and attach the eBPF programs, track TLS flows and
+    /// serve the control API on a Unix socket (needs root).
+    Run(crate::run::Args),
+    /// List the TLS connections the agent tracks (open and recently closed).
+    Conns(crate::conns::Args),
+}
+
+impl Verb {
+    /// Runs the verb to completion.
+    pub fn execute(self) -> anyhow::Result<()> {
+        match self {
+            Verb::Run(args) => crate::run::run(args),
+            Verb::Conns(args) => crate::conns::run(args),
+        }
+    }
+}
+
+/// The `--socket` option every verb that talks to the agent shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SocketArg {
+    /// Path of the agent's control socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// Formats an error and its chain of causes for stderr:
+/// `hsmon: error: top` followed by one `  caused by: ...` line per cause.
+pub fn format_error(err: &anyhow::Error) -> String {
+    let mut out = format!("hsmon: error: {err}");
+    for cause in err.chain().skip(1) {
+        out.push_str("\n  caused by: ");
+        out.push_str(&cause.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hsmon").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_defaults() {
+        let cli = parse(&["run"]).expect("parses");
+        let Verb::Run(args) = cli.verb else {
+            panic!("not run")
+        };
+        assert!(args.iface.is_empty());
+        assert_eq!(args.socket.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(args.ports.is_none());
+        assert_eq!(args.flow_map_size, 65536);
+        assert_eq!(args.keep_closed, 10_000);
+    }
+
+    #[test]
+    fn run_with_everything() {
+        let cli = parse(&[
+            "run",
+            "--iface",
+            "lo",
+            "--iface",
+            "eth0",
+            "--socket",
+            "/tmp/x.sock",
+            "--ports",
+            "443,8443",
+            "--flow-map-size",
+            "1024",
+        ])
+        .expect("parses");
+        let Verb::Run(args) = cli.verb else {
+            panic!("not run")
+        };
+        assert_eq!(args.iface, ["lo", "eth0"]);
+        assert_eq!(args.socket.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(args.ports, Some(crate::run::PortList(vec![443, 8443])));
+        assert_eq!(args.flow_map_size, 1024);
+    }
+
+    #[test]
+    fn conns_flags() {
+        let cli = parse(&["conns", "--json", "--socket", "/tmp/s"]).expect("parses");
+        let Verb::Conns(args) = cli.verb else {
+            panic!("not conns")
+        };
+        assert!(args.json);
+        assert_eq!(args.socket.socket, PathBuf::from("/tmp/s"));
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for bad in [
+            &["run", "--ports", "https"][..],
+            &["run", "--ports", "0"],
+            &["run", "--ports", "70000"],
+            &[
+                "run",
+                "--ports",
+                "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17",
+            ],
+            &["run", "--flow-map-size", "0"],
+            &["run", "--flow-map-size", "-5"],
+            &["run", "--iface", ""],
+            &["run", "--nope"],
+            &["conns", "--json=maybe"],
+            &["conns", "extra"],
+            &["frobnicate"],
+        ] {
+            let err = parse(bad).expect_err(&format!("{bad:?} should not parse"));
+            assert_ne!(err.kind(), ErrorKind::DisplayHelp, "{bad:?}");
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_verb_is_a_usage_error() {
+        let err = parse(&[]).expect_err("needs a verb");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn error_chain_is_printed() {
+        let err = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(
+            format_error(&err),
+            "hsmon: error: outer\n  caused by: inner"
+        );
+    }
+}

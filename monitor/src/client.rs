@@ -1,0 +1,110 @@
+//! The CLI side of the control API: one HTTP/1 GET over the agent's Unix socket.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::header::HOST;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+/// How long one request may take before the CLI gives up.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The error for a socket that is missing or refuses connections.
+fn unreachable(socket: &Path) -> String {
+    format!(
+        "cannot reach the agent at {} (is `hsmon run` running?)",
+        socket.display()
+    )
+}
+
+/// GETs `path` from the agent listening on `socket`; returns the body of a
+/// 200 answer, or an error that says what went wrong.
+pub async fn get(socket: &Path, path: &str) -> Result<Bytes> {
+    match tokio::time::timeout(TIMEOUT, get_inner(socket, path)).await {
+        Ok(r) => r,
+        Err(_) => bail!(
+            "the agent at {} did not answer within {} s",
+            socket.display(),
+            TIMEOUT.as_secs()
+        ),
+    }
+}
+
+async fn get_inner(socket: &Path, path: &str) -> Result<Bytes> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .with_context(|| unreachable(socket))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("starting an HTTP exchange with the agent")?;
+    let conn = tokio::spawn(conn);
+    let req = Request::get(path)
+        .header(HOST, "hsmon")
+        .body(Empty::<Bytes>::new())
+        .context("building the request")?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .with_context(|| format!("asking the agent for {path}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .with_context(|| format!("reading the agent's answer to {path}"))?
+        .to_bytes();
+    conn.abort();
+    if status != StatusCode::OK {
+        return Err(anyhow!(
+            "the agent answered {path} with {status}: {}",
+            error_message(&body)
+        ));
+    }
+    Ok(body)
+}
+
+/// The `error` field of a JSON error body, or the body itself (shortened).
+fn error_message(body: &[u8]) -> String {
+    if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(body) {
+        if let Some(serde_json::Value::String(e)) = m.get("error") {
+            return e.clone();
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(200) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies() {
+        assert_eq!(error_message(br#"{"error":"map gone"}"#), "map gone");
+        assert_eq!(error_message(b"  Not Found \n"), "Not Found");
+        assert_eq!(error_message(&[b'x'; 300]).len(), 203);
+        assert_eq!(error_message(&[0xff, 0xfe]), "\u{fffd}\u{fffd}");
+    }
+
+    #[tokio::test]
+    async fn missing_socket_is_explained() {
+        let path = std::env::temp_dir().join(format!("hsmon-none-{}.sock", std::process::id()));
+        let err = get(&path, "/v1/conns").await.expect_err("no agent");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot reach the agent at {} (is `hsmon run` running?)",
+                path.display()
+            )
+        );
+    }
+}

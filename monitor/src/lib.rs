@@ -1,0 +1,14 @@
+//! hsmon, the eBPF TLS handshake monitor: the agent (`hsmon run`), its
+//! control API and the CLI verbs, as a library so the root integration tests
+//! can load exactly the eBPF object the binary ships ([`ebpf_object`]).
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod conns;
+pub mod logging;
+pub mod record;
+pub mod run;
+pub mod table;
+
+pub use run::loader::ebpf_object;

@@ -1,0 +1,23 @@
+//! `hsmon`: the eBPF TLS handshake monitor's agent (`hsmon run`) and its CLI
+//! verbs (`hsmon conns`).
+//!
+//! Exit codes: 0 success, 1 an error (printed as `hsmon: error: ...` with its
+//! causes), 2 wrong arguments (clap's usage error).
+
+use std::process::ExitCode;
+
+use monitor::{cli, logging};
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init();
+    match cli.verb.execute() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{}", cli::format_error(&err));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! One TLS connection as the control API reports it: [`ConnRecord`], built
+//! from a `FLOWS` entry, and the address formatting it needs.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use monitor_common::flow::{FlowKey, FlowValue};
+use monitor_common::tracker::{FF_CLOSED, FF_HRR_SEEN, FF_RESUMED, FF_UNSYNCED};
+use serde::{Deserialize, Serialize};
+
+/// Whether a connection is still open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnState {
+    /// The connection is live (still in the kernel's flow map).
+    Open,
+    /// The connection ended; its final counters are kept in the agent.
+    Closed,
+}
+
+impl ConnState {
+    /// `"open"` or `"closed"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::Open => "open",
+            ConnState::Closed => "closed",
+        }
+    }
+}
+
+/// Records seen by TLS content type, both directions together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordCounts {
+    /// ChangeCipherSpec records (type 20).
+    pub change_cipher_spec: u32,
+    /// Alert records (type 21).
+    pub alert: u32,
+    /// Handshake records (type 22).
+    pub handshake: u32,
+    /// Application data records (type 23).
+    pub application_data: u32,
+    /// Heartbeat records (type 24).
+    pub heartbeat: u32,
+}
+
+/// A TLS connection as `GET /v1/conns` serves it and `hsmon conns` prints it.
+///
+/// Addresses serialize as `"ip:port"` (IPv6 as `"[ip]:port"`; IPv4-mapped IPv6
+/// as plain IPv4). The fields after `state` are extras a client may ignore;
+/// they default when missing so older or newer agents still parse.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnRecord {
+    /// The endpoint that sent the first ClientHello.
+    pub client: SocketAddr,
+    /// The other endpoint.
+    pub server: SocketAddr,
+    /// Negotiated version, `"1.0"` to `"1.3"`; `null` while unknown.
+    pub tls_version: Option<String>,
+    /// ClientHellos, cleartext and encrypted.
+    pub client_hellos: u32,
+    /// Completed handshakes (the first one and honoured renegotiations).
+    pub handshakes: u32,
+    /// The first handshake was a resumption.
+    pub resumed: bool,
+    /// Client-initiated renegotiations.
+    pub renegotiations_client: u32,
+    /// Server-initiated renegotiations (HelloRequests).
+    pub renegotiations_server: u32,
+    /// Renegotiations the peer refused.
+    pub renegotiations_refused: u32,
+    /// Alert records, both directions.
+    pub alerts: u32,
+    /// TLS 1.3 post-handshake records of KeyUpdate size.
+    pub keyupdate_like: u32,
+    /// A direction lost sync; its later records were not parsed.
+    pub unsynced: bool,
+    /// `"open"` or `"closed"`.
+    pub state: ConnState,
+    /// Records by content type.
+    #[serde(default)]
+    pub records: RecordCounts,
+    /// Segments that only repeated bytes already seen.
+    #[serde(default)]
+    pub retransmits: u32,
+    /// Directions that lost sync through a gap.
+    #[serde(default)]
+    pub gaps: u16,
+    /// Directions that lost sync on a header that is not TLS.
+    #[serde(default)]
+    pub bad_records: u16,
+    /// Directions that lost sync on the per-segment step budget.
+    #[serde(default)]
+    pub overflows: u16,
+    /// Handshake messages too malformed to parse.
+    #[serde(default)]
+    pub malformed: u16,
+    /// The server sent a HelloRetryRequest.
+    #[serde(default)]
+    pub hello_retry: bool,
+    /// Milliseconds since the first ClientHello.
+    #[serde(default)]
+    pub first_seen_ms_ago: u64,
+    /// Milliseconds since the last segment with payload.
+    #[serde(default)]
+    pub last_seen_ms_ago: u64,
+}
+
+impl ConnRecord {
+    /// Builds the record for one flow. `now_ns` is the current
+    /// `CLOCK_MONOTONIC` time, the clock `bpf_ktime_get_ns` uses. A flow whose
+    /// tracker carries `FF_CLOSED` is reported closed whatever `state` says.
+    pub fn from_flow(key: &FlowKey, value: &FlowValue, state: ConnState, now_ns: u64) -> Self {
+        let a = socket_addr(&key.addr_a, key.port_a);
+        let b = socket_addr(&key.addr_b, key.port_b);
+        let (client, server) = if value.client_is_a != 0 {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let t = &value.tracker;
+        let c = &t.counters;
+        let state = if t.flags & FF_CLOSED != 0 {
+            ConnState::Closed
+        } else {
+            state
+        };
+        ConnRecord {
+            client,
+            server,
+            tls_version: tls_version(t.version).map(str::to_owned),
+            client_hellos: c.client_hellos,
+            handshakes: c.handshakes,
+            resumed: t.flags & FF_RESUMED != 0,
+            renegotiations_client: c.renegotiations_client,
+            renegotiations_server: c.renegotiations_server,
+            renegotiations_refused: c.renegotiations_refused,
+            alerts: c.alerts,
+            keyupdate_like: c.keyupdate_like,
+            unsynced: t.flags & FF_UNSYNCED != 0,
+            state,
+            records: RecordCounts {
+                change_cipher_spec: c.records[0],
+                alert: c.records[1],
+                handshake: c.records[2],
+                application_data: c.records[3],
+                heartbeat: c.records[4],
+            },
+            retransmits: c.retransmits,
+            gaps: c.gaps,
+            bad_records: c.bad_records,
+            overflows: c.overflows,
+            malformed: c.malformed,
+            hello_retry: t.flags & FF_HRR_SEEN != 0,
+            first_seen_ms_ago: ms_ago(now_ns, value.first_seen_ns),
+            last_seen_ms_ago: ms_ago(now_ns, value.last_seen_ns),
+        }
+    }
+}
+
+/// The socket address of a `FlowKey` endpoint: IPv6 bytes in network order,
+/// IPv4-mapped addresses turned back into IPv4.
+pub fn socket_addr(addr: &[u8; 16], port: u16) -> SocketAddr {
+    let v6 = Ipv6Addr::from(*addr);
+    let ip = match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// `"1.0"`..`"1.3"` for wire versions 0x0301..0x0304; `None` otherwise.
+pub fn tls_version(wire: u16) -> Option<&'static str> {
+    match wire {
+        0x0301 => Some("1.0"),
+        0x0302 => Some("1.1"),
+        0x0303 => Some("1.2"),
+        0x0304 => Some("1.3"),
+        _ => None,
+    }
+}
+
+/// Whole milliseconds from `then_ns` to `now_ns`; 0 when `then_ns` is unset
+/// or in the future.
+fn ms_ago(now_ns: u64, then_ns: u64) -> u64 {
+    if then_ns == 0 {
+        return 0;
+    }
+    now_ns.saturating_sub(then_ns) / 1_000_000
+}
+
+/// The current `CLOCK_MONOTONIC` time in nanoseconds (`bpf_ktime_get_ns`'s clock).
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use monitor_common::flow::ipv4_mapped;
+    use monitor_common::tracker::FlowState;
+
+    /// A flow 10.0.0.1:40000 (client) → 10.0.0.2:443 with some counters.
+    pub(crate) fn sample_flow() -> (FlowKey, FlowValue) {
+        let client = ipv4_mapped([10, 0, 0, 1]);
+        let server = ipv4_mapped([10, 0, 0, 2]);
+        let (key, client_is_a) = FlowKey::from_endpoints(&client, 40000, &server, 443);
+        let mut tracker = FlowState::new();
+        tracker.version = 0x0303;
+        tracker.flags = FF_RESUMED | FF_UNSYNCED;
+        tracker.counters.client_hellos = 3;
+        tracker.counters.handshakes = 2;
+        tracker.counters.renegotiations_client = 2;
+        tracker.counters.renegotiations_server = 0;
+        tracker.counters.renegotiations_refused = 1;
+        tracker.counters.alerts = 1;
+        tracker.counters.keyupdate_like = 0;
+        tracker.counters.records = [2, 1, 9, 4, 0];
+        tracker.counters.retransmits = 5;
+        tracker.counters.gaps = 1;
+        let value = FlowValue {
+            tracker,
+            first_seen_ns: 1_000_000_000,
+            last_seen_ns: 3_000_000_000,
+            client_is_a: client_is_a as u8,
+            _pad: [0; 7],
+        };
+        (key, value)
+    }
+
+    #[test]
+    fn ipv4_mapped_prints_as_ipv4() {
+        let a = socket_addr(&ipv4_mapped([127, 0, 0, 1]), 14433);
+        assert_eq!(a.to_string(), "127.0.0.1:14433");
+    }
+
+    #[test]
+    fn ipv6_prints_bracketed() {
+        let a = socket_addr(&Ipv6Addr::LOCALHOST.octets(), 443);
+        assert_eq!(a.to_string(), "[::1]:443");
+        let b: Ipv6Addr = "2001:db8::17".parse().expect("literal");
+        assert_eq!(
+            socket_addr(&b.octets(), 8443).to_string(),
+            "[2001:db8::17]:8443"
+        );
+        // IPv4-compatible (not mapped) stays IPv6.
+        let c: Ipv6Addr = "::7f00:1".parse().expect("literal");
+        assert_eq!(socket_addr(&c.octets(), 1).to_string(), "[::7f00:1]:1");
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(tls_version(0x0301), Some("1.0"));
+        assert_eq!(tls_version(0x0302), Some("1.1"));
+        assert_eq!(tls_version(0x0303), Some("1.2"));
+        assert_eq!(tls_version(0x0304), Some("1.3"));
+        assert_eq!(tls_version(0), None);
+        assert_eq!(tls_version(0x0300), None);
+        assert_eq!(tls_version(0x7f1c), None);
+    }
+
+    #[test]
+    fn record_from_flow() {
+        let (key, value) = sample_flow();
+        let r = ConnRecord::from_flow(&key, &value, ConnState::Open, 4_500_000_000);
+        assert_eq!(r.client.to_string(), "10.0.0.1:40000");
+        assert_eq!(r.server.to_string(), "10.0.0.2:443");
+        assert_eq!(r.tls_version.as_deref(), Some("1.2"));
+        assert_eq!(r.client_hellos, 3);
+        assert_eq!(r.handshakes, 2);
+        assert!(r.resumed);
+        assert_eq!(r.renegotiations_client, 2);
+        assert_eq!(r.renegotiations_server, 0);
+        assert_eq!(r.renegotiations_refused, 1);
+        assert_eq!(r.alerts, 1);
+        assert_eq!(r.keyupdate_like, 0);
+        assert!(r.unsynced);
+        assert_eq!(r.state, ConnState::Open);
+        assert_eq!(r.records.handshake, 9);
+        assert_eq!(r.records.application_data, 4);
+        assert_eq!(r.retransmits, 5);
+        assert_eq!(r.gaps, 1);
+        assert!(!r.hello_retry);
+        assert_eq!(r.first_seen_ms_ago, 3500);
+        assert_eq!(r.last_seen_ms_ago, 1500);
+    }
+
+    #[test]
+    fn client_is_b() {
+        // The client sorts after the server: key endpoint a is the server.
+        let client = ipv4_mapped([192, 168, 1, 9]);
+        let server = ipv4_mapped([10, 0, 0, 2]);
+        let (key, client_is_a) = FlowKey::from_endpoints(&client, 50000, &server, 443);
+        assert!(!client_is_a);
+        let value = FlowValue {
+            client_is_a: 0,
+            ..FlowValue::default()
+        };
+        let r = ConnRecord::from_flow(&key, &value, ConnState::Open, 0);
+        assert_eq!(r.client.to_string(), "192.168.1.9:50000");
+        assert_eq!(r.server.to_string(), "10.0.0.2:443");
+        assert_eq!(r.tls_version, None);
+        assert_eq!(r.first_seen_ms_ago, 0);
+    }
+
+    #[test]
+    fn closed_flag_wins() {
+        let (key, mut value) = sample_flow();
+        value.tracker.flags |= FF_CLOSED;
+        let r = ConnRecord::from_flow(&key, &value, ConnState::Open, 0);
+        assert_eq!(r.state, ConnState::Closed);
+    }
+
+    #[test]
+    fn json_shape() {
+        let (key, value) = sample_flow();
+        let r = ConnRecord::from_flow(&key, &value, ConnState::Closed, 3_000_000_000);
+        let v = serde_json::to_value(&r).expect("serializes");
+        assert_eq!(v["client"], "10.0.0.1:40000");
+        assert_eq!(v["server"], "10.0.0.2:443");
+        assert_eq!(v["tls_version"], "1.2");
+        assert_eq!(v["state"], "closed");
+        assert_eq!(v["resumed"], true);
+        assert_eq!(v["records"]["handshake"], 9);
+        for k in [
+            "client_hellos",
+            "handshakes",
+            "renegotiations_client",
+            "renegotiations_server",
+            "renegotiations_refused",
+            "alerts",
+            "keyupdate_like",
+            "unsynced",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        let back: ConnRecord = serde_json::from_value(v).expect("round trip");
+        assert_eq!(back, r);
+        // An unknown version is null.
+        let none = ConnRecord::from_flow(&key, &FlowValue::default(), ConnState::Open, 0);
+        assert_eq!(
+            serde_json::to_value(&none).expect("ser")["tls_version"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
+    fn extras_may_be_missing() {
+        let json = r#"{"client":"[::1]:5","server":"[::1]:443","tls_version":null,
+            "client_hellos":1,"handshakes":0,"resumed":false,"renegotiations_client":0,
+            "renegotiations_server":0,"renegotiations_refused":0,"alerts":0,
+            "keyupdate_like":0,"unsynced":false,"state":"open"}"#;
+        let r: ConnRecord = serde_json::from_str(json).expect("parses");
+        assert_eq!(r.client.to_string(), "[::1]:5");
+        assert_eq!(r.retransmits, 0);
+    }
+}

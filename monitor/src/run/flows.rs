@@ -1,0 +1,342 @@
+//! The agent's flow table: live flows come from the kernel's `FLOWS` map,
+//! closed ones are copied into a bounded "recently closed" ring and deleted
+//! from the map.
+//!
+//! A flow is identified by its key and `first_seen_ns`, so a 4-tuple reused
+//! by a later connection is a different flow, and a flow closed twice (both
+//! endpoints live on this host, so both sockets report the close) is kept
+//! once, with the later of the two states.
+//!
+//! The map is reached through [`FlowStore`], so all of this is tested on a
+//! plain `BTreeMap` without root.
+
+use std::collections::{HashSet, VecDeque};
+
+use anyhow::Result;
+use monitor_common::flow::{FlowKey, FlowValue};
+use monitor_common::tracker::FF_CLOSED;
+
+use crate::record::{ConnRecord, ConnState};
+
+/// How many closed flows the agent keeps unless told otherwise.
+pub const DEFAULT_KEEP_CLOSED: usize = 10_000;
+
+/// Where live flows are kept: the kernel's `FLOWS` map, or a test double.
+pub trait FlowStore {
+    /// Every entry at this moment. Entries the kernel deletes while this runs
+    /// are skipped, not errors.
+    fn entries(&self) -> Result<Vec<(FlowKey, FlowValue)>>;
+    /// The entry for `key`, if any.
+    fn lookup(&self, key: &FlowKey) -> Result<Option<FlowValue>>;
+    /// Deletes `key`; deleting a missing key is not an error.
+    fn delete(&mut self, key: &FlowKey) -> Result<()>;
+}
+
+/// Identity of one flow: the connection's key and when it was first seen.
+type FlowId = (FlowKey, u64);
+
+/// A bounded, de-duplicated ring of the most recently closed flows, oldest first.
+#[derive(Debug)]
+pub struct ClosedRing {
+    capacity: usize,
+    flows: VecDeque<(FlowKey, FlowValue)>,
+    ids: HashSet<FlowId>,
+}
+
+/// What [`ClosedRing::insert`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// A flow not seen before was added (possibly evicting the oldest).
+    New,
+    /// The flow was already there; its state was replaced by the newer one.
+    Updated,
+    /// The flow was already there with a newer state; nothing changed.
+    Duplicate,
+}
+
+impl ClosedRing {
+    /// An empty ring that keeps at most `capacity` flows (0 keeps none).
+    pub fn new(capacity: usize) -> Self {
+        ClosedRing {
+            capacity,
+            flows: VecDeque::with_capacity(capacity.min(1024)),
+            ids: HashSet::new(),
+        }
+    }
+
+    /// Adds a closed flow, or refreshes it when the same flow (key and
+    /// `first_seen_ns`) is already kept: the state last seen later wins.
+    pub fn insert(&mut self, key: FlowKey, value: FlowValue) -> Inserted {
+        let id = (key, value.first_seen_ns);
+        if self.ids.contains(&id) {
+            // Duplicates arrive close together: search from the newest end.
+            if let Some(slot) = self
+                .flows
+                .iter_mut()
+                .rev()
+                .find(|(k, v)| *k == key && v.first_seen_ns == value.first_seen_ns)
+            {
+                if newer(&value, &slot.1) {
+                    slot.1 = value;
+                    return Inserted::Updated;
+                }
+            }
+            return Inserted::Duplicate;
+        }
+        if self.capacity == 0 {
+            return Inserted::New;
+        }
+        while self.flows.len() >= self.capacity {
+            if let Some((k, v)) = self.flows.pop_front() {
+                self.ids.remove(&(k, v.first_seen_ns));
+            }
+        }
+        self.ids.insert(id);
+        self.flows.push_back((key, value));
+        Inserted::New
+    }
+
+    /// Number of flows kept.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// The flows kept, oldest close first.
+    pub fn iter(&self) -> impl Iterator<Item = &(FlowKey, FlowValue)> {
+        self.flows.iter()
+    }
+}
+
+/// Is `a` a strictly later state of the same flow than `b`?
+fn newer(a: &FlowValue, b: &FlowValue) -> bool {
+    let progress = |v: &FlowValue| {
+        let c = &v.tracker.counters;
+        let records: u64 = c.records.iter().map(|&r| u64::from(r)).sum();
+        (v.last_seen_ns, records, c.alerts, v.tracker.flags)
+    };
+    a != b && progress(a) >= progress(b)
+}
+
+/// Counts the flow table keeps about itself (served by `/v1/stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Live flows at the last sweep.
+    pub open: usize,
+    /// Closes taken in (events and sweeps), duplicates included.
+    pub closes_seen: u64,
+    /// Closes that repeated a flow already closed.
+    pub duplicate_closes: u64,
+    /// Deleting a closed flow from the map failed.
+    pub delete_errors: u64,
+}
+
+/// Live flows in a [`FlowStore`] plus the recently closed ones.
+pub struct FlowTable<S> {
+    store: S,
+    closed: ClosedRing,
+    stats: TableStats,
+}
+
+impl<S: FlowStore> FlowTable<S> {
+    /// A table over `store` that keeps the last `keep_closed` closed flows.
+    pub fn new(store: S, keep_closed: usize) -> Self {
+        FlowTable {
+            store,
+            closed: ClosedRing::new(keep_closed),
+            stats: TableStats::default(),
+        }
+    }
+
+    /// Takes in a flow that ended (from an `EVENT_FLOW_CLOSED` or a sweep):
+    /// keeps its final state and deletes it from the store, unless the store
+    /// already holds a newer connection with the same 4-tuple.
+    pub fn on_closed(&mut self, key: FlowKey, value: FlowValue) -> Inserted {
+        self.stats.closes_seen += 1;
+        let inserted = self.closed.insert(key, value);
+        if inserted != Inserted::New {
+            self.stats.duplicate_closes += 1;
+        }
+        let same_flow = match self.store.lookup(&key) {
+            Ok(Some(current)) => current.first_seen_ns == value.first_seen_ns,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!("looking up a closed flow failed: {e:#}");
+                false
+            }
+        };
+        if same_flow {
+            if let Err(e) = self.store.delete(&key) {
+                self.stats.delete_errors += 1;
+                tracing::debug!("deleting a closed flow failed: {e:#}");
+            }
+        }
+        inserted
+    }
+
+    /// Reads the store once: flows marked closed (`FF_CLOSED`) move to the
+    /// closed ring, the others are returned as the live flows.
+    pub fn sweep(&mut self) -> Result<Vec<(FlowKey, FlowValue)>> {
+        let mut live = Vec::new();
+        for (key, value) in self.store.entries()? {
+            if value.tracker.flags & FF_CLOSED != 0 {
+                self.on_closed(key, value);
+            } else {
+                live.push((key, value));
+            }
+        }
+        self.stats.open = live.len();
+        Ok(live)
+    }
+
+    /// Every connection: live ones (oldest first), then the recently closed
+    /// (oldest close first). Sweeps the store first.
+    pub fn conns(&mut self, now_ns: u64) -> Result<Vec<ConnRecord>> {
+        let mut live = self.sweep()?;
+        live.sort_by_key(|(k, v)| (v.first_seen_ns, *k));
+        let open = live
+            .iter()
+            .map(|(k, v)| ConnRecord::from_flow(k, v, ConnState::Open, now_ns));
+        let closed = self
+            .closed
+            .iter()
+            .map(|(k, v)| ConnRecord::from_flow(k, v, ConnState::Closed, now_ns));
+        Ok(open.chain(closed).collect())
+    }
+
+    /// The table's own counters.
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+
+    /// Number of recently closed flows kept.
+    pub fn closed_len(&self) -> usize {
+        self.closed.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::sample_flow;
+    use std::collections::BTreeMap;
+
+    /// A `FlowStore` on a `BTreeMap`.
+    #[derive(Default)]
+    struct MemStore(BTreeMap<FlowKey, FlowValue>);
+
+    impl FlowStore for MemStore {
+        fn entries(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
+            Ok(self.0.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn lookup(&self, key: &FlowKey) -> Result<Option<FlowValue>> {
+            Ok(self.0.get(key).copied())
+        }
+        fn delete(&mut self, key: &FlowKey) -> Result<()> {
+            self.0.remove(key);
+            Ok(())
+        }
+    }
+
+    fn flow(port: u16, first_seen_ns: u64) -> (FlowKey, FlowValue) {
+        let (mut key, mut value) = sample_flow();
+        key.port_a = port;
+        value.first_seen_ns = first_seen_ns;
+        value.last_seen_ns = first_seen_ns + 10;
+        (key, value)
+    }
+
+    #[test]
+    fn ring_is_bounded_and_keeps_the_newest() {
+        let mut ring = ClosedRing::new(3);
+        for i in 0..10u16 {
+            let (k, v) = flow(1000 + i, 1 + u64::from(i));
+            assert_eq!(ring.insert(k, v), Inserted::New);
+            assert!(ring.len() <= 3);
+        }
+        let ports: Vec<u16> = ring.iter().map(|(k, _)| k.port_a).collect();
+        assert_eq!(ports, [1007, 1008, 1009]);
+        assert_eq!(ring.ids.len(), 3);
+        // An evicted flow closing again is new again (its id was forgotten).
+        let (k, v) = flow(1000, 1);
+        assert_eq!(ring.insert(k, v), Inserted::New);
+        assert_eq!(ring.len(), 3);
+    }
+
+    #[test]
+    fn ring_of_zero_keeps_nothing() {
+        let mut ring = ClosedRing::new(0);
+        let (k, v) = flow(1, 1);
+        ring.insert(k, v);
+        assert_eq!(ring.len(), 0);
+    }
+
+    #[test]
+    fn ring_dedupes_by_key_and_first_seen() {
+        let mut ring = ClosedRing::new(10);
+        let (k, v) = flow(1, 100);
+        assert_eq!(ring.insert(k, v), Inserted::New);
+        // The same flow, reported again with a later state: updated in place.
+        let mut later = v;
+        later.last_seen_ns += 5;
+        later.tracker.counters.alerts += 1;
+        assert_eq!(ring.insert(k, later), Inserted::Updated);
+        // Reported again with the older state: ignored.
+        assert_eq!(ring.insert(k, v), Inserted::Duplicate);
+        assert_eq!(ring.len(), 1);
+        assert_eq!(
+            ring.iter().next().map(|(_, v)| v.tracker.counters.alerts),
+            Some(2)
+        );
+        // Same 4-tuple, different connection (first_seen differs): a new flow.
+        let (k2, v2) = flow(1, 200);
+        assert_eq!(k2, k);
+        assert_eq!(ring.insert(k2, v2), Inserted::New);
+        assert_eq!(ring.len(), 2);
+    }
+
+    #[test]
+    fn close_deletes_only_the_same_flow() {
+        let mut store = MemStore::default();
+        let (k, v) = flow(1, 100);
+        store.0.insert(k, v);
+        let mut table = FlowTable::new(store, 10);
+        table.on_closed(k, v);
+        assert!(table.store.0.is_empty());
+
+        // The 4-tuple was reused by a newer connection: keep it in the map.
+        let (k2, v2) = flow(2, 300);
+        table.store.0.insert(k2, v2);
+        let mut old = v2;
+        old.first_seen_ns = 200;
+        table.on_closed(k2, old);
+        assert_eq!(table.store.0.len(), 1);
+        assert_eq!(table.closed_len(), 2);
+    }
+
+    #[test]
+    fn sweep_moves_closed_flows() {
+        let mut store = MemStore::default();
+        let (k1, v1) = flow(1, 100);
+        let (k2, mut v2) = flow(2, 50);
+        v2.tracker.flags |= FF_CLOSED;
+        store.0.insert(k1, v1);
+        store.0.insert(k2, v2);
+        let mut table = FlowTable::new(store, 10);
+        let live = table.sweep().expect("sweep");
+        assert_eq!(live.len(), 1);
+        assert_eq!(table.stats().open, 1);
+        assert_eq!(table.closed_len(), 1);
+        assert_eq!(table.store.0.len(), 1);
+
+        // The event for the same close arrives after the sweep: deduped.
+        assert_eq!(table.on_closed(k2, v2), Inserted::Duplicate);
+        assert_eq!(table.stats().duplicate_closes, 1);
+        assert_eq!(table.closed_len(), 1);
+
+        let conns = table.conns(1_000_000_000).expect("conns");
+        assert_eq!(conns.len(), 2);
+        assert_eq!(conns[0].state, ConnState::Open);
+        assert_eq!(conns[0].client.port(), 1);
+        assert_eq!(conns[1].state, ConnState::Closed);
+    }
+}

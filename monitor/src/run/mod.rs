@@ -1,0 +1,220 @@
+//! `hsmon run`: the agent. Loads and attaches the eBPF programs, keeps the
+//! flow table (sweep + ring-buffer reader), serves the control API, and on
+//! SIGINT/SIGTERM detaches everything and removes what it created.
+
+mod attach;
+mod ebpf_log;
+mod events;
+mod flows;
+mod ifaces;
+pub mod loader;
+mod maps;
+mod netlink;
+mod server;
+mod state;
+mod system;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use monitor_common::flow::MAX_PORTS;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::cli::SocketArg;
+use attach::Attachments;
+use flows::{FlowTable, DEFAULT_KEEP_CLOSED};
+use state::Shared;
+
+/// How often live flows are re-read and closed ones collected.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Arguments of `hsmon run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Interface to watch (repeatable); default: every interface that is up.
+    #[arg(long = "iface", value_name = "IF", value_parser = ifaces::parse_iface_name)]
+    pub iface: Vec<String>,
+    /// Control socket to listen on.
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Only track flows to these server ports (comma-separated, at most 16);
+    /// default: every port.
+    #[arg(long, value_name = "P,P", value_parser = parse_ports)]
+    pub ports: Option<PortList>,
+    /// Capacity of the kernel's flow map (an LRU: the least recently used flow
+    /// makes room when it is full).
+    #[arg(long, value_name = "N", default_value_t = 65536,
+          value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
+    pub flow_map_size: u32,
+    /// How many closed flows to keep for `hsmon conns`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_KEEP_CLOSED)]
+    pub keep_closed: usize,
+}
+
+/// A port filter from `--ports`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+/// Parses `443,8443`: 1 to 16 distinct ports, each 1..=65535.
+fn parse_ports(s: &str) -> Result<PortList, String> {
+    let mut ports = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let port: u16 = part
+            .parse()
+            .map_err(|_| format!("{part:?} is not a port number (1-65535)"))?;
+        if port == 0 {
+            return Err("port 0 cannot be watched".into());
+        }
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    if ports.len() > MAX_PORTS {
+        return Err(format!(
+            "at most {MAX_PORTS} ports can be watched, got {}",
+            ports.len()
+        ));
+    }
+    Ok(PortList(ports))
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub fn run(args: Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(agent(args))
+}
+
+/// SIGINT and SIGTERM, registered before anything is attached so a signal
+/// during start-up still leads to a clean stop.
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("handling SIGINT")?,
+            term: signal(SignalKind::terminate()).context("handling SIGTERM")?,
+        })
+    }
+
+    /// Waits for either; returns its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}
+
+async fn agent(args: Args) -> Result<()> {
+    let mut signals = Signals::new()?;
+    system::raise_memlock_limit();
+    system::ensure_tracefs()?;
+    let ifaces = ifaces::resolve(&args.iface)?;
+
+    let mut ebpf = loader::load(args.flow_map_size)?;
+    let logger = loader::ebpf_logger(&mut ebpf);
+    let ports = args.ports.map(|p| p.0).unwrap_or_default();
+    maps::write_config(&mut ebpf, &maps::tracker_config(&ports))?;
+    let kernel_maps = maps::take(&mut ebpf, args.flow_map_size)?;
+    loader::load_programs(&mut ebpf)?;
+
+    let shared = Arc::new(Shared::new(
+        FlowTable::new(kernel_maps.flows, args.keep_closed),
+        kernel_maps.stats,
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(logger) = logger {
+        tasks.spawn(ebpf_log::forward(logger));
+    }
+    tasks.spawn(events::read_events(kernel_maps.events, shared.clone()));
+
+    let mut attachments = Attachments::attach(&mut ebpf, &ifaces)?;
+    tasks.spawn(sweep(shared.clone()));
+
+    let (listener, socket_file) = server::bind(&args.socket.socket)?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(server::serve(listener, shared.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(
+        socket = %args.socket.socket.display(),
+        interfaces = ifaces.len(),
+        ports = if ports.is_empty() { "all".to_owned() } else { format!("{ports:?}") },
+        "hsmon ready"
+    );
+
+    let outcome = tokio::select! {
+        sig = signals.recv() => {
+            tracing::info!("{sig}: stopping");
+            Ok(())
+        }
+        done = &mut server => match done {
+            Ok(Ok(())) => Err(anyhow::anyhow!("the control server stopped by itself")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::Error::new(e).context("the control server failed")),
+        },
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a background task stopped by itself")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::Error::new(e).context("a background task failed")),
+        },
+    };
+
+    let _ = stop_tx.send(());
+    if !server.is_finished()
+        && tokio::time::timeout(Duration::from_secs(2), &mut server)
+            .await
+            .is_err()
+    {
+        server.abort();
+    }
+    tasks.shutdown().await;
+    attachments.detach();
+    drop(socket_file);
+    drop(ebpf);
+    if outcome.is_ok() {
+        tracing::info!("hsmon stopped");
+    }
+    outcome
+}
+
+/// Every [`SWEEP_EVERY`]: re-read `FLOWS`, collect closed flows.
+async fn sweep(shared: Arc<Shared>) -> Result<()> {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || s.sweep()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("flow sweep: {e:#}"),
+            Err(e) => tracing::warn!("flow sweep task: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_ports("443"), Ok(PortList(vec![443])));
+        assert_eq!(parse_ports("443, 8443,443"), Ok(PortList(vec![443, 8443])));
+        assert!(parse_ports("").is_err());
+        assert!(parse_ports("0").is_err());
+        assert!(parse_ports("65536").is_err());
+        assert!(parse_ports("443,,8443").is_err());
+        let seventeen: Vec<String> = (1..=17).map(|p| p.to_string()).collect();
+        assert!(parse_ports(&seventeen.join(",")).is_err());
+    }
+}

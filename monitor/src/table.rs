@@ -1,0 +1,134 @@
+//! The aligned text table `hsmon conns` prints for people.
+
+use crate::record::ConnRecord;
+
+/// Column titles, in order.
+const HEADERS: [&str; 9] = [
+    "CLIENT",
+    "SERVER",
+    "VER",
+    "HELLOS",
+    "HS",
+    "RENEG(C/S/REFUSED)",
+    "ALERTS",
+    "KU",
+    "STATE",
+];
+
+/// Columns whose values are right-aligned (counts).
+const NUMERIC: [bool; 9] = [false, false, false, true, true, true, true, true, false];
+
+/// One table row for a connection; `-` where a value is unknown.
+fn row(c: &ConnRecord) -> [String; 9] {
+    let state = if c.unsynced {
+        format!("{} (unsynced)", c.state.as_str())
+    } else {
+        c.state.as_str().to_owned()
+    };
+    [
+        c.client.to_string(),
+        c.server.to_string(),
+        c.tls_version.clone().unwrap_or_else(|| "-".to_owned()),
+        c.client_hellos.to_string(),
+        c.handshakes.to_string(),
+        format!(
+            "{}/{}/{}",
+            c.renegotiations_client, c.renegotiations_server, c.renegotiations_refused
+        ),
+        c.alerts.to_string(),
+        c.keyupdate_like.to_string(),
+        state,
+    ]
+}
+
+/// The whole table, header first, columns separated by two spaces, each line
+/// ending in a newline. An empty list says so instead.
+pub fn render(conns: &[ConnRecord]) -> String {
+    if conns.is_empty() {
+        return "no TLS connections tracked\n".to_owned();
+    }
+    let header = HEADERS.map(str::to_owned);
+    let rows: Vec<[String; 9]> = conns.iter().map(row).collect();
+    let mut widths = [0usize; 9];
+    for r in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            let is_header = std::ptr::eq(r, &header);
+            if NUMERIC[i] && !is_header {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ConnState, RecordCounts};
+
+    fn conn(client: &str, server: &str, version: Option<&str>) -> ConnRecord {
+        ConnRecord {
+            client: client.parse().expect("addr"),
+            server: server.parse().expect("addr"),
+            tls_version: version.map(str::to_owned),
+            client_hellos: 1,
+            handshakes: 1,
+            resumed: false,
+            renegotiations_client: 0,
+            renegotiations_server: 0,
+            renegotiations_refused: 0,
+            alerts: 1,
+            keyupdate_like: 0,
+            unsynced: false,
+            state: ConnState::Open,
+            records: RecordCounts::default(),
+            retransmits: 0,
+            gaps: 0,
+            bad_records: 0,
+            overflows: 0,
+            malformed: 0,
+            hello_retry: false,
+            first_seen_ms_ago: 0,
+            last_seen_ms_ago: 0,
+        }
+    }
+
+    #[test]
+    fn aligned_table() {
+        let mut b = conn("[2001:db8::1]:51234", "[2001:db8::2]:443", None);
+        b.client_hellos = 120;
+        b.renegotiations_client = 119;
+        b.renegotiations_refused = 119;
+        b.state = ConnState::Closed;
+        b.unsynced = true;
+        let t = render(&[conn("127.0.0.1:40000", "127.0.0.1:14433", Some("1.3")), b]);
+        let expected = "\
+CLIENT               SERVER             VER  HELLOS  HS  RENEG(C/S/REFUSED)  ALERTS  KU  STATE
+127.0.0.1:40000      127.0.0.1:14433    1.3       1   1               0/0/0       1   0  open
+[2001:db8::1]:51234  [2001:db8::2]:443  -       120   1           119/0/119       1   0  closed (unsynced)
+";
+        assert_eq!(t, expected);
+    }
+
+    #[test]
+    fn empty() {
+        assert_eq!(render(&[]), "no TLS connections tracked\n");
+    }
+}

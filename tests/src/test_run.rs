@@ -1,0 +1,133 @@
+//! The real TC program under `BPF_PROG_TEST_RUN`: load it, run crafted
+//! packets through it, read its maps.
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::SchedClassifier,
+    Ebpf, EbpfLoader, TestRun, TestRunOptions,
+};
+use monitor_common::flow::{ipv4_mapped, FlowKey, FlowValue, Stat};
+use std::net::IpAddr;
+
+use crate::packet::Endpoint;
+
+/// `TC_ACT_UNSPEC`: what the program returns for every packet (it never drops).
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+/// The name of the program the harness runs.
+pub const PROGRAM: &str = "hsmon_tc_ingress";
+
+/// hsmon's eBPF object with its TC ingress program loaded (not attached).
+pub struct TcHarness {
+    ebpf: Ebpf,
+}
+
+impl TcHarness {
+    /// Loads the object hsmon ships and the ingress program; fresh, empty maps.
+    pub fn load() -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .load(monitor::ebpf_object())
+            .context("loading hsmon's eBPF object")?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM)
+            .context("no TC ingress program in the object")?
+            .try_into()
+            .context("TC ingress program has the wrong type")?;
+        prog.load().context("the verifier refused the TC program")?;
+        Ok(TcHarness { ebpf })
+    }
+
+    fn program(&mut self) -> Result<&mut SchedClassifier> {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .context("no TC ingress program")?
+            .try_into()
+            .context("TC ingress program has the wrong type")
+    }
+
+    /// Runs one packet (an Ethernet frame) through the program `repeat` times;
+    /// returns (return value, average run time reported by the kernel).
+    pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, std::time::Duration)> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let r = self
+            .program()?
+            .test_run(opts)
+            .context("BPF_PROG_TEST_RUN")?;
+        Ok((r.return_value, r.duration))
+    }
+
+    /// Runs one packet once; returns the program's return value.
+    pub fn run(&mut self, frame: &[u8]) -> Result<u32> {
+        Ok(self.run_repeat(frame, 1)?.0)
+    }
+
+    fn flows(&self) -> Result<HashMap<&MapData, FlowKey, FlowValue>> {
+        HashMap::try_from(self.ebpf.map("FLOWS").context("no FLOWS map")?).context("FLOWS map type")
+    }
+
+    /// The kernel's state for the flow between `client` and `server`.
+    pub fn flow(&self, client: Endpoint, server: Endpoint) -> Result<Option<FlowValue>> {
+        let (key, _) = FlowKey::from_endpoints(
+            &addr16(client.ip),
+            client.port,
+            &addr16(server.ip),
+            server.port,
+        );
+        match self.flows()?.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading FLOWS"),
+        }
+    }
+
+    /// Number of flows in `FLOWS`.
+    pub fn flow_count(&self) -> Result<usize> {
+        let mut n = 0;
+        for key in self.flows()?.keys() {
+            key.context("iterating FLOWS")?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Removes a flow (so the next packet starts it afresh).
+    pub fn forget_flow(&mut self, client: Endpoint, server: Endpoint) -> Result<()> {
+        let (key, _) = FlowKey::from_endpoints(
+            &addr16(client.ip),
+            client.port,
+            &addr16(server.ip),
+            server.port,
+        );
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowValue> =
+            HashMap::try_from(self.ebpf.map_mut("FLOWS").context("no FLOWS map")?)
+                .context("FLOWS map type")?;
+        match flows.remove(&key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("deleting from FLOWS"),
+        }
+    }
+
+    /// `STATS[Segments]` summed over CPUs: TCP segments with payload seen.
+    pub fn stat_segments(&self) -> Result<u64> {
+        let stats: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map("STATS").context("no STATS map")?)
+                .context("STATS map type")?;
+        let per_cpu = stats
+            .get(&(Stat::Segments as u32), 0)
+            .context("reading STATS")?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+/// An address as the flow key stores it (IPv4-mapped IPv6 for IPv4).
+pub fn addr16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
