@@ -12,18 +12,52 @@
 //! * `STATS`: per-CPU array of `u64` indexed by [`Stat`].
 //! * `CONFIG`: array with one [`TrackerConfig`].
 
+/// An IPv6 (or IPv4-mapped IPv6) address as four 32-bit words holding the
+/// address bytes in network order (`u32::from_ne_bytes` of each 4-byte group).
+///
+/// Words, not bytes: the BPF target has no unaligned access, so byte arrays
+/// are copied and compared one byte at a time; words take a quarter of that.
+pub type Addr = [u32; 4];
+
+/// The address bytes, in network order, of an [`Addr`].
+#[inline(always)]
+pub fn addr_bytes(a: &Addr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let w = a[i].to_ne_bytes();
+        out[i * 4] = w[0];
+        out[i * 4 + 1] = w[1];
+        out[i * 4 + 2] = w[2];
+        out[i * 4 + 3] = w[3];
+        i += 1;
+    }
+    out
+}
+
+/// The [`Addr`] of 16 address bytes in network order.
+#[inline(always)]
+pub fn addr_from_bytes(b: &[u8; 16]) -> Addr {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
 /// Identity of a TCP connection, the same whichever direction a packet goes.
 ///
-/// Addresses are IPv6 or IPv4-mapped IPv6 (`::ffff:a.b.c.d`), network byte
-/// order; ports host order. The endpoint that sorts first (address, then port)
+/// Addresses are IPv6 or IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as [`Addr`];
+/// ports host order. The endpoint that sorts first (address, then port)
 /// is `a`, so both directions of a connection give the same key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Address of endpoint a.
-    pub addr_a: [u8; 16],
+    pub addr_a: Addr,
     /// Address of endpoint b.
-    pub addr_b: [u8; 16],
+    pub addr_b: Addr,
     /// Port of endpoint a.
     pub port_a: u16,
     /// Port of endpoint b.
@@ -33,12 +67,7 @@ pub struct FlowKey {
 impl FlowKey {
     /// The key for a segment from `src` to `dst`, and whether the sender is endpoint a.
     #[inline(always)]
-    pub fn from_endpoints(
-        src: &[u8; 16],
-        src_port: u16,
-        dst: &[u8; 16],
-        dst_port: u16,
-    ) -> (Self, bool) {
+    pub fn from_endpoints(src: &Addr, src_port: u16, dst: &Addr, dst_port: u16) -> (Self, bool) {
         let src_first = match cmp_addr(src, dst) {
             core::cmp::Ordering::Less => true,
             core::cmp::Ordering::Greater => false,
@@ -68,13 +97,14 @@ impl FlowKey {
     }
 }
 
-/// Byte-wise comparison the verifier accepts (a fixed, unrolled loop).
+/// Orders addresses as their bytes would sort (a fixed, unrolled loop).
 #[inline(always)]
-fn cmp_addr(x: &[u8; 16], y: &[u8; 16]) -> core::cmp::Ordering {
+fn cmp_addr(x: &Addr, y: &Addr) -> core::cmp::Ordering {
     let mut i = 0;
-    while i < 16 {
-        if x[i] != y[i] {
-            return if x[i] < y[i] {
+    while i < 4 {
+        let (a, b) = (u32::from_be(x[i]), u32::from_be(y[i]));
+        if a != b {
+            return if a < b {
                 core::cmp::Ordering::Less
             } else {
                 core::cmp::Ordering::Greater
@@ -87,10 +117,15 @@ fn cmp_addr(x: &[u8; 16], y: &[u8; 16]) -> core::cmp::Ordering {
 
 /// Maps an IPv4 address (network byte order bytes) to IPv4-mapped IPv6.
 #[inline(always)]
-pub fn ipv4_mapped(v4: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-    ]
+pub fn ipv4_mapped(v4: [u8; 4]) -> Addr {
+    ipv4_word_mapped(u32::from_ne_bytes(v4))
+}
+
+/// Maps an IPv4 address read from a packet as one word (`u32::from_ne_bytes`
+/// of its network-order bytes) to IPv4-mapped IPv6.
+#[inline(always)]
+pub fn ipv4_word_mapped(v4: u32) -> Addr {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), v4]
 }
 
 /// Value of the `FLOWS` map: the tracker state plus who is the client.
@@ -194,5 +229,19 @@ mod tests {
         assert_eq!(k3, k4);
         assert!(first);
         assert!(!second);
+    }
+
+    #[test]
+    fn address_words_round_trip_and_sort_like_bytes() {
+        let lo: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01];
+        let hi: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00];
+        assert_eq!(addr_bytes(&addr_from_bytes(&lo)), lo);
+        let (k, lo_first) =
+            FlowKey::from_endpoints(&addr_from_bytes(&hi), 1, &addr_from_bytes(&lo), 1);
+        assert!(!lo_first);
+        assert_eq!(addr_bytes(&k.addr_a), lo);
+        let m = addr_bytes(&ipv4_mapped([10, 1, 2, 3]));
+        assert_eq!(&m[10..], &[0xff, 0xff, 10, 1, 2, 3]);
+        assert!(m[..10].iter().all(|b| *b == 0));
     }
 }

@@ -2,7 +2,7 @@
 
 use aya_ebpf::programs::TcContext;
 use monitor_common::{
-    flow::{ipv4_mapped, Stat},
+    flow::{ipv4_word_mapped, Addr, Stat},
     payload::Payload,
 };
 
@@ -19,12 +19,11 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_RST: u8 = 0x04;
 
 /// The parts of a TCP segment the tracker needs.
-#[derive(Default)]
 pub struct Segment {
-    /// Source address (IPv6 or IPv4-mapped), network order.
-    pub src: [u8; 16],
-    /// Destination address (IPv6 or IPv4-mapped), network order.
-    pub dst: [u8; 16],
+    /// Source address (IPv6 or IPv4-mapped).
+    pub src: Addr,
+    /// Destination address (IPv6 or IPv4-mapped).
+    pub dst: Addr,
     /// Source port, host order.
     pub src_port: u16,
     /// Destination port, host order.
@@ -40,15 +39,18 @@ pub struct Segment {
 }
 
 /// Parses Ethernet + IPv4/IPv6 + TCP into `out`. `false` for anything else
-/// (not TCP, a non-first fragment, IPv6 extension headers, truncated headers).
+/// (not TCP, a non-first fragment, IPv6 extension headers, truncated headers)
+/// and for segments with neither payload nor FIN/RST.
 ///
 /// Not inlined, and writing straight into `out`: its header buffers then live
 /// in a small frame of their own, not in the caller's, which also holds the
 /// `bpf_loop` callback's context (the verifier caps the whole call chain at
 /// 512 bytes of stack).
 #[inline(never)]
-pub fn parse(ctx: &TcContext, out: &mut Segment) -> bool {
-    parse_into(ctx, out).is_some()
+pub fn parse(ctx: &TcContext, out: *mut Segment) -> bool {
+    // SAFETY: `out` points at the caller's (uninitialised) `Segment`; fields
+    // are only written, never read, and all of them on success.
+    parse_into(ctx, unsafe { &mut *out }).is_some()
 }
 
 #[inline(always)]
@@ -66,8 +68,8 @@ fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
             }
             let ihl = ((h[0] & 0x0f) as u32) * 4;
             let tot_len = u16::from_be_bytes([h[2], h[3]]) as u32;
-            out.src = ipv4_mapped([h[12], h[13], h[14], h[15]]);
-            out.dst = ipv4_mapped([h[16], h[17], h[18], h[19]]);
+            out.src = ipv4_word_mapped(u32::from_ne_bytes([h[12], h[13], h[14], h[15]]));
+            out.dst = ipv4_word_mapped(u32::from_ne_bytes([h[16], h[17], h[18], h[19]]));
             // Big TCP sets tot_len to 0; then the packet length is the bound.
             let end = if tot_len == 0 {
                 ctx.len()
@@ -104,8 +106,13 @@ fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
         return None;
     };
     let doff = ((t[12] >> 4) as u32) * 4;
+    let payload_len = l4_end.saturating_sub(l4 + doff);
+    if payload_len == 0 && t[13] & (TCP_FIN | TCP_RST) == 0 {
+        // A bare ACK: nothing for the tracker.
+        return None;
+    }
     out.payload_off = l4 + doff;
-    out.payload_len = l4_end.saturating_sub(out.payload_off);
+    out.payload_len = payload_len;
     out.src_port = u16::from_be_bytes([t[0], t[1]]);
     out.dst_port = u16::from_be_bytes([t[2], t[3]]);
     out.seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);

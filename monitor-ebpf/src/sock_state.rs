@@ -2,7 +2,7 @@
 //! finishes its flow and reports the final state.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use monitor_common::flow::{FlowEvent, FlowKey, Stat, EVENT_FLOW_CLOSED};
+use monitor_common::flow::{Addr, FlowEvent, FlowKey, Stat, EVENT_FLOW_CLOSED};
 
 use crate::maps::{count, EVENTS, FLOWS};
 
@@ -39,8 +39,8 @@ fn on_state(ctx: &TracePointContext) -> Option<()> {
     let sport: u16 = unsafe { ctx.read_at(OFF_SPORT) }.ok()?;
     let dport: u16 = unsafe { ctx.read_at(OFF_DPORT) }.ok()?;
     // IPv4 sockets carry IPv4-mapped addresses here too.
-    let saddr: [u8; 16] = unsafe { ctx.read_at(OFF_SADDR_V6) }.ok()?;
-    let daddr: [u8; 16] = unsafe { ctx.read_at(OFF_DADDR_V6) }.ok()?;
+    let saddr: Addr = unsafe { ctx.read_at(OFF_SADDR_V6) }.ok()?;
+    let daddr: Addr = unsafe { ctx.read_at(OFF_DADDR_V6) }.ok()?;
     let (key, _) = FlowKey::from_endpoints(&saddr, sport, &daddr, dport);
     let flow = FLOWS.get_ptr_mut(&key)?;
     // SAFETY: a valid pointer into the map.

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use monitor_common::flow::{FlowKey, FlowValue};
+use monitor_common::flow::{addr_bytes, FlowKey, FlowValue};
 use monitor_common::tracker::{FF_CLOSED, FF_HRR_SEEN, FF_RESUMED, FF_UNSYNCED};
 use serde::{Deserialize, Serialize};
 
@@ -109,8 +109,8 @@ impl ConnRecord {
     /// `CLOCK_MONOTONIC` time, the clock `bpf_ktime_get_ns` uses. A flow whose
     /// tracker carries `FF_CLOSED` is reported closed whatever `state` says.
     pub fn from_flow(key: &FlowKey, value: &FlowValue, state: ConnState, now_ns: u64) -> Self {
-        let a = socket_addr(&key.addr_a, key.port_a);
-        let b = socket_addr(&key.addr_b, key.port_b);
+        let a = socket_addr(&addr_bytes(&key.addr_a), key.port_a);
+        let b = socket_addr(&addr_bytes(&key.addr_b), key.port_b);
         let (client, server) = if value.client_is_a != 0 {
             (a, b)
         } else {
@@ -239,7 +239,7 @@ pub(crate) mod tests {
 
     #[test]
     fn ipv4_mapped_prints_as_ipv4() {
-        let a = socket_addr(&ipv4_mapped([127, 0, 0, 1]), 14433);
+        let a = socket_addr(&addr_bytes(&ipv4_mapped([127, 0, 0, 1])), 14433);
         assert_eq!(a.to_string(), "127.0.0.1:14433");
     }
 

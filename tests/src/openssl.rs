@@ -8,9 +8,18 @@
 //! with a close_notify. `s_client` must not get `-ign_eof` or `-quiet`: both
 //! switch the command letters off.
 //!
-//! `s_client` always runs with `-msg` (every TLS message it sends or receives
-//! is printed to stdout, `>>>` sent, `<<<` received) and `-keylogfile` (the
+//! Both run with `-msg` (every TLS message a peer sends or receives is
+//! printed to its stdout, `>>>` sent, `<<<` received): tests wait on these
+//! lines rather than on time. `s_client` also gets `-keylogfile` (the
 //! secrets tshark needs to decrypt renegotiations and KeyUpdates).
+//!
+//! `s_server` selects on stdin and the socket together and, when both are
+//! readable, handles stdin first: a line written to its stdin while a
+//! record from the client is still unread is sent before that record is
+//! processed. So a test that needs the server to have taken a client's
+//! message (e.g. a KeyUpdate asking for an answer, which goes out with the
+//! server's next write) waits for the server's `-msg` line first (see
+//! [`SServer::wait_key_updates_received`]).
 
 use crate::cert::TestCert;
 use crate::netns::NetPair;
@@ -110,7 +119,8 @@ impl SServer {
             .arg("-cert")
             .arg(&cert.cert)
             .arg("-key")
-            .arg(&cert.key);
+            .arg(&cert.key)
+            .arg("-msg");
         if let Some(v) = opts.version {
             c.arg(v.flag());
         }
@@ -168,6 +178,28 @@ impl SServer {
             bail!("{line:?} would be an s_server command");
         }
         self.proc.write_line(line)
+    }
+
+    /// KeyUpdate messages this server received and processed (from `-msg`).
+    pub fn key_updates_received(&self) -> usize {
+        msg_count(&self.proc.stdout(), "<<<", "KeyUpdate")
+    }
+
+    /// KeyUpdate messages this server sent (from `-msg`).
+    pub fn key_updates_sent(&self) -> usize {
+        msg_count(&self.proc.stdout(), ">>>", "KeyUpdate")
+    }
+
+    /// Waits until this server has read `n` KeyUpdates from the client.
+    /// s_server prints the `-msg` line while it processes the record, inside
+    /// the same `SSL_read` that marks a requested answer as pending; only
+    /// then does a line written to its stdin carry the answer (see the
+    /// module docs).
+    pub fn wait_key_updates_received(&mut self, n: usize, timeout: Duration) -> Result<()> {
+        self.proc
+            .wait_for(&format!("{n} KeyUpdate(s) received"), timeout, |out, _| {
+                msg_count(out, "<<<", "KeyUpdate") >= n
+            })
     }
 
     /// How many stdout lines contain `needle`.

@@ -7,7 +7,7 @@ use aya::{
     programs::SchedClassifier,
     Ebpf, EbpfLoader, TestRun, TestRunOptions,
 };
-use monitor_common::flow::{ipv4_mapped, FlowKey, FlowValue, Stat};
+use monitor_common::flow::{addr_from_bytes, ipv4_mapped, Addr, FlowKey, FlowValue, Stat};
 use std::net::IpAddr;
 
 use crate::packet::Endpoint;
@@ -21,29 +21,35 @@ pub const PROGRAM: &str = "hsmon_tc_ingress";
 /// hsmon's eBPF object with its TC ingress program loaded (not attached).
 pub struct TcHarness {
     ebpf: Ebpf,
+    name: &'static str,
 }
 
 impl TcHarness {
     /// Loads the object hsmon ships and the ingress program; fresh, empty maps.
     pub fn load() -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
+        Self::load_program(PROGRAM)
+    }
+
+    /// Loads the object hsmon ships and the TC program `name` (e.g.
+    /// `hsmon_tc_noop`, the benchmark baseline); fresh, empty maps.
+    pub fn load_program(name: &'static str) -> Result<Self> {
+        let ebpf = EbpfLoader::new()
             .load(monitor::ebpf_object())
             .context("loading hsmon's eBPF object")?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(PROGRAM)
-            .context("no TC ingress program in the object")?
-            .try_into()
-            .context("TC ingress program has the wrong type")?;
-        prog.load().context("the verifier refused the TC program")?;
-        Ok(TcHarness { ebpf })
+        let mut h = TcHarness { ebpf, name };
+        h.program()?
+            .load()
+            .with_context(|| format!("the verifier refused {name}"))?;
+        Ok(h)
     }
 
     fn program(&mut self) -> Result<&mut SchedClassifier> {
+        let name = self.name;
         self.ebpf
-            .program_mut(PROGRAM)
-            .context("no TC ingress program")?
+            .program_mut(name)
+            .with_context(|| format!("no program {name} in the object"))?
             .try_into()
-            .context("TC ingress program has the wrong type")
+            .with_context(|| format!("{name} is not a TC program"))
     }
 
     /// Runs one packet (an Ethernet frame) through the program `repeat` times;
@@ -108,6 +114,11 @@ impl TcHarness {
                 .context("FLOWS map type")?;
         match flows.remove(&key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e).context("deleting from FLOWS"),
         }
     }
@@ -125,9 +136,9 @@ impl TcHarness {
 }
 
 /// An address as the flow key stores it (IPv4-mapped IPv6 for IPv4).
-pub fn addr16(ip: IpAddr) -> [u8; 16] {
+pub fn addr16(ip: IpAddr) -> Addr {
     match ip {
         IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
+        IpAddr::V6(v6) => addr_from_bytes(&v6.octets()),
     }
 }

@@ -78,7 +78,11 @@ fn harness_selfcheck_tls13_key_updates() {
 }
 
 /// One client KeyUpdate requesting an answer (`K`); the server's answer goes
-/// out with its next write (a line on s_server's stdin).
+/// out with its next write (a line on s_server's stdin). That line is written
+/// only once s_server has processed the KeyUpdate: s_server handles stdin
+/// before the socket when both are readable, so a line written while the
+/// KeyUpdate record is still unread would go out without the answer, and
+/// the answer, left pending, would never be sent.
 fn drive_requested(sc: &mut Scenario) -> Result<Report> {
     let addr = sc.server_addr(false, PORT);
     let mut srv = sc.s_server(&SServerOpts::new(addr).version(TlsVersion::Tls13))?;
@@ -87,6 +91,7 @@ fn drive_requested(sc: &mut Scenario) -> Result<Report> {
     c.send_data("hello")?;
     c.key_update(true)?;
     c.wait_key_updates_sent(1, PER_CONN)?;
+    srv.wait_key_updates_received(1, PER_CONN)?;
     srv.send_data(SERVER_LINE)?;
     c.wait_received(SERVER_LINE, PER_CONN)?;
     c.wait_key_updates_received(1, PER_CONN)?;

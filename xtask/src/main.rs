@@ -1,9 +1,11 @@
-//! `cargo xtask`: hsmon's developer commands: `setup`, `build`, `run`, `test`.
+//! `cargo xtask`: hsmon's developer commands: `setup`, `build`, `run`, `test`,
+//! `bench`.
 //!
 //! Every command first puts cargo's bin directory (where bpf-linker lives) on
 //! PATH, so the cargo builds it spawns find the BPF linker.
 
 mod apt;
+mod bench;
 mod build;
 mod run;
 mod setup;
@@ -60,6 +62,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Set up, then run the benchmarks as root and print their numbers.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -80,5 +84,6 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Build { release } => build::build(release).map(drop),
         Cmd::Run { args } => run::run(&args),
         Cmd::Test { no_root, args } => test_suite::test(test_suite::Options { no_root, args }),
+        Cmd::Bench => bench::bench(),
     }
 }

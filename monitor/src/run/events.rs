@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use monitor_common::flow::{FlowEvent, EVENT_FLOW_CLOSED, EVENT_FLOW_OPENED};
+use monitor_common::flow::{addr_bytes, FlowEvent, EVENT_FLOW_CLOSED, EVENT_FLOW_OPENED};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -76,8 +76,8 @@ fn handle(shared: &Shared, batch: &mut Vec<Option<FlowEvent>>) {
                 table.on_closed(ev.key, ev.value);
             }
             Some(ev) if ev.kind == EVENT_FLOW_OPENED => {
-                let a = socket_addr(&ev.key.addr_a, ev.key.port_a);
-                let b = socket_addr(&ev.key.addr_b, ev.key.port_b);
+                let a = socket_addr(&addr_bytes(&ev.key.addr_a), ev.key.port_a);
+                let b = socket_addr(&addr_bytes(&ev.key.addr_b), ev.key.port_b);
                 let (client, server) = if ev.value.client_is_a != 0 {
                     (a, b)
                 } else {

@@ -1,0 +1,20 @@
+//! `cargo xtask bench`: set up, then run the benchmarks as root and print
+//! their numbers. Benchmarks are not tests: nothing here passes or fails on
+//! a number.
+
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::build;
+use crate::util;
+
+/// Runs every benchmark (today: per-packet cost of the TC program under
+/// `BPF_PROG_TEST_RUN`, the `tc_cost` example of the `tests` crate).
+pub fn bench() -> Result<()> {
+    if !util::is_root() {
+        bail!("the benchmarks load eBPF programs and need root: run `cargo xtask bench` as root");
+    }
+    build::build(true)?;
+    util::run(build::cargo().args(["run", "--release", "-p", "tests", "--example", "tc_cost"]))
+}
