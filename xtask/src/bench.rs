@@ -2,8 +2,6 @@
 //! their numbers. Benchmarks are not tests: nothing here passes or fails on
 //! a number.
 
-use std::process::Command;
-
 use anyhow::{bail, Result};
 
 use crate::build;
