@@ -141,7 +141,15 @@ pub fn test(opts: Options) -> Result<()> {
         build::cargo()
             .env("HSMON_BIN", &hsmon)
             .env("HSMON_REQUIRE_ROOT", "1")
-            .args(["test", "-p", "tests", "--release", "--", "--test-threads=1"])
+            .args([
+                "test",
+                "-p",
+                "tests",
+                "--release",
+                "--no-fail-fast",
+                "--",
+                "--test-threads=1",
+            ])
             .args(&opts.args),
         "see the failing integration tests above",
     )?;
