@@ -53,12 +53,28 @@ pub fn parse(ctx: &TcContext, out: *mut Segment) -> bool {
     parse_into(ctx, unsafe { &mut *out }).is_some()
 }
 
+/// Reads a header `T` at `off`: straight from the packet's linear data when it
+/// lies there (no helper call: the common case for headers), else with
+/// `bpf_skb_load_bytes`. Only for header offsets, which the verifier can
+/// bound; payload reads (any offset up to 64 KiB) use `bpf_skb_load_bytes`.
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() <= end {
+        // SAFETY: the bounds check above is the one the verifier requires.
+        Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+    } else {
+        ctx.load(off).ok()
+    }
+}
+
 #[inline(always)]
 fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
-    let proto = u16::from_be(ctx.load::<u16>(12).ok()?);
+    let proto = u16::from_be(read::<u16>(ctx, 12)?);
     let (l4, l4_end) = match proto {
         ETH_P_IP => {
-            let h: [u8; 20] = ctx.load(ETH_HLEN).ok()?;
+            let h: [u8; 20] = read(ctx, ETH_HLEN)?;
             if h[0] >> 4 != 4 || h[9] != IPPROTO_TCP {
                 return None;
             }
@@ -79,13 +95,13 @@ fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
             (ETH_HLEN as u32 + ihl, end)
         }
         ETH_P_IPV6 => {
-            let h: [u8; 8] = ctx.load(ETH_HLEN).ok()?;
+            let h: [u8; 8] = read(ctx, ETH_HLEN)?;
             if h[0] >> 4 != 6 || h[6] != IPPROTO_TCP {
                 return None;
             }
             let plen = u16::from_be_bytes([h[4], h[5]]) as u32;
-            out.src = ctx.load(ETH_HLEN + 8).ok()?;
-            out.dst = ctx.load(ETH_HLEN + 24).ok()?;
+            out.src = read(ctx, ETH_HLEN + 8)?;
+            out.dst = read(ctx, ETH_HLEN + 24)?;
             let end = if plen == 0 {
                 ctx.len()
             } else {
@@ -101,7 +117,7 @@ fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
         count(Stat::MalformedPackets);
         return None;
     }
-    let Ok(t) = ctx.load::<[u8; 14]>(l4 as usize) else {
+    let Some(t) = read::<[u8; 14]>(ctx, l4 as usize) else {
         count(Stat::MalformedPackets);
         return None;
     };

@@ -169,7 +169,7 @@ fn new_flow(
     let value = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot; nothing else uses it during this program run.
     let value = unsafe {
-        core::ptr::write_bytes(value, 0, 1);
+        zero_flow_value(value);
         (*value).first_seen_ns = now;
         (*value).last_seen_ns = now;
         (*value).client_is_a = sender_is_a as u8;
@@ -184,6 +184,21 @@ fn new_flow(
         count(Stat::FlowsCreated);
     }
     FLOWS.get_ptr_mut(key)
+}
+
+/// Zeroes a `FlowValue` eight bytes at a time. (`write_bytes` becomes a call
+/// to the BPF target's byte-at-a-time `memset`: 176 iterations per new flow.)
+#[inline(always)]
+unsafe fn zero_flow_value(value: *mut FlowValue) {
+    const WORDS: usize = core::mem::size_of::<FlowValue>() / 8;
+    const _: () = assert!(core::mem::size_of::<FlowValue>() % 8 == 0);
+    let words = value as *mut u64;
+    let mut i = 0;
+    while i < WORDS {
+        // Volatile, so LLVM does not turn the loop back into a memset call.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
+    }
 }
 
 /// Is `server_port` in the configured port list (or is the list empty)?
