@@ -27,4 +27,6 @@ pub struct Stats {
     pub closes_seen: u64,
     /// Closes that repeated a flow already closed.
     pub duplicate_closes: u64,
+    /// Live flows the full kernel flow map dropped before they closed.
+    pub flows_evicted: u64,
 }

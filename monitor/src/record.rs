@@ -15,6 +15,10 @@ pub enum ConnState {
     Open,
     /// The connection ended; its final counters are kept in the agent.
     Closed,
+    /// The kernel's flow map was full and dropped this connection's entry
+    /// (LRU) before it ended: the counters are those of the agent's last
+    /// sweep (at most a second old), and later traffic is not counted.
+    Evicted,
 }
 
 impl ConnState {
@@ -23,6 +27,7 @@ impl ConnState {
         match self {
             ConnState::Open => "open",
             ConnState::Closed => "closed",
+            ConnState::Evicted => "evicted",
         }
     }
 }
@@ -73,7 +78,7 @@ pub struct ConnRecord {
     pub keyupdate_like: u32,
     /// A direction lost sync; its later records were not parsed.
     pub unsynced: bool,
-    /// `"open"` or `"closed"`.
+    /// `"open"`, `"closed"`, or `"evicted"` (dropped from the full flow map).
     pub state: ConnState,
     /// Records by content type.
     #[serde(default)]

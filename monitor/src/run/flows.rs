@@ -7,10 +7,15 @@
 //! endpoints live on this host, so both sockets report the close) is kept
 //! once, with the later of the two states.
 //!
+//! A live flow that disappears from the map without having closed was evicted
+//! by the LRU map (it was full): it is kept like a closed flow, with the state
+//! of the last sweep, reported as `evicted` and counted, never dropped
+//! silently.
+//!
 //! The map is reached through [`FlowStore`], so all of this is tested on a
 //! plain `BTreeMap` without root.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use anyhow::Result;
 use monitor_common::flow::{FlowKey, FlowValue};
@@ -128,6 +133,8 @@ pub struct TableStats {
     pub duplicate_closes: u64,
     /// Deleting a closed flow from the map failed.
     pub delete_errors: u64,
+    /// Live flows that vanished from the map without closing (LRU eviction).
+    pub evicted: u64,
 }
 
 /// Live flows in a [`FlowStore`] plus the recently closed ones.
@@ -135,6 +142,10 @@ pub struct FlowTable<S> {
     store: S,
     closed: ClosedRing,
     stats: TableStats,
+    /// The live flows of the last sweep, to notice evictions.
+    last_live: HashMap<FlowId, FlowValue>,
+    /// Flows in `closed` that were evicted rather than closed.
+    evicted: HashSet<FlowId>,
 }
 
 impl<S: FlowStore> FlowTable<S> {
@@ -144,6 +155,8 @@ impl<S: FlowStore> FlowTable<S> {
             store,
             closed: ClosedRing::new(keep_closed),
             stats: TableStats::default(),
+            last_live: HashMap::new(),
+            evicted: HashSet::new(),
         }
     }
 
@@ -175,6 +188,9 @@ impl<S: FlowStore> FlowTable<S> {
 
     /// Reads the store once: flows marked closed (`FF_CLOSED`) move to the
     /// closed ring, the others are returned as the live flows.
+    ///
+    /// A flow live at the previous sweep that is neither in the store now nor
+    /// closed meanwhile was evicted: it joins the closed ring, marked so.
     pub fn sweep(&mut self) -> Result<Vec<(FlowKey, FlowValue)>> {
         let mut live = Vec::new();
         for (key, value) in self.store.entries()? {
@@ -183,6 +199,25 @@ impl<S: FlowStore> FlowTable<S> {
             } else {
                 live.push((key, value));
             }
+        }
+        let now_live: HashMap<FlowId, FlowValue> = live
+            .iter()
+            .map(|(k, v)| ((*k, v.first_seen_ns), *v))
+            .collect();
+        let previous = std::mem::replace(&mut self.last_live, now_live);
+        for ((key, first_seen), value) in previous {
+            let id = (key, first_seen);
+            if !self.last_live.contains_key(&id) && !self.closed.ids.contains(&id) {
+                self.stats.evicted += 1;
+                tracing::debug!("flow evicted from the full flow map: {key:?}");
+                if self.closed.insert(key, value) == Inserted::New {
+                    self.evicted.insert(id);
+                }
+            }
+        }
+        if self.evicted.len() > self.closed.len() {
+            let kept = &self.closed.ids;
+            self.evicted.retain(|id| kept.contains(id));
         }
         self.stats.open = live.len();
         Ok(live)
@@ -196,10 +231,14 @@ impl<S: FlowStore> FlowTable<S> {
         let open = live
             .iter()
             .map(|(k, v)| ConnRecord::from_flow(k, v, ConnState::Open, now_ns));
-        let closed = self
-            .closed
-            .iter()
-            .map(|(k, v)| ConnRecord::from_flow(k, v, ConnState::Closed, now_ns));
+        let closed = self.closed.iter().map(|(k, v)| {
+            let state = if self.evicted.contains(&(*k, v.first_seen_ns)) {
+                ConnState::Evicted
+            } else {
+                ConnState::Closed
+            };
+            ConnRecord::from_flow(k, v, state, now_ns)
+        });
         Ok(open.chain(closed).collect())
     }
 
@@ -260,6 +299,33 @@ mod tests {
         let (k, v) = flow(1000, 1);
         assert_eq!(ring.insert(k, v), Inserted::New);
         assert_eq!(ring.len(), 3);
+    }
+
+    #[test]
+    fn a_live_flow_that_vanishes_without_closing_is_reported_evicted() {
+        let mut store = MemStore::default();
+        let (k1, v1) = flow(1, 100);
+        let (k2, mut v2) = flow(2, 200);
+        store.0.insert(k1, v1);
+        store.0.insert(k2, v2);
+        let mut table = FlowTable::new(store, 10);
+        assert_eq!(table.sweep().expect("sweep").len(), 2);
+        // k1 is evicted by the kernel; k2 closes normally.
+        table.store.0.remove(&k1);
+        v2.tracker.flags |= FF_CLOSED;
+        table.on_closed(k2, v2);
+        assert_eq!(table.sweep().expect("sweep").len(), 0);
+        assert_eq!(table.stats().evicted, 1);
+        let conns = table.conns(1_000).expect("conns");
+        let states: Vec<(u16, ConnState)> = conns
+            .iter()
+            .map(|c| (c.client.port().min(c.server.port()), c.state))
+            .collect();
+        assert!(states.contains(&(1, ConnState::Evicted)), "{states:?}");
+        assert!(states.contains(&(2, ConnState::Closed)), "{states:?}");
+        // Nothing is counted twice on later sweeps.
+        table.sweep().expect("sweep");
+        assert_eq!(table.stats().evicted, 1);
     }
 
     #[test]

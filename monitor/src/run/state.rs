@@ -58,6 +58,7 @@ impl Shared {
             events_bad: self.events_bad.load(Ordering::Relaxed),
             closes_seen: t.closes_seen,
             duplicate_closes: t.duplicate_closes,
+            flows_evicted: t.evicted,
         })
     }
 
