@@ -10,7 +10,8 @@ use aya::{
 use monitor_common::flow::{addr_from_bytes, ipv4_mapped, Addr, FlowKey, FlowValue, Stat};
 use std::net::IpAddr;
 
-use crate::packet::Endpoint;
+use crate::packet::{flags, tcp_segment, Endpoint};
+use monitor_common::testing::{Driver, Step};
 
 /// `TC_ACT_UNSPEC`: what the program returns for every packet (it never drops).
 pub const TC_ACT_UNSPEC: u32 = u32::MAX;
@@ -140,5 +141,27 @@ pub fn addr16(ip: IpAddr) -> Addr {
     match ip {
         IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
         IpAddr::V6(v6) => addr_from_bytes(&v6.octets()),
+    }
+}
+
+/// The Ethernet frame for one step of a plan: the segment's bytes with the
+/// sequence number `driver` gives them, or a bare FIN for a close. `ends` is
+/// `[client, server]`.
+pub fn frame(ends: [Endpoint; 2], driver: &Driver, step: Step) -> Vec<u8> {
+    match step {
+        Step::Seg { dir, start, end } => tcp_segment(
+            ends[dir],
+            ends[1 - dir],
+            driver.seq(dir, start),
+            flags::ACK | flags::PSH,
+            &driver.streams[dir][start..end],
+        ),
+        Step::Close(dir) => tcp_segment(
+            ends[dir],
+            ends[1 - dir],
+            driver.seq(dir, driver.streams[dir].len()),
+            flags::ACK | flags::FIN,
+            &[],
+        ),
     }
 }

@@ -17,7 +17,7 @@ use monitor_common::{
 use tests::{
     packet::{flags, tcp_segment, Endpoint},
     require_root,
-    test_run::TcHarness,
+    test_run::{frame, TcHarness},
 };
 
 fn v4() -> [Endpoint; 2] {
@@ -59,25 +59,7 @@ fn replay(
     let mut user = Driver::new(conv, isn);
     user.max_steps = EBPF_MAX_STEPS;
     for step in plan {
-        let frame = match *step {
-            Step::Seg { dir, start, end } => tcp_segment(
-                ends[dir],
-                ends[1 - dir],
-                user.seq(dir, start),
-                flags::ACK | flags::PSH,
-                &user.streams[dir][start..end],
-            ),
-            Step::Close(dir) => {
-                let off = user.streams[dir].len();
-                tcp_segment(
-                    ends[dir],
-                    ends[1 - dir],
-                    user.seq(dir, off),
-                    flags::ACK | flags::FIN,
-                    &[],
-                )
-            }
-        };
+        let frame = frame(ends, &user, *step);
         h.run(&frame).expect("BPF_PROG_TEST_RUN");
         user.step(*step);
     }
