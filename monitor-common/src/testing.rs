@@ -6,6 +6,14 @@
 //!   Certificate / ServerKeyExchange / ServerHelloDone / ClientKeyExchange /
 //!   Finished / NewSessionTicket messages, [`ccs`], alerts, opaque encrypted
 //!   handshake records, application data and heartbeat records.
+//! * Conversation builders: the end of a TLS 1.2 handshake, full
+//!   ([`tls12_finish_full`]) or abbreviated ([`tls12_finish_abbreviated`]);
+//!   whole TLS 1.2 handshakes ([`tls12_full`], [`tls12_full_with_flight`],
+//!   [`tls12_full_with_hello`], [`tls12_abbreviated`]); renegotiations
+//!   honoured or refused ([`tls12_client_reneg`],
+//!   [`tls12_client_reneg_abbreviated`], [`tls12_client_reneg_refused`],
+//!   [`tls12_server_reneg`], [`tls12_server_reneg_refused`]); TLS 1.3
+//!   ([`tls13_server_flight`], [`tls13_finish`], [`tls13_full`]).
 //! * [`Conversation`]: an ordered list of sends (direction, bytes) and closes.
 //!   A [`Plan`] turns it into TCP segments: one per send, or the bytes of each
 //!   run of same-direction sends cut at chosen points.
@@ -417,6 +425,12 @@ pub fn encrypted_finished() -> Vec<u8> {
     encrypted_handshake(ENCRYPTED_FINISHED_LEN)
 }
 
+/// A ChangeCipherSpec record then an encrypted Finished: how each side ends
+/// its flight in a TLS <= 1.2 handshake.
+pub fn ccs_finished() -> Vec<u8> {
+    [ccs(), encrypted_finished()].concat()
+}
+
 /// Application data record of `len` bytes.
 pub fn app_data(len: usize) -> Vec<u8> {
     record(CT_APPLICATION_DATA, VERSION_TLS12, &filler(len, 32))
@@ -613,6 +627,168 @@ impl Conversation {
     pub fn plan_bytes(&self) -> Plan {
         self.plan_sizes(|_| 1)
     }
+}
+
+// ---------------------------------------------------------------------------
+// Conversation builders: whole handshakes and renegotiations. Each appends to
+// `c` and returns it for chaining; each send is one event, as written.
+
+/// The end of a full TLS <= 1.2 handshake, once the server's first flight is
+/// sent: the client's handshake records `client_hs` (its ClientKeyExchange
+/// and the like) then CCS + Finished in one send, and the server's handshake
+/// records `server_hs` (a NewSessionTicket, or nothing) then CCS + Finished in
+/// one send.
+pub fn tls12_finish_full<'a>(
+    c: &'a mut Conversation,
+    client_hs: &[u8],
+    server_hs: &[u8],
+) -> &'a mut Conversation {
+    c.client([client_hs, &ccs_finished()].concat())
+        .server([server_hs, &ccs_finished()].concat())
+}
+
+/// The end of an abbreviated (resumed) TLS <= 1.2 handshake, once the
+/// client's ClientHello is sent: the server's handshake records `server_hs`
+/// (its ServerHello and the like) then CCS + Finished in one send, and the
+/// client's CCS + Finished.
+pub fn tls12_finish_abbreviated<'a>(
+    c: &'a mut Conversation,
+    server_hs: &[u8],
+) -> &'a mut Conversation {
+    c.server([server_hs, &ccs_finished()].concat())
+        .client(ccs_finished())
+}
+
+/// A TLS 1.2 full handshake whose server first flight (ServerHello ..
+/// ServerHelloDone, already in records) is `server_flight`: a TLS 1.2-only
+/// ClientHello, that flight, the client's ClientKeyExchange + CCS + Finished,
+/// the server's CCS + Finished. Records: 4 handshake and 2 CCS, plus the
+/// flight's.
+pub fn tls12_full_with_flight<'a>(
+    c: &'a mut Conversation,
+    server_flight: &[u8],
+) -> &'a mut Conversation {
+    c.client(ClientHello::tls12().record())
+        .server(server_flight);
+    tls12_finish_full(c, &hs_record(&[&client_key_exchange(66)]), &[])
+}
+
+/// A TLS 1.2 full handshake given the ServerHello message `server_hello`
+/// (any bytes): [`tls12_full_with_flight`] with that ServerHello, a
+/// Certificate of `cert_len` bytes and a ServerHelloDone in one record.
+/// Records: 5 handshake, 2 CCS.
+pub fn tls12_full_with_hello<'a>(
+    c: &'a mut Conversation,
+    server_hello: &[u8],
+    cert_len: usize,
+) -> &'a mut Conversation {
+    let flight = hs_record(&[server_hello, &certificate(cert_len), &server_hello_done()]);
+    tls12_full_with_flight(c, &flight)
+}
+
+/// TLS 1.2 full handshake, one record per message (ServerHello, Certificate,
+/// ServerKeyExchange, ServerHelloDone). Records: 8 handshake, 2 CCS.
+pub fn tls12_full(c: &mut Conversation) -> &mut Conversation {
+    let flight = hs_records(&[
+        &ServerHello::tls12().message(),
+        &certificate(800),
+        &server_key_exchange(300),
+        &server_hello_done(),
+    ]);
+    tls12_full_with_flight(c, &flight)
+}
+
+/// A TLS 1.2 abbreviated (resumed) handshake: a TLS 1.2-only ClientHello,
+/// then [`tls12_finish_abbreviated`] with the server's cleartext handshake
+/// records `server_hs` (its ServerHello, maybe a NewSessionTicket). Records:
+/// 3 handshake and 2 CCS, plus `server_hs`'s.
+pub fn tls12_abbreviated<'a>(c: &'a mut Conversation, server_hs: &[u8]) -> &'a mut Conversation {
+    c.client(ClientHello::tls12().record());
+    tls12_finish_abbreviated(c, server_hs)
+}
+
+/// A client-initiated TLS 1.2 renegotiation the server honours with a full
+/// handshake (all records encrypted). Records: 8 handshake, 2 CCS.
+pub fn tls12_client_reneg(c: &mut Conversation) -> &mut Conversation {
+    c.client(encrypted_handshake(250)).server(
+        [
+            encrypted_handshake(120),
+            encrypted_handshake(850),
+            encrypted_handshake(330),
+            encrypted_handshake(28),
+        ]
+        .concat(),
+    );
+    tls12_finish_full(c, &encrypted_handshake(100), &[])
+}
+
+/// A client-initiated TLS 1.2 renegotiation the server honours with an
+/// abbreviated handshake (it resumes the session). Records: 4 handshake, 2 CCS.
+pub fn tls12_client_reneg_abbreviated(c: &mut Conversation) -> &mut Conversation {
+    c.client(encrypted_handshake(200));
+    tls12_finish_abbreviated(c, &encrypted_handshake(100))
+}
+
+/// A client-initiated TLS 1.2 renegotiation the server refuses with an
+/// (encrypted) alert. Records: 1 handshake, 1 alert.
+pub fn tls12_client_reneg_refused(c: &mut Conversation) -> &mut Conversation {
+    c.client(encrypted_handshake(250)).server(encrypted_alert())
+}
+
+/// A server-initiated TLS 1.2 renegotiation: a HelloRequest, the client's
+/// ClientHello, and a full handshake (all records encrypted). Records: 8
+/// handshake (HelloRequest and ClientHello, 6 more), 2 CCS.
+pub fn tls12_server_reneg(c: &mut Conversation) -> &mut Conversation {
+    c.server(encrypted_handshake(32))
+        .client(encrypted_handshake(250))
+        .server(
+            [
+                encrypted_handshake(120),
+                encrypted_handshake(850),
+                encrypted_handshake(40),
+            ]
+            .concat(),
+        );
+    tls12_finish_full(c, &encrypted_handshake(100), &[])
+}
+
+/// A server-initiated TLS 1.2 renegotiation the client refuses: a
+/// HelloRequest answered with an (encrypted) alert. Records: 1 handshake, 1
+/// alert.
+pub fn tls12_server_reneg_refused(c: &mut Conversation) -> &mut Conversation {
+    c.server(encrypted_handshake(32)).client(encrypted_alert())
+}
+
+/// The server's TLS 1.3 flight after the ClientHello: the ServerHello message
+/// `server_hello` in a cleartext record, then encrypted records (application
+/// data typed) of the lengths `encrypted`, back to back.
+pub fn tls13_server_flight(server_hello: &[u8], encrypted: &[usize]) -> Vec<u8> {
+    let mut v = hs_record(&[server_hello]);
+    for len in encrypted {
+        v.extend(app_data(*len));
+    }
+    v
+}
+
+/// The end of a TLS 1.3 handshake, once the client's (last) ClientHello is
+/// sent: the server's [`tls13_server_flight`] in one send, then the client's
+/// encrypted Finished (53 bytes). Records: 1 handshake, `encrypted.len() + 1`
+/// application data.
+pub fn tls13_finish<'a>(
+    c: &'a mut Conversation,
+    server_hello: &[u8],
+    encrypted: &[usize],
+) -> &'a mut Conversation {
+    c.server(tls13_server_flight(server_hello, encrypted))
+        .client(app_data(53))
+}
+
+/// TLS 1.3 full handshake without compatibility CCS, with two tickets after
+/// it. Records: 2 handshake, 7 application data.
+pub fn tls13_full(c: &mut Conversation) -> &mut Conversation {
+    c.client(ClientHello::tls13().record());
+    tls13_finish(c, &ServerHello::tls13().message(), &[40, 900, 280, 53])
+        .server([app_data(200), app_data(200)].concat())
 }
 
 /// ISN pairs (client, server) the tests run with: zero, arbitrary, and near

@@ -72,79 +72,6 @@ fn assert_synced(s: &FlowState) {
 }
 
 // ---------------------------------------------------------------------------
-// Conversation pieces.
-
-/// TLS 1.2 full handshake, one record per message. Records: 8 handshake, 2 CCS.
-fn tls12_full(c: &mut Conversation) -> &mut Conversation {
-    c.client(ClientHello::tls12().record())
-        .server(hs_records(&[
-            &ServerHello::tls12().message(),
-            &certificate(800),
-            &server_key_exchange(300),
-            &server_hello_done(),
-        ]))
-        .client(
-            [
-                hs_record(&[&client_key_exchange(66)]),
-                ccs(),
-                encrypted_finished(),
-            ]
-            .concat(),
-        )
-        .server([ccs(), encrypted_finished()].concat())
-}
-
-/// TLS 1.3 full handshake without compatibility CCS, with two tickets after
-/// it. Records: 2 handshake, 7 application data.
-fn tls13_full(c: &mut Conversation) -> &mut Conversation {
-    c.client(ClientHello::tls13().record())
-        .server(
-            [
-                hs_record(&[&ServerHello::tls13().message()]),
-                app_data(40),
-                app_data(900),
-                app_data(280),
-                app_data(53),
-            ]
-            .concat(),
-        )
-        .client(app_data(53))
-        .server([app_data(200), app_data(200)].concat())
-}
-
-/// A client-initiated TLS 1.2 renegotiation the server honours with a full
-/// handshake. Records: 8 handshake, 2 CCS.
-fn tls12_client_reneg(c: &mut Conversation) -> &mut Conversation {
-    c.client(encrypted_handshake(250))
-        .server(
-            [
-                encrypted_handshake(120),
-                encrypted_handshake(850),
-                encrypted_handshake(330),
-                encrypted_handshake(28),
-            ]
-            .concat(),
-        )
-        .client([encrypted_handshake(100), ccs(), encrypted_finished()].concat())
-        .server([ccs(), encrypted_finished()].concat())
-}
-
-/// The server's full-handshake answer to a renegotiation ClientHello, and the
-/// rest of the handshake. Records: 6 handshake, 2 CCS.
-fn tls12_reneg_rest(c: &mut Conversation) -> &mut Conversation {
-    c.server(
-        [
-            encrypted_handshake(120),
-            encrypted_handshake(850),
-            encrypted_handshake(40),
-        ]
-        .concat(),
-    )
-    .client([encrypted_handshake(100), ccs(), encrypted_finished()].concat())
-    .server([ccs(), encrypted_finished()].concat())
-}
-
-// ---------------------------------------------------------------------------
 // TLS 1.2 first handshake.
 
 #[test]
@@ -176,34 +103,22 @@ fn tls12_full_handshake() {
 #[test]
 fn tls12_several_messages_in_one_record() {
     let mut c = Conversation::new();
-    c.client(ClientHello::tls12().record())
-        .server(hs_record(&[
-            &ServerHello::tls12().message(),
-            &certificate(800),
-            &server_key_exchange(300),
-            &certificate_request(20),
-            &server_hello_done(),
-        ]))
-        .client(
-            [
-                hs_record(&[
-                    &certificate(500),
-                    &client_key_exchange(66),
-                    &hs(15, &[7; 72]),
-                ]),
-                ccs(),
-                encrypted_finished(),
-            ]
-            .concat(),
-        )
-        .server(
-            [
-                hs_record(&[&new_session_ticket(180)]),
-                ccs(),
-                encrypted_finished(),
-            ]
-            .concat(),
-        );
+    c.client(ClientHello::tls12().record()).server(hs_record(&[
+        &ServerHello::tls12().message(),
+        &certificate(800),
+        &server_key_exchange(300),
+        &certificate_request(20),
+        &server_hello_done(),
+    ]));
+    tls12_finish_full(
+        &mut c,
+        &hs_record(&[
+            &certificate(500),
+            &client_key_exchange(66),
+            &hs(15, &[7; 72]),
+        ]),
+        &hs_record(&[&new_session_ticket(180)]),
+    );
     let s = all_ways(&c);
     assert_eq!(
         s.counters,
@@ -225,24 +140,13 @@ fn tls12_several_messages_in_one_record() {
 fn tls12_message_spanning_two_records() {
     let cert = certificate(3000);
     let (a, b) = cert.split_at(1234);
+    let flight = [
+        hs_record(&[&ServerHello::tls12().message(), a]),
+        hs_record(&[b, &server_hello_done()]),
+    ]
+    .concat();
     let mut c = Conversation::new();
-    c.client(ClientHello::tls12().record())
-        .server(
-            [
-                hs_record(&[&ServerHello::tls12().message(), a]),
-                hs_record(&[b, &server_hello_done()]),
-            ]
-            .concat(),
-        )
-        .client(
-            [
-                hs_record(&[&client_key_exchange(66)]),
-                ccs(),
-                encrypted_finished(),
-            ]
-            .concat(),
-        )
-        .server([ccs(), encrypted_finished()].concat());
+    tls12_full_with_flight(&mut c, &flight);
     let s = all_ways(&c);
     assert_eq!(
         s.counters,
@@ -271,17 +175,7 @@ fn flights_in_tiny_records() {
         let refs: Vec<&[u8]> = msgs.iter().map(|m| &m[..]).collect();
         let total: usize = msgs.iter().map(Vec::len).sum();
         let mut c = Conversation::new();
-        c.client(ClientHello::tls12().record())
-            .server(hs_fragmented(&refs, frag))
-            .client(
-                [
-                    hs_record(&[&client_key_exchange(66)]),
-                    ccs(),
-                    encrypted_finished(),
-                ]
-                .concat(),
-            )
-            .server([ccs(), encrypted_finished()].concat());
+        tls12_full_with_flight(&mut c, &hs_fragmented(&refs, frag));
         let s = all_ways(&c);
         assert_eq!(
             s.counters,
@@ -329,8 +223,7 @@ fn server_hello_split_across_records_at_every_byte() {
             if tls13 {
                 c.server(app_data(60)).client(app_data(53));
             } else {
-                c.server([ccs(), encrypted_finished()].concat())
-                    .client([ccs(), encrypted_finished()].concat());
+                tls12_finish_abbreviated(&mut c, &[]);
             }
             let s = run_sends(&c, [7, 7]);
             let want = if tls13 { VERSION_TLS13 } else { VERSION_TLS12 };
@@ -409,21 +302,7 @@ fn several_records_in_one_segment() {
 fn tls10_and_tls11_handshakes() {
     for v in [VERSION_TLS10, 0x0302] {
         let mut c = Conversation::new();
-        c.client(ClientHello::tls12().record())
-            .server(hs_record(&[
-                &ServerHello::tls12().version(v).message(),
-                &certificate(500),
-                &server_hello_done(),
-            ]))
-            .client(
-                [
-                    hs_record(&[&client_key_exchange(66)]),
-                    ccs(),
-                    encrypted_finished(),
-                ]
-                .concat(),
-            )
-            .server([ccs(), encrypted_finished()].concat())
+        tls12_full_with_hello(&mut c, &ServerHello::tls12().version(v).message(), 500)
             .client(app_data(22));
         let s = all_ways(&c);
         assert_eq!(s.version, v);
@@ -439,21 +318,7 @@ fn tls12_server_hello_without_extensions() {
     let mut sh = ServerHello::tls12();
     sh.no_extensions = true;
     let mut c = Conversation::new();
-    c.client(ClientHello::tls12().record())
-        .server(hs_record(&[
-            &sh.message(),
-            &certificate(100),
-            &server_hello_done(),
-        ]))
-        .client(
-            [
-                hs_record(&[&client_key_exchange(66)]),
-                ccs(),
-                encrypted_finished(),
-            ]
-            .concat(),
-        )
-        .server([ccs(), encrypted_finished()].concat());
+    tls12_full_with_hello(&mut c, &sh.message(), 100);
     let s = all_ways(&c);
     assert_eq!(s.version, VERSION_TLS12);
     assert_eq!(s.counters.handshakes, 1);
@@ -468,18 +333,11 @@ fn tls12_server_hello_without_extensions() {
 #[test]
 fn tls12_resumed_with_ticket() {
     let mut c = Conversation::new();
-    c.client(ClientHello::tls12().record())
-        .server(
-            [
-                hs_record(&[&ServerHello::tls12().message()]),
-                hs_record(&[&new_session_ticket(170)]),
-                ccs(),
-                encrypted_finished(),
-            ]
-            .concat(),
-        )
-        .client([ccs(), encrypted_finished()].concat())
-        .client(app_data(500));
+    tls12_abbreviated(
+        &mut c,
+        &hs_records(&[&ServerHello::tls12().message(), &new_session_ticket(170)]),
+    )
+    .client(app_data(500));
     let s = all_ways(&c);
     assert_eq!(
         s.counters,
@@ -498,16 +356,10 @@ fn tls12_resumed_with_ticket() {
 #[test]
 fn tls12_resumed_session_id_without_ticket() {
     let mut c = Conversation::new();
-    c.client(ClientHello::tls12().record())
-        .server(
-            [
-                hs_record(&[&ServerHello::tls12().session_id(32).message()]),
-                ccs(),
-                encrypted_finished(),
-            ]
-            .concat(),
-        )
-        .client([ccs(), encrypted_finished()].concat());
+    tls12_abbreviated(
+        &mut c,
+        &hs_record(&[&ServerHello::tls12().session_id(32).message()]),
+    );
     let s = all_ways(&c);
     assert_eq!(s.counters.handshakes, 1);
     assert_eq!(s.counters.records, recs(2, 0, 4, 0, 0));
@@ -521,9 +373,7 @@ fn tls12_renegotiation_does_not_mark_resumed() {
     let mut c = Conversation::new();
     tls12_full(&mut c);
     // Abbreviated renegotiation: server CCS before any certificate-class message.
-    c.client(encrypted_handshake(200))
-        .server([encrypted_handshake(100), ccs(), encrypted_finished()].concat())
-        .client([ccs(), encrypted_finished()].concat());
+    tls12_client_reneg_abbreviated(&mut c);
     let s = all_ways(&c);
     assert_eq!(s.counters.handshakes, 2);
     assert!(!s.resumed());
@@ -592,10 +442,8 @@ fn tls13_resumed_with_pre_shared_key() {
         let mut sh = ServerHello::tls13().psk();
         sh.psk_first = psk_first;
         let mut c = Conversation::new();
-        c.client(ClientHello::tls13().record())
-            .server([hs_record(&[&sh.message()]), app_data(40), app_data(53)].concat())
-            .client(app_data(53))
-            .server(app_data(200));
+        c.client(ClientHello::tls13().record());
+        tls13_finish(&mut c, &sh.message(), &[40, 53]).server(app_data(200));
         let s = all_ways(&c);
         assert_eq!(
             s.counters,
@@ -617,21 +465,7 @@ fn pre_shared_key_in_tls12_server_hello_is_not_resumption() {
     let mut sh = ServerHello::tls12();
     sh.psk = true;
     let mut c = Conversation::new();
-    c.client(ClientHello::tls12().record())
-        .server(hs_record(&[
-            &sh.message(),
-            &certificate(100),
-            &server_hello_done(),
-        ]))
-        .client(
-            [
-                hs_record(&[&client_key_exchange(66)]),
-                ccs(),
-                encrypted_finished(),
-            ]
-            .concat(),
-        )
-        .server([ccs(), encrypted_finished()].concat());
+    tls12_full_with_hello(&mut c, &sh.message(), 100);
     let s = all_ways(&c);
     assert!(!s.resumed());
     assert_eq!(s.counters.handshakes, 1);
@@ -642,16 +476,8 @@ fn tls13_hello_retry_request() {
     let mut c = Conversation::new();
     c.client(ClientHello::tls13().record())
         .server(hs_record(&[&ServerHello::hrr().message()]))
-        .client(ClientHello::tls13().record())
-        .server(
-            [
-                hs_record(&[&ServerHello::tls13().message()]),
-                app_data(900),
-                app_data(53),
-            ]
-            .concat(),
-        )
-        .client(app_data(53));
+        .client(ClientHello::tls13().record());
+    tls13_finish(&mut c, &ServerHello::tls13().message(), &[900, 53]);
     let s = all_ways(&c);
     assert_eq!(
         s.counters,
@@ -682,10 +508,8 @@ fn tls13_hello_retry_request_compat_ccs() {
         let mut c = Conversation::new();
         c.client(ClientHello::tls13().record())
             .server([hs_record(&[&ServerHello::hrr().message()]), ccs()].concat())
-            .client([ccs(), ClientHello::tls13().record()].concat())
-            .server([hs_record(&[&sh.message()]), app_data(900), app_data(53)].concat())
-            .client(app_data(53))
-            .client(app_data(22));
+            .client([ccs(), ClientHello::tls13().record()].concat());
+        tls13_finish(&mut c, &sh.message(), &[900, 53]).client(app_data(22));
         let s = all_ways(&c);
         assert_eq!(
             s.counters,
@@ -711,16 +535,8 @@ fn tls13_hello_retry_request_after_early_ccs() {
     let mut c = Conversation::new();
     c.client([ClientHello::tls13().record(), ccs(), app_data(100)].concat())
         .server([hs_record(&[&ServerHello::hrr().message()]), ccs()].concat())
-        .client(ClientHello::tls13().record())
-        .server(
-            [
-                hs_record(&[&ServerHello::tls13().message()]),
-                app_data(900),
-                app_data(53),
-            ]
-            .concat(),
-        )
-        .client(app_data(53));
+        .client(ClientHello::tls13().record());
+    tls13_finish(&mut c, &ServerHello::tls13().message(), &[900, 53]);
     let s = all_ways(&c);
     assert_eq!(s.counters.client_hellos, 2);
     assert_eq!(s.counters.handshakes, 1);
@@ -757,16 +573,7 @@ fn client_renegotiation_honoured() {
 #[test]
 fn client_renegotiation_after_resumed_handshake() {
     let mut c = Conversation::new();
-    c.client(ClientHello::tls12().record())
-        .server(
-            [
-                hs_record(&[&ServerHello::tls12().message()]),
-                ccs(),
-                encrypted_finished(),
-            ]
-            .concat(),
-        )
-        .client([ccs(), encrypted_finished()].concat());
+    tls12_abbreviated(&mut c, &hs_record(&[&ServerHello::tls12().message()]));
     tls12_client_reneg(&mut c);
     let s = all_ways_finished(&c);
     assert_eq!(s.counters.client_hellos, 2);
@@ -786,9 +593,7 @@ fn client_renegotiations_in_a_row() {
                 tls12_client_reneg(&mut c);
             } else {
                 // Abbreviated: the server resumes the session.
-                c.client(encrypted_handshake(200))
-                    .server([encrypted_handshake(100), ccs(), encrypted_finished()].concat())
-                    .client([ccs(), encrypted_finished()].concat());
+                tls12_client_reneg_abbreviated(&mut c);
             }
             c.client(app_data(10 + i as usize));
         }
@@ -813,8 +618,7 @@ fn client_renegotiations_in_a_row() {
 fn client_renegotiation_refused_by_alert() {
     let mut c = Conversation::new();
     tls12_full(&mut c);
-    c.client(encrypted_handshake(250))
-        .server(encrypted_alert())
+    tls12_client_reneg_refused(&mut c)
         .client(app_data(100))
         .server(app_data(100));
     let s = all_ways_finished(&c);
@@ -838,9 +642,9 @@ fn client_renegotiation_refused_by_alert() {
 fn client_renegotiation_refused_then_honoured_then_refused() {
     let mut c = Conversation::new();
     tls12_full(&mut c);
-    c.client(encrypted_handshake(250)).server(encrypted_alert());
+    tls12_client_reneg_refused(&mut c);
     tls12_client_reneg(&mut c);
-    c.client(encrypted_handshake(250)).server(encrypted_alert());
+    tls12_client_reneg_refused(&mut c);
     let s = all_ways_finished(&c);
     assert_eq!(s.counters.client_hellos, 4);
     assert_eq!(s.counters.renegotiations_client, 3);
@@ -913,9 +717,7 @@ fn client_renegotiation_answered_then_closed_is_not_refused() {
 fn server_hello_request_answered_with_client_hello() {
     let mut c = Conversation::new();
     tls12_full(&mut c);
-    c.server(encrypted_handshake(32))
-        .client(encrypted_handshake(250));
-    tls12_reneg_rest(&mut c);
+    tls12_server_reneg(&mut c);
     let s = all_ways_finished(&c);
     assert_eq!(
         s.counters,
@@ -934,8 +736,7 @@ fn server_hello_request_answered_with_client_hello() {
 fn server_hello_request_refused_by_alert() {
     let mut c = Conversation::new();
     tls12_full(&mut c);
-    c.server(encrypted_handshake(32))
-        .client(encrypted_alert())
+    tls12_server_reneg_refused(&mut c)
         .client(app_data(50))
         .server(app_data(50));
     let s = all_ways_finished(&c);
@@ -989,11 +790,9 @@ fn mixed_renegotiations() {
     let mut c = Conversation::new();
     tls12_full(&mut c);
     tls12_client_reneg(&mut c); // honoured
-    c.server(encrypted_handshake(32))
-        .client(encrypted_handshake(250)); // HR answered
-    tls12_reneg_rest(&mut c);
-    c.client(encrypted_handshake(250)).server(encrypted_alert()); // refused
-    c.server(encrypted_handshake(32)).client(encrypted_alert()); // refused
+    tls12_server_reneg(&mut c); // HR answered
+    tls12_client_reneg_refused(&mut c); // refused
+    tls12_server_reneg_refused(&mut c); // refused
     tls12_client_reneg(&mut c); // honoured
     let s = all_ways_finished(&c);
     assert_eq!(
@@ -1034,15 +833,10 @@ fn tls13_keyupdate_like_records() {
 fn tls13_no_keyupdate_like_before_handshake_completes() {
     let mut c = Conversation::new();
     c.client([ClientHello::tls13().record(), app_data(22)].concat())
-        .server(
-            [
-                hs_record(&[&ServerHello::tls13().message()]),
-                app_data(22),
-                app_data(22),
-                app_data(53),
-            ]
-            .concat(),
-        );
+        .server(tls13_server_flight(
+            &ServerHello::tls13().message(),
+            &[22, 22, 53],
+        ));
     let s = all_ways(&c);
     assert_eq!(s.counters.keyupdate_like, 0);
     assert_eq!(s.counters.handshakes, 0);
@@ -1070,7 +864,7 @@ fn tls13_client_hello_lookalike_after_handshake() {
     for compat in [false, true] {
         let mut c = Conversation::new();
         c.client(ClientHello::tls13().record())
-            .server([hs_record(&[&ServerHello::tls13().message()]), app_data(900)].concat());
+            .server(tls13_server_flight(&ServerHello::tls13().message(), &[900]));
         if compat {
             c.client(ccs());
         }
@@ -1491,22 +1285,7 @@ fn step_budget_overflow() {
 /// ServerHelloDone, then the rest of a TLS 1.2 handshake.
 fn with_server_hello_body(sh_body: &[u8]) -> Conversation {
     let mut c = Conversation::new();
-    c.client(ClientHello::tls12().record())
-        .server(hs_record(&[
-            &hs(HS_SERVER_HELLO, sh_body),
-            &certificate(300),
-            &server_hello_done(),
-        ]))
-        .client(
-            [
-                hs_record(&[&client_key_exchange(66)]),
-                ccs(),
-                encrypted_finished(),
-            ]
-            .concat(),
-        )
-        .server([ccs(), encrypted_finished()].concat())
-        .client(app_data(10));
+    tls12_full_with_hello(&mut c, &hs(HS_SERVER_HELLO, sh_body), 300).client(app_data(10));
     c
 }
 
@@ -1612,10 +1391,7 @@ fn server_hello_with_lying_lengths() {
 fn server_hello_cut_short_by_ccs() {
     let sh = ServerHello::tls12().message();
     let mut c = Conversation::new();
-    c.client(ClientHello::tls12().record())
-        .server([hs_record(&[&sh[..50]]), ccs(), encrypted_finished()].concat())
-        .client([ccs(), encrypted_finished()].concat())
-        .client(app_data(10));
+    tls12_abbreviated(&mut c, &hs_record(&[&sh[..50]])).client(app_data(10));
     let s = all_ways(&c);
     assert_eq!(s.counters.records, recs(2, 0, 4, 1, 0));
     assert_eq!(s.counters.handshakes, 1);

@@ -358,13 +358,11 @@ fn reneg_rest(c: &mut Conversation, answer: Answer, refuser: usize) {
             let server: Vec<u8> = (0..k)
                 .flat_map(|i| encrypted_handshake(60 + 300 * i))
                 .collect();
-            c.server(server)
-                .client([encrypted_handshake(100), ccs(), encrypted_finished()].concat())
-                .server([ccs(), encrypted_finished()].concat());
+            c.server(server);
+            tls12_finish_full(c, &encrypted_handshake(100), &[]);
         }
         Answer::Abbreviated => {
-            c.server([encrypted_handshake(100), ccs(), encrypted_finished()].concat())
-                .client([ccs(), encrypted_finished()].concat());
+            tls12_finish_abbreviated(c, &encrypted_handshake(100));
         }
         Answer::Alert => {
             c.send(refuser, encrypted_alert());
@@ -389,8 +387,7 @@ fn build(m: &Model) -> Conversation {
                 if *nst {
                     msgs.push(new_session_ticket(m.nst_len));
                 }
-                c.server([flight(&msgs, p[1]), ccs(), encrypted_finished()].concat())
-                    .client([ccs(), encrypted_finished()].concat());
+                tls12_finish_abbreviated(&mut c, &flight(&msgs, p[1]));
             } else {
                 let mut msgs = vec![sh, certificate(m.cert_len)];
                 if *ske {
@@ -398,19 +395,15 @@ fn build(m: &Model) -> Conversation {
                 }
                 msgs.push(server_hello_done());
                 c.server(flight(&msgs, p[1]));
-                c.client(
-                    [
-                        flight(&[client_key_exchange(m.cke_len)], p[2]),
-                        ccs(),
-                        encrypted_finished(),
-                    ]
-                    .concat(),
-                );
                 let mut last = Vec::new();
                 if *nst {
                     last = flight(&[new_session_ticket(m.nst_len)], p[3]);
                 }
-                c.server([last, ccs(), encrypted_finished()].concat());
+                tls12_finish_full(
+                    &mut c,
+                    &flight(&[client_key_exchange(m.cke_len)], p[2]),
+                    &last,
+                );
             }
         }
         Proto::Tls13 {
