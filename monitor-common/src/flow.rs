@@ -11,6 +11,8 @@
 //!   latency (the agent's sweep finds the flow) and is counted in `STATS`.
 //! * `STATS`: per-CPU array of `u64` indexed by [`Stat`].
 //! * `CONFIG`: array with one [`TrackerConfig`].
+//! * `BANS_V4`, `BANS_V6`, `BAN_COUNT`: the source addresses the ingress
+//!   program drops (see [`crate::ban`]).
 
 /// An IPv6 (or IPv4-mapped IPv6) address as four 32-bit words holding the
 /// address bytes in network order (`u32::from_ne_bytes` of each 4-byte group).
@@ -183,10 +185,61 @@ pub enum Stat {
     FlowsClosed = 5,
     /// Packets the TC program could not parse (truncated headers).
     MalformedPackets = 6,
+    /// Packets the TC ingress program dropped because their source address
+    /// is banned (every reason; see `crate::ban`).
+    BanDrops = 7,
+    /// Of those, the packets of bans added by an operator
+    /// (`crate::ban::BAN_REASON_MANUAL`).
+    BanDropsManual = 8,
 }
 
 /// Number of `STATS` slots.
-pub const STAT_COUNT: u32 = 7;
+pub const STAT_COUNT: u32 = 9;
+
+impl Stat {
+    /// Every slot, in index order.
+    pub const ALL: [Stat; STAT_COUNT as usize] = [
+        Stat::Segments,
+        Stat::TlsSegments,
+        Stat::FlowsCreated,
+        Stat::FlowInsertErrors,
+        Stat::EventsLost,
+        Stat::FlowsClosed,
+        Stat::MalformedPackets,
+        Stat::BanDrops,
+        Stat::BanDropsManual,
+    ];
+
+    /// The slot's name in `/v1/stats` and in metric names (`hsmon_kernel_<name>_total`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::Segments => "segments",
+            Stat::TlsSegments => "tls_segments",
+            Stat::FlowsCreated => "flows_created",
+            Stat::FlowInsertErrors => "flow_insert_errors",
+            Stat::EventsLost => "events_lost",
+            Stat::FlowsClosed => "flows_closed",
+            Stat::MalformedPackets => "malformed_packets",
+            Stat::BanDrops => "ban_drops",
+            Stat::BanDropsManual => "ban_drops_manual",
+        }
+    }
+
+    /// One line saying what the slot counts (the metric's HELP text).
+    pub const fn help(self) -> &'static str {
+        match self {
+            Stat::Segments => "TCP segments with payload the TC programs looked at",
+            Stat::TlsSegments => "Segments of tracked TLS flows fed to the tracker",
+            Stat::FlowsCreated => "TLS flows created in the kernel's flow map",
+            Stat::FlowInsertErrors => "TLS flow creations that failed (map update error)",
+            Stat::EventsLost => "Ring-buffer events dropped because the buffer was full",
+            Stat::FlowsClosed => "Flows marked closed by the TCP state tracepoint",
+            Stat::MalformedPackets => "Packets the TC program could not parse (truncated headers)",
+            Stat::BanDrops => "Packets dropped at TC ingress because their source is banned",
+            Stat::BanDropsManual => "Packets dropped by bans an operator added (hsmon bans add)",
+        }
+    }
+}
 
 /// Settings the agent writes into the `CONFIG` map.
 #[repr(C)]
@@ -213,6 +266,14 @@ const _: () = assert!(core::mem::size_of::<TrackerConfig>() == 36);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_table_is_in_index_order() {
+        for (i, stat) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*stat as usize, i);
+            assert!(!stat.name().is_empty() && !stat.help().is_empty());
+        }
+    }
 
     #[test]
     fn key_is_the_same_for_both_directions() {

@@ -9,6 +9,7 @@
 #[cfg(feature = "testing")]
 extern crate std;
 
+pub mod ban;
 pub mod flow;
 pub mod payload;
 #[cfg(feature = "testing")]
@@ -19,6 +20,7 @@ pub mod tracker;
 #[cfg(feature = "user")]
 mod pod {
     //! `aya::Pod` for the types stored in maps (user space only).
+    use crate::ban::BanValue;
     use crate::flow::{FlowEvent, FlowKey, FlowValue, TrackerConfig};
 
     // SAFETY: plain `repr(C)` integer structs with explicit padding fields.
@@ -26,4 +28,5 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for FlowEvent {}
     unsafe impl aya::Pod for TrackerConfig {}
+    unsafe impl aya::Pod for BanValue {}
 }

@@ -3,7 +3,8 @@
 //!
 //! * `hsmon_tc_ingress` / `hsmon_tc_egress` (TC classifiers): parse Ethernet,
 //!   IPv4/IPv6 and TCP, find the flow, feed the payload to the tracker. They
-//!   never drop or change a packet (always `TC_ACT_UNSPEC`).
+//!   never change a packet; ingress drops (`TC_ACT_SHOT`) packets from banned
+//!   source addresses (see `ban`), everything else passes (`TC_ACT_UNSPEC`).
 //! * `hsmon_sock_state` (tracepoint `sock/inet_sock_set_state`): a TCP socket
 //!   entering `TCP_CLOSE` finishes its flow and sends the final state to user
 //!   space.
@@ -12,6 +13,7 @@
 #![no_std]
 #![no_main]
 
+mod ban;
 mod maps;
 mod packet;
 mod sock_state;

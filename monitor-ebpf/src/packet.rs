@@ -8,9 +8,9 @@ use monitor_common::{
 
 use crate::maps::count;
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
+pub(crate) const ETH_HLEN: usize = 14;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
 
 /// TCP flag FIN.
@@ -58,7 +58,7 @@ pub fn parse(ctx: &TcContext, out: *mut Segment) -> bool {
 /// `bpf_skb_load_bytes`. Only for header offsets, which the verifier can
 /// bound; payload reads (any offset up to 64 KiB) use `bpf_skb_load_bytes`.
 #[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+pub(crate) fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() <= end {

@@ -3,7 +3,7 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
     cty::{c_long, c_void},
     helpers::{bpf_ktime_get_ns, bpf_loop},
     macros::classifier,
@@ -49,9 +49,14 @@ extern "C" fn step_cb(_index: u64, ctx: *mut c_void) -> c_long {
     }
 }
 
-/// Ingress hook: segments arriving at this host.
+/// Ingress hook: segments arriving at this host. Packets from banned
+/// sources are dropped first (`crate::ban`; one array lookup when nothing is
+/// banned).
 #[classifier]
 pub fn hsmon_tc_ingress(ctx: TcContext) -> i32 {
+    if crate::ban::any() && crate::ban::banned(&ctx) {
+        return TC_ACT_SHOT;
+    }
     track(&ctx);
     TC_ACT_UNSPEC
 }

@@ -24,6 +24,8 @@ pub enum Verb {
     Run(crate::run::Args),
     /// List the TLS connections the agent tracks (open and recently closed).
     Conns(crate::conns::Args),
+    /// List the source-address bans in force (`add` and `del` change them).
+    Bans(crate::bans::Args),
 }
 
 impl Verb {
@@ -32,6 +34,7 @@ impl Verb {
         match self {
             Verb::Run(args) => crate::run::run(args),
             Verb::Conns(args) => crate::conns::run(args),
+            Verb::Bans(args) => crate::bans::run(args),
         }
     }
 }
@@ -100,6 +103,28 @@ mod tests {
         assert_eq!(args.socket.socket, PathBuf::from("/tmp/x.sock"));
         assert_eq!(args.ports, Some(crate::run::PortList(vec![443, 8443])));
         assert_eq!(args.flow_map_size, 1024);
+    }
+
+    #[test]
+    fn run_metrics_addr() {
+        let args = |extra: &[&str]| {
+            let mut all = vec!["run"];
+            all.extend_from_slice(extra);
+            match parse(&all).expect("parses").verb {
+                Verb::Run(args) => args.metrics_addr.0,
+                _ => panic!("not run"),
+            }
+        };
+        assert_eq!(args(&[]), Some("127.0.0.1:9477".parse().expect("addr")));
+        assert_eq!(
+            args(&["--metrics-addr", "[::1]:9100"]),
+            Some("[::1]:9100".parse().expect("addr"))
+        );
+        assert_eq!(args(&["--metrics-addr", "off"]), None);
+        for bad in ["localhost:9477", "9477", "1.2.3.4:99999", ""] {
+            let err = parse(&["run", "--metrics-addr", bad]).expect_err(bad);
+            assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,13 +1,14 @@
-//! The CLI side of the control API: one HTTP/1 GET over the agent's Unix socket.
+//! The CLI side of the control API: one HTTP/1 request over the agent's Unix
+//! socket (GET, or POST/DELETE with [`request`]).
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
-use hyper::header::HOST;
-use hyper::{Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
@@ -22,10 +23,35 @@ fn unreachable(socket: &Path) -> String {
     )
 }
 
+/// The agent answered, but not with 200: its status and the `error` message
+/// of its JSON body. (`anyhow::Error::downcast_ref` finds it.)
+#[derive(Debug, thiserror::Error)]
+#[error("the agent answered {path} with {status}: {message}")]
+pub struct ApiError {
+    /// The request's path.
+    pub path: String,
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The agent's explanation.
+    pub message: String,
+}
+
 /// GETs `path` from the agent listening on `socket`; returns the body of a
 /// 200 answer, or an error that says what went wrong.
 pub async fn get(socket: &Path, path: &str) -> Result<Bytes> {
-    match tokio::time::timeout(TIMEOUT, get_inner(socket, path)).await {
+    request(socket, Method::GET, path, None).await
+}
+
+/// Sends `method path` (with `json` as a JSON body, if any) to the agent
+/// listening on `socket`; returns the body of a 200 answer, or an error that
+/// says what went wrong (an [`ApiError`] when the agent refused).
+pub async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    json: Option<Vec<u8>>,
+) -> Result<Bytes> {
+    match tokio::time::timeout(TIMEOUT, request_inner(socket, method, path, json)).await {
         Ok(r) => r,
         Err(_) => bail!(
             "the agent at {} did not answer within {} s",
@@ -35,7 +61,12 @@ pub async fn get(socket: &Path, path: &str) -> Result<Bytes> {
     }
 }
 
-async fn get_inner(socket: &Path, path: &str) -> Result<Bytes> {
+async fn request_inner(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    json: Option<Vec<u8>>,
+) -> Result<Bytes> {
     let stream = UnixStream::connect(socket)
         .await
         .with_context(|| unreachable(socket))?;
@@ -43,9 +74,15 @@ async fn get_inner(socket: &Path, path: &str) -> Result<Bytes> {
         .await
         .context("starting an HTTP exchange with the agent")?;
     let conn = tokio::spawn(conn);
-    let req = Request::get(path)
-        .header(HOST, "hsmon")
-        .body(Empty::<Bytes>::new())
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, "hsmon");
+    if json.is_some() {
+        req = req.header(CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(json.unwrap_or_default())))
         .context("building the request")?;
     let resp = sender
         .send_request(req)
@@ -60,10 +97,12 @@ async fn get_inner(socket: &Path, path: &str) -> Result<Bytes> {
         .to_bytes();
     conn.abort();
     if status != StatusCode::OK {
-        return Err(anyhow!(
-            "the agent answered {path} with {status}: {}",
-            error_message(&body)
-        ));
+        return Err(ApiError {
+            path: path.to_owned(),
+            status,
+            message: error_message(&body),
+        }
+        .into());
     }
     Ok(body)
 }

@@ -3,6 +3,8 @@
 //! can load exactly the eBPF object the binary ships ([`ebpf_object`]).
 
 pub mod api;
+pub mod bans;
+pub mod cidr;
 pub mod cli;
 pub mod client;
 pub mod conns;

@@ -10,7 +10,7 @@
 //! figure, to show that overhead.
 
 use anyhow::{Context, Result};
-use monitor_common::testing::*;
+use monitor_common::{ban::BAN_REASON_MANUAL, testing::*};
 use tests::{
     packet::{flags, tcp_segment, Endpoint},
     test_run::{frame, TcHarness},
@@ -101,6 +101,25 @@ fn main() -> Result<()> {
     let pure_ack = tcp_segment(client, server, 7, flags::ACK, &[]);
     let (_, d) = h.run_repeat(&pure_ack, REPEAT)?;
     rows.push(("TCP without payload".into(), d.as_nanos() as f64, "repeat"));
+    // Bans: one on another address (every packet now does the trie lookup),
+    // then one on the sender (the packet is dropped).
+    let hour = monitor::record::monotonic_now_ns() + 3_600_000_000_000;
+    h.ban("10.99.0.77", hour, BAN_REASON_MANUAL)?;
+    h.set_ban_count(1)?;
+    let (_, d) = h.run_repeat(&pure_ack, REPEAT)?;
+    rows.push((
+        "TCP without payload, 1 ban (other source)".into(),
+        d.as_nanos() as f64,
+        "repeat",
+    ));
+    h.ban("10.99.0.0/24", hour, BAN_REASON_MANUAL)?;
+    h.set_ban_count(2)?;
+    let (_, d) = h.run_repeat(&plain, REPEAT)?;
+    rows.push((
+        "banned source (dropped), 1300 B".into(),
+        d.as_nanos() as f64,
+        "repeat",
+    ));
     let mut noop = TcHarness::load_program("hsmon_tc_noop")?;
     let (_, d) = noop.run_repeat(&plain, REPEAT)?;
     rows.push((

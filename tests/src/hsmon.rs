@@ -114,6 +114,12 @@ impl Agent {
     /// Starts the agent on the server's veth and waits until `conns`
     /// answers (at most [`READY_TIMEOUT`]).
     pub fn start(net: &NetPair, dir: &Path) -> Result<Self> {
+        Self::start_with_args(net, dir, &[])
+    }
+
+    /// Like [`Agent::start`], with `extra` appended to `hsmon run`'s
+    /// arguments (e.g. `--metrics-addr 127.0.0.1:9477`).
+    pub fn start_with_args(net: &NetPair, dir: &Path, extra: &[String]) -> Result<Self> {
         let bin = hsmon_bin();
         if !bin.is_file() {
             bail!(
@@ -127,7 +133,8 @@ impl Agent {
             .arg("--iface")
             .arg(&net.server_if)
             .arg("--socket")
-            .arg(&socket);
+            .arg(&socket)
+            .args(extra);
         let proc = Proc::spawn("hsmon-agent", c, dir, false)?;
         let mut agent = Self { proc, bin, socket };
         agent.wait_ready(READY_TIMEOUT)?;

@@ -16,7 +16,7 @@
 //! `--test-threads=1`.
 //!
 //! Needs (Debian packages): iproute2, openssl, nginx, python3, tcpdump,
-//! tshark. Environment:
+//! tshark, prometheus. Environment:
 //! - `HSMON_BIN`: the hsmon binary (default `<workspace>/target/release/hsmon`);
 //! - `HSMON_REQUIRE_ROOT` or `CI`: without root, fail instead of skipping;
 //! - `HSMON_KEEP_TMP=1`: keep each test's directory (pcap, key logs, tshark
@@ -44,6 +44,7 @@ pub mod openssl;
 pub mod packet;
 pub mod plain;
 pub mod process;
+pub mod prom;
 pub mod pyssl;
 pub mod root;
 pub mod scenario;

@@ -75,6 +75,17 @@ impl Scenario {
     }
 
     fn start_with(name: &str, with_agent: bool) -> Result<Self> {
+        Self::start_full(name, with_agent.then_some(&[][..]))
+    }
+
+    /// Like [`Scenario::start`], with `agent_args` appended to `hsmon run`'s
+    /// arguments.
+    pub fn start_with_agent_args(name: &str, agent_args: &[String]) -> Result<Self> {
+        Self::start_full(name, Some(agent_args))
+    }
+
+    /// `agent`: `None` runs no agent, `Some(args)` one with `args` appended.
+    fn start_full(name: &str, agent: Option<&[String]>) -> Result<Self> {
         let dir = WorkDir::new(name)?;
         let net = NetPair::create().context("creating the network namespaces")?;
         let cert = TestCert::generate(dir.path()).context("generating the test certificate")?;
@@ -96,8 +107,10 @@ impl Scenario {
         let capture =
             Capture::start(&sc.net, sc.dir.path(), "tcpdump").context("starting tcpdump")?;
         sc.capture = Some(capture);
-        if with_agent {
-            sc.agent = Some(Agent::start(&sc.net, sc.dir.path()).context("starting hsmon")?);
+        if let Some(args) = agent {
+            sc.agent = Some(
+                Agent::start_with_args(&sc.net, sc.dir.path(), args).context("starting hsmon")?,
+            );
         }
         Ok(sc)
     }
@@ -137,6 +150,12 @@ impl Scenario {
     fn next_name(&mut self, kind: &str) -> String {
         self.seq += 1;
         format!("{kind}-{}", self.seq)
+    }
+
+    /// Adds a process started outside the scenario (e.g. Prometheus) to the
+    /// logs printed when the test fails.
+    pub fn add_logs(&mut self, p: &Proc) {
+        self.register(p);
     }
 
     fn register(&mut self, p: &Proc) {
@@ -446,6 +465,26 @@ pub fn assert_common(t: &ConnTruth, h: &HsmonConn) {
 /// the test after the logs are printed.
 pub fn with_scenario(name: &str, body: impl FnOnce(&mut Scenario) -> Result<()>) {
     run(name, true, body);
+}
+
+/// Like [`with_scenario`], with `agent_args` appended to `hsmon run`'s
+/// arguments.
+pub fn with_scenario_agent_args(
+    name: &str,
+    agent_args: &[String],
+    body: impl FnOnce(&mut Scenario) -> Result<()>,
+) {
+    if !crate::root::root_or_skip(name) {
+        return;
+    }
+    let mut sc = match Scenario::start_with_agent_args(name, agent_args) {
+        Ok(sc) => sc,
+        Err(e) => panic!("{name}: setting up the scenario failed: {e:?}"),
+    };
+    if let Err(e) = body(&mut sc) {
+        // Panicking while `sc` is alive makes its Drop print the logs.
+        panic!("{name}: {e:?}");
+    }
 }
 
 /// Like [`with_scenario`] but without hsmon (harness self-checks).

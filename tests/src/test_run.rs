@@ -3,18 +3,25 @@
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, MapData, PerCpuArray,
+    },
     programs::SchedClassifier,
     Ebpf, EbpfLoader, TestRun, TestRunOptions,
 };
+use monitor_common::ban::{v4_key_data, BanValue};
 use monitor_common::flow::{addr_from_bytes, ipv4_mapped, Addr, FlowKey, FlowValue, Stat};
 use std::net::IpAddr;
 
 use crate::packet::{flags, tcp_segment, Endpoint};
 use monitor_common::testing::{Driver, Step};
 
-/// `TC_ACT_UNSPEC`: what the program returns for every packet (it never drops).
+/// `TC_ACT_UNSPEC`: what the program returns for every packet it lets pass.
 pub const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+/// `TC_ACT_SHOT`: what ingress returns for a packet from a banned source.
+pub const TC_ACT_SHOT: u32 = 2;
 
 /// The name of the program the harness runs.
 pub const PROGRAM: &str = "hsmon_tc_ingress";
@@ -122,6 +129,55 @@ impl TcHarness {
             }
             Err(e) => Err(e).context("deleting from FLOWS"),
         }
+    }
+
+    /// Puts a ban on `cidr` (an address or prefix) into `BANS_V4`/`BANS_V6`,
+    /// ending at `expires_ns` (`CLOCK_MONOTONIC`), with reason code `reason`.
+    /// `BAN_COUNT` is not touched: see [`TcHarness::set_ban_count`].
+    pub fn ban(&mut self, cidr: &str, expires_ns: u64, reason: u32) -> Result<()> {
+        let cidr: monitor::cidr::Cidr = cidr.parse().with_context(|| format!("ban {cidr}"))?;
+        let value = BanValue::new(expires_ns, reason);
+        match cidr.addr() {
+            IpAddr::V4(a) => {
+                let mut m: LpmTrie<&mut MapData, u32, BanValue> =
+                    LpmTrie::try_from(self.ebpf.map_mut("BANS_V4").context("no BANS_V4 map")?)
+                        .context("BANS_V4 map type")?;
+                m.insert(
+                    &Key::new(cidr.prefix_len(), v4_key_data(a.octets())),
+                    value,
+                    0,
+                )
+                .context("writing BANS_V4")
+            }
+            IpAddr::V6(a) => {
+                let mut m: LpmTrie<&mut MapData, [u32; 4], BanValue> =
+                    LpmTrie::try_from(self.ebpf.map_mut("BANS_V6").context("no BANS_V6 map")?)
+                        .context("BANS_V6 map type")?;
+                m.insert(
+                    &Key::new(cidr.prefix_len(), addr_from_bytes(&a.octets())),
+                    value,
+                    0,
+                )
+                .context("writing BANS_V6")
+            }
+        }
+    }
+
+    /// Writes `BAN_COUNT[0]` (0 makes the program skip the ban check).
+    pub fn set_ban_count(&mut self, n: u32) -> Result<()> {
+        let mut m: Array<&mut MapData, u32> =
+            Array::try_from(self.ebpf.map_mut("BAN_COUNT").context("no BAN_COUNT map")?)
+                .context("BAN_COUNT map type")?;
+        m.set(0, n, 0).context("writing BAN_COUNT")
+    }
+
+    /// A `STATS` counter summed over CPUs.
+    pub fn stat(&self, stat: Stat) -> Result<u64> {
+        let stats: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map("STATS").context("no STATS map")?)
+                .context("STATS map type")?;
+        let per_cpu = stats.get(&(stat as u32), 0).context("reading STATS")?;
+        Ok(per_cpu.iter().sum())
     }
 
     /// `STATS[Segments]` summed over CPUs: TCP segments with payload seen.

@@ -34,7 +34,7 @@ enum Cmd {
     /// bpf-linker, tracefs); quick when everything is present.
     Setup {
         /// Also the Debian packages the root integration tests need (openssl,
-        /// nginx, tshark, tcpdump, iproute2, python3).
+        /// nginx, tshark, tcpdump, iproute2, python3, prometheus).
         #[arg(long)]
         test_deps: bool,
     },

@@ -27,7 +27,13 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// Debian packages the root integration tests use as real peers and tools.
 pub const TEST_PACKAGES: &[&str] = &[
-    "openssl", "nginx", "tshark", "tcpdump", "iproute2", "python3",
+    "openssl",
+    "nginx",
+    "tshark",
+    "tcpdump",
+    "iproute2",
+    "python3",
+    "prometheus",
 ];
 /// Pid file of the nginx started by Debian's package (its default config).
 const PACKAGED_NGINX_PID: &str = "/run/nginx.pid";

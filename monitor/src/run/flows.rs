@@ -12,16 +12,23 @@
 //! of the last sweep, reported as `evicted` and counted, never dropped
 //! silently.
 //!
+//! Every flow that leaves the live set (closed or evicted) has its counts
+//! taken into [`Departed`] once, so the Prometheus totals
+//! ([`FlowTable::metrics`]) are the departed flows' final counts plus the
+//! live flows' current ones, never counting a flow twice.
+//!
 //! The map is reached through [`FlowStore`], so all of this is tested on a
 //! plain `BTreeMap` without root.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 
 use anyhow::Result;
 use monitor_common::flow::{FlowKey, FlowValue};
 use monitor_common::tracker::FF_CLOSED;
 
-use crate::record::{ConnRecord, ConnState};
+use super::metrics::{top_k, Departed, FlowCounts, FlowMetrics};
+use crate::record::{socket_addr, ConnRecord, ConnState};
 
 /// How many closed flows the agent keeps unless told otherwise.
 pub const DEFAULT_KEEP_CLOSED: usize = 10_000;
@@ -146,6 +153,8 @@ pub struct FlowTable<S> {
     last_live: HashMap<FlowId, FlowValue>,
     /// Flows in `closed` that were evicted rather than closed.
     evicted: HashSet<FlowId>,
+    /// Counts of every flow that left the live set, each taken once.
+    departed: Departed,
 }
 
 impl<S: FlowStore> FlowTable<S> {
@@ -157,6 +166,7 @@ impl<S: FlowStore> FlowTable<S> {
             stats: TableStats::default(),
             last_live: HashMap::new(),
             evicted: HashSet::new(),
+            departed: Departed::default(),
         }
     }
 
@@ -165,6 +175,8 @@ impl<S: FlowStore> FlowTable<S> {
     /// already holds a newer connection with the same 4-tuple.
     pub fn on_closed(&mut self, key: FlowKey, value: FlowValue) -> Inserted {
         self.stats.closes_seen += 1;
+        self.departed
+            .record((key, value.first_seen_ns), FlowCounts::of(&value));
         let inserted = self.closed.insert(key, value);
         if inserted != Inserted::New {
             self.stats.duplicate_closes += 1;
@@ -210,6 +222,7 @@ impl<S: FlowStore> FlowTable<S> {
             if !self.last_live.contains_key(&id) && !self.closed.ids.contains(&id) {
                 self.stats.evicted += 1;
                 tracing::debug!("flow evicted from the full flow map: {key:?}");
+                self.departed.record(id, FlowCounts::of(&value));
                 if self.closed.insert(key, value) == Inserted::New {
                     self.evicted.insert(id);
                 }
@@ -251,6 +264,42 @@ impl<S: FlowStore> FlowTable<S> {
     pub fn closed_len(&self) -> usize {
         self.closed.len()
     }
+
+    /// What a metrics scrape needs (sweeps the store first): cumulative
+    /// counts (departed flows plus live ones, each flow once), the table's
+    /// sizes, and the `top` clients by client-initiated renegotiations over
+    /// live and recently closed flows.
+    pub fn metrics(&mut self, top: usize) -> Result<FlowMetrics> {
+        let live = self.sweep()?;
+        let mut counts = self.departed.totals();
+        let mut per_peer: HashMap<IpAddr, u64> = HashMap::new();
+        for (key, value) in &live {
+            let own = FlowCounts::of(value);
+            counts = counts.plus(&self.departed.live_share(&(*key, value.first_seen_ns), &own));
+            *per_peer.entry(client_ip(key, value)).or_default() += own.renegotiations_client;
+        }
+        for (key, value) in self.closed.iter() {
+            *per_peer.entry(client_ip(key, value)).or_default() +=
+                u64::from(value.tracker.counters.renegotiations_client);
+        }
+        Ok(FlowMetrics {
+            counts,
+            live: live.len(),
+            recently_closed: self.closed.len(),
+            evicted: self.stats.evicted,
+            top_peers: top_k(per_peer, top),
+        })
+    }
+}
+
+/// The address of a flow's client (the endpoint that sent the first ClientHello).
+fn client_ip(key: &FlowKey, value: &FlowValue) -> IpAddr {
+    let (addr, port) = if value.client_is_a != 0 {
+        (&key.addr_a, key.port_a)
+    } else {
+        (&key.addr_b, key.port_b)
+    };
+    socket_addr(&monitor_common::flow::addr_bytes(addr), port).ip()
 }
 
 #[cfg(test)]
@@ -377,6 +426,100 @@ mod tests {
         table.on_closed(k2, old);
         assert_eq!(table.store.0.len(), 1);
         assert_eq!(table.closed_len(), 2);
+    }
+
+    fn with_renegs(mut v: FlowValue, n: u32) -> FlowValue {
+        v.tracker.counters.renegotiations_client = n;
+        v.tracker.counters.alerts = n;
+        v.last_seen_ns += u64::from(n);
+        v
+    }
+
+    fn renegs_total(table: &mut FlowTable<MemStore>) -> u64 {
+        table
+            .metrics(10)
+            .expect("metrics")
+            .counts
+            .renegotiations_client
+    }
+
+    #[test]
+    fn metrics_count_a_flow_once_from_live_to_closed() {
+        let mut store = MemStore::default();
+        let (k, v) = flow(1, 100);
+        store.0.insert(k, with_renegs(v, 2));
+        let mut table = FlowTable::new(store, 10);
+        // Seen live with 2.
+        assert_eq!(renegs_total(&mut table), 2);
+        assert_eq!(table.metrics(10).expect("metrics").live, 1);
+        // Closes with 3: the close event, then the same close from the other
+        // socket, then the sweep finding it marked closed in the map.
+        let mut closed = with_renegs(v, 3);
+        closed.tracker.flags |= FF_CLOSED;
+        table.store.0.insert(k, closed);
+        table.on_closed(k, closed);
+        table.on_closed(k, closed);
+        assert_eq!(renegs_total(&mut table), 3);
+        // An older state of the same close arriving late adds nothing.
+        let mut stale = with_renegs(v, 2);
+        stale.tracker.flags |= FF_CLOSED;
+        table.on_closed(k, stale);
+        assert_eq!(renegs_total(&mut table), 3);
+        let m = table.metrics(10).expect("metrics");
+        assert_eq!((m.live, m.recently_closed), (0, 1));
+        // The same 4-tuple reused by a new connection counts on its own.
+        let (_, v2) = flow(1, 500);
+        table.store.0.insert(k, with_renegs(v2, 1));
+        assert_eq!(renegs_total(&mut table), 4);
+        // Totals never go down, whatever the ring forgets.
+        for i in 0..20u16 {
+            let (k3, v3) = flow(100 + i, 1_000 + u64::from(i));
+            let mut v3 = with_renegs(v3, 1);
+            v3.tracker.flags |= FF_CLOSED;
+            table.on_closed(k3, v3);
+        }
+        assert_eq!(renegs_total(&mut table), 24);
+        assert_eq!(table.metrics(10).expect("metrics").recently_closed, 10);
+    }
+
+    #[test]
+    fn metrics_count_an_evicted_flow_once() {
+        let mut store = MemStore::default();
+        let (k, v) = flow(1, 100);
+        store.0.insert(k, with_renegs(v, 5));
+        let mut table = FlowTable::new(store, 10);
+        assert_eq!(renegs_total(&mut table), 5);
+        table.store.0.remove(&k);
+        assert_eq!(renegs_total(&mut table), 5);
+        assert_eq!(table.metrics(10).expect("metrics").evicted, 1);
+        // If it shows up again (a walk that missed it), only growth counts.
+        table.store.0.insert(k, with_renegs(v, 6));
+        assert_eq!(renegs_total(&mut table), 6);
+        let mut closed = with_renegs(v, 6);
+        closed.tracker.flags |= FF_CLOSED;
+        table.on_closed(k, closed);
+        assert_eq!(renegs_total(&mut table), 6);
+    }
+
+    #[test]
+    fn metrics_top_peers_from_live_and_closed() {
+        let mut store = MemStore::default();
+        let (k1, v1) = flow(1, 100);
+        let (mut k2, v2) = flow(2, 200);
+        k2.addr_a[3] ^= u32::from_ne_bytes([0, 0, 0, 7]);
+        store.0.insert(k1, with_renegs(v1, 2));
+        store.0.insert(k2, with_renegs(v2, 1));
+        let mut table = FlowTable::new(store, 10);
+        let (k3, v3) = flow(3, 300);
+        let mut v3 = with_renegs(v3, 4);
+        v3.tracker.flags |= FF_CLOSED;
+        table.on_closed(k3, v3);
+        let m = table.metrics(10).expect("metrics");
+        let ip1 = client_ip(&k1, &v1);
+        let ip2 = client_ip(&k2, &v2);
+        assert_ne!(ip1, ip2);
+        assert_eq!(m.top_peers, vec![(ip1, 6), (ip2, 1)]);
+        assert_eq!(table.metrics(1).expect("metrics").top_peers, vec![(ip1, 6)]);
     }
 
     #[test]

@@ -7,28 +7,15 @@ use std::collections::{BTreeMap, HashSet};
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::Ebpf;
-use monitor_common::flow::{FlowKey, FlowValue, Stat, TrackerConfig, MAX_PORTS, STAT_COUNT};
+use monitor_common::flow::{FlowKey, FlowValue, Stat, TrackerConfig, MAX_PORTS};
 
 use super::flows::FlowStore;
 
-/// Name of each `STATS` slot, by index.
-pub const STAT_NAMES: [&str; STAT_COUNT as usize] = {
-    let mut n = [""; STAT_COUNT as usize];
-    n[Stat::Segments as usize] = "segments";
-    n[Stat::TlsSegments as usize] = "tls_segments";
-    n[Stat::FlowsCreated as usize] = "flows_created";
-    n[Stat::FlowInsertErrors as usize] = "flow_insert_errors";
-    n[Stat::EventsLost as usize] = "events_lost";
-    n[Stat::FlowsClosed as usize] = "flows_closed";
-    n[Stat::MalformedPackets as usize] = "malformed_packets";
-    n
-};
-
 /// The name of `STATS` slot `index` (`stat_N` for slots this build does not know).
 pub fn stat_name(index: u32) -> String {
-    match STAT_NAMES.get(index as usize) {
-        Some(name) if !name.is_empty() => (*name).to_owned(),
-        _ => format!("stat_{index}"),
+    match Stat::ALL.get(index as usize) {
+        Some(stat) => stat.name().to_owned(),
+        None => format!("stat_{index}"),
     }
 }
 
@@ -145,11 +132,15 @@ pub fn write_config(ebpf: &mut Ebpf, cfg: &TrackerConfig) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use monitor_common::flow::STAT_COUNT;
 
     #[test]
     fn every_stat_has_a_name() {
-        for (i, name) in STAT_NAMES.iter().enumerate() {
-            assert!(!name.is_empty(), "STATS slot {i} has no name");
+        for i in 0..STAT_COUNT {
+            assert!(
+                !stat_name(i).starts_with("stat_"),
+                "STATS slot {i} has no name"
+            );
         }
         assert_eq!(stat_name(Stat::EventsLost as u32), "events_lost");
         assert_eq!(stat_name(99), "stat_99");

@@ -3,12 +3,14 @@
 //! SIGINT/SIGTERM detaches everything and removes what it created.
 
 mod attach;
+mod bans;
 mod ebpf_log;
 mod events;
 mod flows;
 mod ifaces;
 pub mod loader;
 mod maps;
+pub mod metrics;
 mod netlink;
 mod server;
 mod state;
@@ -50,6 +52,13 @@ pub struct Args {
     /// How many closed flows to keep for `hsmon conns`.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_KEEP_CLOSED)]
     pub keep_closed: usize,
+    /// Never ban this address or prefix (repeatable); loopback and every
+    /// address of this host's interfaces at start-up are always allowlisted.
+    #[arg(long = "allow", value_name = "CIDR", value_parser = crate::cidr::parse_allow)]
+    pub allow: Vec<crate::cidr::Cidr>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, or `off`.
+    #[arg(long, value_name = "ADDR:PORT|off", default_value = metrics::DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: metrics::MetricsAddr,
 }
 
 /// A port filter from `--ports`.
@@ -119,17 +128,29 @@ async fn agent(args: Args) -> Result<()> {
     system::raise_memlock_limit();
     system::ensure_tracefs()?;
     let ifaces = ifaces::resolve(&args.iface)?;
+    // Bound before anything is loaded: a busy port fails with nothing attached.
+    let metrics_listener = match args.metrics_addr.0 {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
 
     let mut ebpf = loader::load(args.flow_map_size)?;
     let logger = loader::ebpf_logger(&mut ebpf);
     let ports = args.ports.map(|p| p.0).unwrap_or_default();
     maps::write_config(&mut ebpf, &maps::tracker_config(&ports))?;
     let kernel_maps = maps::take(&mut ebpf, args.flow_map_size)?;
+    let allow = bans::allowlist(&args.allow)?;
+    tracing::info!(
+        allowlist = %allow.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+        "addresses that are never banned"
+    );
+    let ban_table = bans::BanTable::new(bans::KernelBans::take(&mut ebpf)?, allow)?;
     loader::load_programs(&mut ebpf)?;
 
     let shared = Arc::new(Shared::new(
         FlowTable::new(kernel_maps.flows, args.keep_closed),
         kernel_maps.stats,
+        ban_table,
     ));
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(logger) = logger {
@@ -139,6 +160,10 @@ async fn agent(args: Args) -> Result<()> {
 
     let mut attachments = Attachments::attach(&mut ebpf, &ifaces)?;
     tasks.spawn(sweep(shared.clone()));
+    tasks.spawn(bans::sweep(shared.clone()));
+    if let Some(listener) = metrics_listener {
+        tasks.spawn(metrics::serve(listener, shared.clone(), args.flow_map_size));
+    }
 
     let (listener, socket_file) = server::bind(&args.socket.socket)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,5 +1,6 @@
 //! The control server: HTTP/JSON on a Unix socket (`GET /v1/conns`,
-//! `GET /v1/stats`), and the socket file's life cycle.
+//! `GET /v1/stats`, the ban routes of `super::bans`), and the socket file's
+//! life cycle.
 
 use std::future::Future;
 use std::io;
@@ -77,6 +78,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(CONNS_PATH, get(conns))
         .route(STATS_PATH, get(stats))
+        .merge(super::bans::routes())
         .with_state(shared)
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use anyhow::Result;
 
+use super::bans::{BanTable, KernelBans};
 use super::flows::FlowTable;
 use super::maps::{KernelFlows, KernelStats};
 use crate::api::Stats;
@@ -21,6 +22,8 @@ pub struct Shared {
     pub events_read: AtomicU64,
     /// Ring-buffer events that were too short or of an unknown kind.
     pub events_bad: AtomicU64,
+    /// The bans in force, the allowlist, and the kernel maps that enforce them.
+    pub bans: Mutex<BanTable<KernelBans>>,
 }
 
 /// Locks `m`, carrying on with the data if another thread panicked holding it
@@ -31,12 +34,17 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     /// A fresh state around the kernel maps.
-    pub fn new(table: FlowTable<KernelFlows>, stats: KernelStats) -> Self {
+    pub fn new(
+        table: FlowTable<KernelFlows>,
+        stats: KernelStats,
+        bans: BanTable<KernelBans>,
+    ) -> Self {
         Shared {
             table: Mutex::new(table),
             stats: Mutex::new(stats),
             events_read: AtomicU64::new(0),
             events_bad: AtomicU64::new(0),
+            bans: Mutex::new(bans),
         }
     }
 

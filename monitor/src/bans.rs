@@ -1,0 +1,476 @@
+//! `hsmon bans`: list, add and remove the source-address bans the agent
+//! enforces in the kernel, and the control API's ban documents.
+//!
+//! API (on the agent's control socket):
+//! * `GET /v1/bans`: JSON array of [`BanRecord`], the bans in force, ordered
+//!   by prefix (IPv4 first).
+//! * `POST /v1/bans` with an [`AddBan`] body: bans a prefix (or replaces the
+//!   TTL and reason of an existing ban on exactly that prefix); answers the
+//!   [`BanRecord`]. Refused with 409 when the prefix overlaps the allowlist,
+//!   400 for a bad prefix, TTL or reason, 507 when the family's map is full.
+//! * `DELETE /v1/bans/{cidr}` (`/v1/bans/10.0.0.0/24`, or with the `/`
+//!   escaped as `%2F`): removes the ban on exactly that prefix; answers its
+//!   [`BanRecord`], or 404 when there is none.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Subcommand;
+use hyper::Method;
+use serde::{Deserialize, Serialize};
+
+use crate::cidr::{parse_ban_target, Cidr};
+use crate::cli::DEFAULT_SOCKET;
+use crate::client::ApiError;
+
+/// `GET` lists, `POST` adds; `DELETE {BANS_PATH}/{cidr}` removes.
+pub const BANS_PATH: &str = "/v1/bans";
+
+/// The longest ban a TTL may ask for.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The TTL of `hsmon bans add` without `--ttl`.
+pub const DEFAULT_TTL: &str = "10m";
+
+/// The longest reason text, in characters.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// `added_by` of a ban an operator added through the API.
+pub const ADDED_BY_MANUAL: &str = "manual";
+
+/// A ban in force, as `GET /v1/bans` serves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanRecord {
+    /// The banned prefix (`"192.0.2.7/32"`, `"2001:db8::/48"`).
+    pub cidr: Cidr,
+    /// Why, as given when the ban was added (may be empty).
+    pub reason: String,
+    /// Milliseconds until the kernel stops dropping the prefix's packets.
+    pub expires_in_ms: u64,
+    /// Who added it: `"manual"` (the control API, `hsmon bans add`).
+    pub added_by: String,
+}
+
+/// The body of `POST /v1/bans`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddBan {
+    /// An address or prefix (`"192.0.2.7"`, `"192.0.2.0/24"`); not /0.
+    pub cidr: String,
+    /// How long the ban lasts, in milliseconds: 1 to 86,400,000 (24 h).
+    pub ttl_ms: u64,
+    /// Why (at most 200 characters, no control characters; may be empty).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Checks a ban's duration: more than zero, at most [`MAX_TTL`].
+pub fn check_ttl(ttl: Duration) -> Result<(), String> {
+    if ttl.is_zero() {
+        return Err("a TTL must be longer than zero".into());
+    }
+    if ttl > MAX_TTL {
+        return Err(format!(
+            "a TTL of {} is longer than the 24h maximum",
+            humantime::format_duration(ttl)
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a TTL such as `10m`, `3s`, `1h 30m` (clap value parser).
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!("{s:?}: a TTL cannot be negative"));
+    }
+    let ttl = humantime::parse_duration(t)
+        .map_err(|e| format!("{s:?} is not a duration like 10m, 3s or 1h30m: {e}"))?;
+    check_ttl(ttl)?;
+    Ok(ttl)
+}
+
+/// Checks a reason text: at most [`MAX_REASON_CHARS`] characters, no control
+/// characters (it is printed in a table).
+pub fn check_reason(s: &str) -> Result<(), String> {
+    if s.chars().count() > MAX_REASON_CHARS {
+        return Err(format!(
+            "a reason is at most {MAX_REASON_CHARS} characters long"
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("a reason cannot contain control characters (newlines, tabs...)".into());
+    }
+    Ok(())
+}
+
+fn parse_reason(s: &str) -> Result<String, String> {
+    check_reason(s)?;
+    Ok(s.to_owned())
+}
+
+/// Arguments of `hsmon bans`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    /// Add or remove a ban; without one, list the bans in force.
+    #[command(subcommand)]
+    pub action: Option<Action>,
+    /// Print the JSON array the agent serves instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Path of the agent's control socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET, global = true)]
+    pub socket: PathBuf,
+}
+
+/// `hsmon bans add` and `hsmon bans del`.
+#[derive(Debug, Subcommand)]
+pub enum Action {
+    /// Ban an address or prefix: the kernel drops every packet it sends to
+    /// this host until the TTL runs out. Allowlisted addresses (loopback, the
+    /// host's own, `hsmon run --allow`) are refused.
+    Add(AddArgs),
+    /// Remove the ban on exactly this address or prefix.
+    Del(DelArgs),
+}
+
+/// Arguments of `hsmon bans add`.
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// The address (`192.0.2.7`, `2001:db8::7`) or prefix (`192.0.2.0/24`);
+    /// host bits of a prefix are ignored.
+    #[arg(value_name = "ADDR|CIDR", value_parser = parse_ban_target)]
+    pub target: Cidr,
+    /// How long the ban lasts (`30s`, `10m`, `2h`; at most 24h).
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_TTL,
+          value_parser = parse_ttl, allow_hyphen_values = true)]
+    pub ttl: Duration,
+    /// Why, shown by `hsmon bans`.
+    #[arg(long, value_name = "TEXT", default_value = "", value_parser = parse_reason)]
+    pub reason: String,
+}
+
+/// Arguments of `hsmon bans del`.
+#[derive(Debug, clap::Args)]
+pub struct DelArgs {
+    /// The banned address or prefix, as it was added.
+    #[arg(value_name = "ADDR|CIDR", value_parser = parse_ban_target)]
+    pub target: Cidr,
+}
+
+/// Runs `hsmon bans [add|del]`.
+pub fn run(args: Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let socket = args.socket;
+    match args.action {
+        None => {
+            let body = rt
+                .block_on(crate::client::get(&socket, BANS_PATH))
+                .map_err(agent_error)?;
+            let out = if args.json {
+                let mut out = body.to_vec();
+                if !out.ends_with(b"\n") {
+                    out.push(b'\n');
+                }
+                out
+            } else {
+                let bans: Vec<BanRecord> = serde_json::from_slice(&body)
+                    .context("the agent's answer is not a ban list")?;
+                render(&bans).into_bytes()
+            };
+            write_stdout(&out)
+        }
+        Some(Action::Add(add)) => {
+            let req = AddBan {
+                cidr: add.target.to_string(),
+                ttl_ms: ttl_ms(add.ttl),
+                reason: add.reason,
+            };
+            let json = serde_json::to_vec(&req).context("encoding the request")?;
+            let body = rt
+                .block_on(crate::client::request(
+                    &socket,
+                    Method::POST,
+                    BANS_PATH,
+                    Some(json),
+                ))
+                .map_err(agent_error)?;
+            let ban: BanRecord =
+                serde_json::from_slice(&body).context("the agent's answer is not a ban")?;
+            tracing::debug!(?ban, "ban added");
+            write_stdout(
+                format!(
+                    "banned {} for {}{}\n",
+                    ban.cidr,
+                    format_ms(ban.expires_in_ms),
+                    if ban.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (reason: {})", ban.reason)
+                    }
+                )
+                .as_bytes(),
+            )
+        }
+        Some(Action::Del(del)) => {
+            let path = format!("{BANS_PATH}/{}", del.target);
+            rt.block_on(crate::client::request(&socket, Method::DELETE, &path, None))
+                .map_err(agent_error)?;
+            write_stdout(format!("removed the ban on {}\n", del.target).as_bytes())
+        }
+    }
+}
+
+/// A refusal from the agent becomes just its message (`hsmon: error: 127.0.0.1/32
+/// is allowlisted ...`); other errors stay as they are.
+fn agent_error(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<ApiError>() {
+        Ok(api) if api.status.is_client_error() => anyhow::anyhow!(api.message),
+        Ok(api) => anyhow::Error::new(api),
+        Err(e) => e,
+    }
+}
+
+/// A TTL in whole milliseconds, rounded up (so a positive TTL never becomes 0).
+fn ttl_ms(ttl: Duration) -> u64 {
+    let ms = ttl.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// `2m 5s` for 124,100 ms: whole seconds, rounded up; `0s` only at 0.
+fn format_ms(ms: u64) -> String {
+    humantime::format_duration(Duration::from_secs(ms.div_ceil(1000))).to_string()
+}
+
+/// The table `hsmon bans` prints: CIDR, REASON, EXPIRES IN.
+pub fn render(bans: &[BanRecord]) -> String {
+    if bans.is_empty() {
+        return "no bans\n".to_owned();
+    }
+    let rows: Vec<[String; 3]> = bans
+        .iter()
+        .map(|b| {
+            [
+                b.cidr.to_string(),
+                if b.reason.is_empty() {
+                    "-".to_owned()
+                } else {
+                    b.reason.clone()
+                },
+                format_ms(b.expires_in_ms),
+            ]
+        })
+        .collect();
+    let header = [
+        "CIDR".to_owned(),
+        "REASON".to_owned(),
+        "EXPIRES IN".to_owned(),
+    ];
+    let mut widths = [0usize; 3];
+    for r in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(
+                ' ',
+                widths[i].saturating_sub(cell.chars().count()),
+            ));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes to stdout; a closed pipe is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e).context("writing to stdout"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Verb};
+    use clap::error::ErrorKind;
+    use clap::Parser as _;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hsmon").chain(args.iter().copied()))
+    }
+
+    fn bans(args: &[&str]) -> Args {
+        match parse(args).expect("parses").verb {
+            Verb::Bans(a) => a,
+            other => panic!("not bans: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn list() {
+        let a = bans(&["bans"]);
+        assert!(a.action.is_none());
+        assert!(!a.json);
+        assert_eq!(a.socket, PathBuf::from(DEFAULT_SOCKET));
+        let a = bans(&["bans", "--json", "--socket", "/tmp/s"]);
+        assert!(a.json);
+        assert_eq!(a.socket, PathBuf::from("/tmp/s"));
+    }
+
+    #[test]
+    fn add_and_del() {
+        let a = bans(&[
+            "bans", "add", "10.1.2.3", "--ttl", "3s", "--reason", "test", "--socket", "/tmp/s",
+        ]);
+        assert_eq!(a.socket, PathBuf::from("/tmp/s"));
+        let Some(Action::Add(add)) = a.action else {
+            panic!("not add")
+        };
+        assert_eq!(add.target.to_string(), "10.1.2.3/32");
+        assert_eq!(add.ttl, Duration::from_secs(3));
+        assert_eq!(add.reason, "test");
+
+        let Some(Action::Add(add)) = bans(&["bans", "add", "2001:db8::/32"]).action else {
+            panic!("not add")
+        };
+        assert_eq!(add.ttl, Duration::from_secs(600));
+        assert_eq!(add.reason, "");
+        assert_eq!(add.target.to_string(), "2001:db8::/32");
+
+        let Some(Action::Del(del)) = bans(&["bans", "del", "10.0.0.7/24"]).action else {
+            panic!("not del")
+        };
+        assert_eq!(del.target.to_string(), "10.0.0.0/24");
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for bad in [
+            &["bans", "add", "example.com"][..],
+            &["bans", "add", "10.0.0.0/0"],
+            &["bans", "add", "::/0"],
+            &["bans", "add", "10.0.0.0/33"],
+            &["bans", "add", "2001:db8::/129"],
+            &["bans", "add", "10.0.0.1", "--ttl", "-5s"],
+            &["bans", "add", "10.0.0.1", "--ttl", "0s"],
+            &["bans", "add", "10.0.0.1", "--ttl", "0"],
+            &["bans", "add", "10.0.0.1", "--ttl", "soon"],
+            &["bans", "add", "10.0.0.1", "--ttl", "25h"],
+            &["bans", "add", "10.0.0.1", "--reason", "a\nb"],
+            &["bans", "add"],
+            &["bans", "del"],
+            &["bans", "del", "nope"],
+            &["bans", "--json", "add", "10.0.0.1"],
+            &["bans", "frob"],
+        ] {
+            let err = parse(bad).expect_err(&format!("{bad:?} should not parse"));
+            assert_ne!(err.kind(), ErrorKind::DisplayHelp, "{bad:?}");
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn run_allow() {
+        let cli = parse(&["run", "--allow", "10.0.0.9/8", "--allow", "::/0"]).expect("parses");
+        let Verb::Run(args) = cli.verb else {
+            panic!("not run")
+        };
+        let allow: Vec<String> = args.allow.iter().map(ToString::to_string).collect();
+        assert_eq!(allow, ["10.0.0.0/8", "::/0"]);
+        assert!(parse(&["run"]).is_ok_and(|c| matches!(c.verb, Verb::Run(a) if a.allow.is_empty())));
+        for bad in ["nope", "10.0.0.0/33", ""] {
+            let err = parse(&["run", "--allow", bad]).expect_err(bad);
+            assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_ttl("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_ttl("24h"), Ok(MAX_TTL));
+        assert!(parse_ttl("24h 1s").is_err());
+        assert!(parse_ttl("-1s").unwrap_err().contains("negative"));
+        assert!(parse_ttl("0ms").unwrap_err().contains("zero"));
+        assert_eq!(ttl_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(ttl_ms(Duration::from_secs(3)), 3000);
+    }
+
+    #[test]
+    fn reasons() {
+        assert!(check_reason("").is_ok());
+        assert!(check_reason("handshake flood ünïcode").is_ok());
+        assert!(check_reason(&"x".repeat(MAX_REASON_CHARS)).is_ok());
+        assert!(check_reason(&"x".repeat(MAX_REASON_CHARS + 1)).is_err());
+        assert!(check_reason("tab\there").is_err());
+    }
+
+    #[test]
+    fn table() {
+        let b = |cidr: &str, reason: &str, ms| BanRecord {
+            cidr: cidr.parse().expect("cidr"),
+            reason: reason.to_owned(),
+            expires_in_ms: ms,
+            added_by: ADDED_BY_MANUAL.to_owned(),
+        };
+        let t = render(&[
+            b("10.0.0.0/24", "flood", 124_100),
+            b("2001:db8::1", "", 999),
+        ]);
+        let expected = "\
+CIDR             REASON  EXPIRES IN
+10.0.0.0/24      flood   2m 5s
+2001:db8::1/128  -       1s
+";
+        assert_eq!(t, expected);
+        assert_eq!(render(&[]), "no bans\n");
+    }
+
+    #[test]
+    fn json_shape() {
+        let r = BanRecord {
+            cidr: "10.0.0.1".parse().expect("cidr"),
+            reason: "x".into(),
+            expires_in_ms: 5,
+            added_by: ADDED_BY_MANUAL.into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&r).expect("json"),
+            serde_json::json!({"cidr": "10.0.0.1/32", "reason": "x", "expires_in_ms": 5, "added_by": "manual"})
+        );
+    }
+
+    #[test]
+    fn refusals_print_only_the_agents_message() {
+        let e = anyhow::Error::new(ApiError {
+            path: BANS_PATH.into(),
+            status: hyper::StatusCode::CONFLICT,
+            message: "127.0.0.1/32 is allowlisted".into(),
+        });
+        assert_eq!(agent_error(e).to_string(), "127.0.0.1/32 is allowlisted");
+        let e = anyhow::Error::new(ApiError {
+            path: BANS_PATH.into(),
+            status: hyper::StatusCode::INTERNAL_SERVER_ERROR,
+            message: "map".into(),
+        });
+        assert!(agent_error(e).to_string().contains("500"));
+    }
+}

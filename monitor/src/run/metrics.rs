@@ -1,0 +1,705 @@
+//! Prometheus metrics: `GET /metrics` on `--metrics-addr` (default
+//! [`DEFAULT_METRICS_ADDR`]), encoded with the `prometheus-client` crate.
+//!
+//! Every scrape builds the exposition from a fresh [`Snapshot`]: the kernel's
+//! `STATS` counters, the flow table's cumulative per-flow totals
+//! ([`FlowTable::metrics`](super::flows::FlowTable::metrics)) and the agent's
+//! own counts. The per-flow totals are monotonic and never count a flow twice:
+//! a total is the sum of the final counts of every flow that has left the
+//! live set (closed or evicted), accumulated once when it leaves
+//! ([`Departed`]), plus the sum over the flows live now.
+//!
+//! Label cardinality is bounded: the only per-peer family is
+//! `hsmon_peer_renegotiations{peer}`, the [`TOP_PEERS`] clients with the most
+//! client-initiated renegotiations over live and recently closed flows.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use monitor_common::flow::{FlowKey, FlowValue, Stat};
+use monitor_common::tracker::{FF_FIRST_HS_DONE, FF_RESUMED, FF_UNSYNCED};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use super::state::{lock, Shared};
+
+/// Where the agent serves metrics unless `--metrics-addr` says otherwise.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
+/// The HTTP path of the exposition.
+pub const METRICS_PATH: &str = "/metrics";
+/// How many peers `hsmon_peer_renegotiations` lists at most.
+pub const TOP_PEERS: usize = 10;
+/// How many departed flows [`Departed`] remembers, to recognise a repeated
+/// close (both endpoints on this host, or an event and a sweep) of a flow.
+pub const DEPARTED_MEMORY: usize = 16_384;
+/// The content type of the OpenMetrics text format `prometheus-client` writes
+/// (Prometheus asks for it first).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `--metrics-addr`: an address to listen on, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+impl FromStr for MetricsAddr {
+    type Err = String;
+
+    /// `ADDR:PORT` (IPv6 as `[ADDR]:PORT`) or `off`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(MetricsAddr(None));
+        }
+        s.parse::<SocketAddr>()
+            .map(|a| MetricsAddr(Some(a)))
+            .map_err(|_| {
+                format!("{s:?} is not ADDR:PORT (e.g. 127.0.0.1:9477 or [::1]:9477) or \"off\"")
+            })
+    }
+}
+
+/// Counts taken from one flow, or summed over many. Each is a `u64` so sums
+/// never wrap in practice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounts {
+    /// First handshakes that were full (not resumed): 0 or 1 per flow.
+    pub handshakes_full: u64,
+    /// First handshakes that resumed a session: 0 or 1 per flow.
+    pub handshakes_resumed: u64,
+    /// Completed handshakes after the first (honoured renegotiations).
+    pub handshakes_renegotiation: u64,
+    /// ClientHellos, cleartext and encrypted.
+    pub client_hellos: u64,
+    /// Client-initiated renegotiations.
+    pub renegotiations_client: u64,
+    /// Server-initiated renegotiations (HelloRequests).
+    pub renegotiations_server: u64,
+    /// Renegotiations the peer refused.
+    pub renegotiations_refused: u64,
+    /// Alert records, both directions.
+    pub alerts: u64,
+    /// TLS 1.3 post-handshake records of KeyUpdate size.
+    pub keyupdate_like: u64,
+    /// Flows a direction of which lost sync: 0 or 1 per flow.
+    pub unsynced: u64,
+}
+
+/// Applies `$op` to every field of [`FlowCounts`].
+macro_rules! each_count {
+    ($a:expr, $b:expr, $op:expr) => {{
+        let (a, b) = ($a, $b);
+        FlowCounts {
+            handshakes_full: $op(a.handshakes_full, b.handshakes_full),
+            handshakes_resumed: $op(a.handshakes_resumed, b.handshakes_resumed),
+            handshakes_renegotiation: $op(a.handshakes_renegotiation, b.handshakes_renegotiation),
+            client_hellos: $op(a.client_hellos, b.client_hellos),
+            renegotiations_client: $op(a.renegotiations_client, b.renegotiations_client),
+            renegotiations_server: $op(a.renegotiations_server, b.renegotiations_server),
+            renegotiations_refused: $op(a.renegotiations_refused, b.renegotiations_refused),
+            alerts: $op(a.alerts, b.alerts),
+            keyupdate_like: $op(a.keyupdate_like, b.keyupdate_like),
+            unsynced: $op(a.unsynced, b.unsynced),
+        }
+    }};
+}
+
+impl FlowCounts {
+    /// The counts of one flow's current state.
+    pub fn of(value: &FlowValue) -> Self {
+        let t = &value.tracker;
+        let c = &t.counters;
+        let first_done = t.flags & FF_FIRST_HS_DONE != 0;
+        let resumed = t.flags & FF_RESUMED != 0;
+        FlowCounts {
+            handshakes_full: u64::from(first_done && !resumed),
+            handshakes_resumed: u64::from(first_done && resumed),
+            handshakes_renegotiation: u64::from(c.handshakes).saturating_sub(u64::from(first_done)),
+            client_hellos: c.client_hellos.into(),
+            renegotiations_client: c.renegotiations_client.into(),
+            renegotiations_server: c.renegotiations_server.into(),
+            renegotiations_refused: c.renegotiations_refused.into(),
+            alerts: c.alerts.into(),
+            keyupdate_like: c.keyupdate_like.into(),
+            unsynced: u64::from(t.flags & FF_UNSYNCED != 0),
+        }
+    }
+
+    /// Field-wise sum (saturating).
+    pub fn plus(&self, other: &Self) -> Self {
+        each_count!(self, other, u64::saturating_add)
+    }
+
+    /// Field-wise `self - other`, 0 where `other` is larger.
+    pub fn minus(&self, other: &Self) -> Self {
+        each_count!(self, other, u64::saturating_sub)
+    }
+
+    /// Field-wise maximum.
+    pub fn max(&self, other: &Self) -> Self {
+        each_count!(self, other, std::cmp::max)
+    }
+}
+
+/// Identity of one flow: its key and `first_seen_ns`.
+pub type FlowId = (FlowKey, u64);
+
+/// The counts of every flow that has left the live set (closed or evicted),
+/// each accumulated once.
+///
+/// A flow reported again (a second close, or a close after an eviction)
+/// only adds what grew since its last report; a flow reported with an older
+/// state adds nothing. The last [`DEPARTED_MEMORY`] flows are remembered for
+/// this.
+#[derive(Debug)]
+pub struct Departed {
+    totals: FlowCounts,
+    seen: HashMap<FlowId, FlowCounts>,
+    order: VecDeque<FlowId>,
+    memory: usize,
+}
+
+impl Default for Departed {
+    fn default() -> Self {
+        Departed::new(DEPARTED_MEMORY)
+    }
+}
+
+impl Departed {
+    /// Nothing departed yet; remembers the last `memory` flows (at least 1).
+    pub fn new(memory: usize) -> Self {
+        Departed {
+            totals: FlowCounts::default(),
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            memory: memory.max(1),
+        }
+    }
+
+    /// Takes in a flow that left the live set with `counts`; returns whether
+    /// it was new (not a repeat of a remembered flow).
+    pub fn record(&mut self, id: FlowId, counts: FlowCounts) -> bool {
+        if let Some(prev) = self.seen.get_mut(&id) {
+            self.totals = self.totals.plus(&counts.minus(prev));
+            *prev = prev.max(&counts);
+            return false;
+        }
+        self.totals = self.totals.plus(&counts);
+        self.seen.insert(id, counts);
+        self.order.push_back(id);
+        while self.order.len() > self.memory {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// What a live flow with `counts` adds on top of [`Departed::totals`]:
+    /// all of it, or, for a flow already taken in (it reappeared after
+    /// looking evicted), only what grew since.
+    pub fn live_share(&self, id: &FlowId, counts: &FlowCounts) -> FlowCounts {
+        match self.seen.get(id) {
+            Some(prev) => counts.minus(prev),
+            None => *counts,
+        }
+    }
+
+    /// The accumulated counts.
+    pub fn totals(&self) -> FlowCounts {
+        self.totals
+    }
+}
+
+/// What the flow table contributes to a scrape.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowMetrics {
+    /// Cumulative counts over every flow ever tracked.
+    pub counts: FlowCounts,
+    /// Flows live in the kernel's flow map.
+    pub live: usize,
+    /// Closed (and evicted) flows the agent keeps.
+    pub recently_closed: usize,
+    /// Flows the full flow map dropped before they closed.
+    pub evicted: u64,
+    /// At most [`TOP_PEERS`] clients with their client-initiated
+    /// renegotiations over live and recently closed flows, most first; only
+    /// clients with at least one.
+    pub top_peers: Vec<(IpAddr, u64)>,
+}
+
+/// The `k` largest entries of `per_peer` (ties broken by address), largest
+/// first, zeros left out.
+pub fn top_k(per_peer: HashMap<IpAddr, u64>, k: usize) -> Vec<(IpAddr, u64)> {
+    let mut all: Vec<(IpAddr, u64)> = per_peer.into_iter().filter(|(_, n)| *n > 0).collect();
+    all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    all.truncate(k);
+    all
+}
+
+/// Everything one scrape shows.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// From the flow table.
+    pub flows: FlowMetrics,
+    /// The kernel's `STATS` counters summed over CPUs, by name.
+    pub kernel: BTreeMap<String, u64>,
+    /// Ring-buffer events read.
+    pub events_read: u64,
+    /// Ring-buffer events too short or of an unknown kind.
+    pub events_bad: u64,
+    /// Capacity of the kernel's flow map.
+    pub flow_map_capacity: u32,
+}
+
+/// HELP text of a kernel `STATS` counter, by name.
+fn kernel_help(name: &str) -> String {
+    match Stat::ALL.iter().find(|s| s.name() == name) {
+        Some(stat) => format!("{} (kernel STATS counter)", stat.help()),
+        None => format!("The kernel's STATS counter {name}"),
+    }
+}
+
+/// A counter family with one label.
+fn labelled(pairs: &[(&str, &str, u64)]) -> Family<Vec<(String, String)>, Counter> {
+    let family = Family::<Vec<(String, String)>, Counter>::default();
+    for (label, value, n) in pairs {
+        family
+            .get_or_create(&vec![((*label).to_owned(), (*value).to_owned())])
+            .inc_by(*n);
+    }
+    family
+}
+
+/// A counter with one value.
+fn counter(n: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(n);
+    c
+}
+
+/// A gauge with one value.
+fn gauge(n: usize) -> Gauge {
+    let g = Gauge::default();
+    g.set(i64::try_from(n).unwrap_or(i64::MAX));
+    g
+}
+
+impl Snapshot {
+    /// The registry of this snapshot, every name prefixed `hsmon_`.
+    /// (Counters get their `_total` suffix from the encoder.)
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("hsmon");
+        let c = &self.flows.counts;
+        r.register(
+            "handshakes",
+            "Completed TLS handshakes: first handshakes by kind full or resumed, and honoured renegotiations as kind renegotiation",
+            labelled(&[
+                ("kind", "full", c.handshakes_full),
+                ("kind", "resumed", c.handshakes_resumed),
+                ("kind", "renegotiation", c.handshakes_renegotiation),
+            ]),
+        );
+        r.register(
+            "client_hellos",
+            "ClientHello messages, cleartext and encrypted (renegotiation)",
+            counter(c.client_hellos),
+        );
+        r.register(
+            "renegotiations",
+            "TLS <= 1.2 renegotiations by initiator: encrypted ClientHellos from the client, HelloRequests from the server",
+            labelled(&[
+                ("initiator", "client", c.renegotiations_client),
+                ("initiator", "server", c.renegotiations_server),
+            ]),
+        );
+        r.register(
+            "renegotiations_refused",
+            "Renegotiations the peer refused (alert, close, or no answer)",
+            counter(c.renegotiations_refused),
+        );
+        r.register(
+            "alerts",
+            "TLS alert records, both directions",
+            counter(c.alerts),
+        );
+        r.register(
+            "keyupdate_like",
+            "TLS 1.3 post-handshake records of KeyUpdate size",
+            counter(c.keyupdate_like),
+        );
+        r.register(
+            "unsynced_flows",
+            "Flows a direction of which lost sync (gap, non-TLS header, step budget) and was not parsed further",
+            counter(c.unsynced),
+        );
+        r.register(
+            "flows_tracked",
+            "TLS flows live in the kernel's flow map",
+            gauge(self.flows.live),
+        );
+        r.register(
+            "flows_recently_closed",
+            "Closed and evicted flows the agent keeps for hsmon conns",
+            gauge(self.flows.recently_closed),
+        );
+        r.register(
+            "flows_evicted",
+            "Live flows the full kernel flow map dropped (LRU) before they closed",
+            counter(self.flows.evicted),
+        );
+        r.register(
+            "flow_map_capacity",
+            "Capacity of the kernel's flow map (--flow-map-size)",
+            gauge(self.flow_map_capacity as usize),
+        );
+        let ratio = Gauge::<f64, AtomicU64>::default();
+        ratio.set(if self.flow_map_capacity == 0 {
+            0.0
+        } else {
+            self.flows.live as f64 / f64::from(self.flow_map_capacity)
+        });
+        r.register(
+            "flow_map_fill_ratio",
+            "Live flows divided by the flow map's capacity (0 to 1)",
+            ratio,
+        );
+        r.register(
+            "events_lost",
+            "Ring-buffer events the kernel dropped because the buffer was full (counts are not lost: the sweep picks the flows up)",
+            counter(self.kernel.get("events_lost").copied().unwrap_or(0)),
+        );
+        r.register(
+            "events_read",
+            "Ring-buffer events the agent read",
+            counter(self.events_read),
+        );
+        r.register(
+            "events_bad",
+            "Ring-buffer events too short or of an unknown kind",
+            counter(self.events_bad),
+        );
+        for (name, value) in &self.kernel {
+            r.register(format!("kernel_{name}"), kernel_help(name), counter(*value));
+        }
+        let peers = Family::<Vec<(String, String)>, Gauge>::default();
+        for (ip, n) in &self.flows.top_peers {
+            peers
+                .get_or_create(&vec![("peer".to_owned(), ip.to_string())])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        r.register(
+            "peer_renegotiations",
+            format!(
+                "Client-initiated renegotiations of the {TOP_PEERS} clients with the most, over live and recently closed flows"
+            ),
+            peers,
+        );
+        r
+    }
+
+    /// The OpenMetrics text exposition of this snapshot.
+    pub fn encode(&self) -> Result<String> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry()).context("encoding the metrics")?;
+        Ok(out)
+    }
+
+    /// Reads everything a scrape shows (blocking: map syscalls).
+    pub fn take(shared: &Shared, flow_map_capacity: u32) -> Result<Self> {
+        let kernel = lock(&shared.stats).read()?;
+        let flows = lock(&shared.table).metrics(TOP_PEERS)?;
+        Ok(Snapshot {
+            flows,
+            kernel,
+            events_read: shared.events_read.load(Ordering::Relaxed),
+            events_bad: shared.events_bad.load(Ordering::Relaxed),
+            flow_map_capacity,
+        })
+    }
+}
+
+/// What the metrics server's handler needs.
+#[derive(Clone)]
+struct MetricsState {
+    shared: Arc<Shared>,
+    flow_map_capacity: u32,
+}
+
+/// Binds the metrics listener (`--metrics-addr`), naming the address and
+/// the option in the error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for metrics on {addr} (--metrics-addr; pick another address, or \"off\")")
+    })
+}
+
+/// The metrics server's routes: `GET /metrics`.
+fn router(shared: Arc<Shared>, flow_map_capacity: u32) -> Router {
+    Router::new()
+        .route(METRICS_PATH, get(metrics))
+        .with_state(MetricsState {
+            shared,
+            flow_map_capacity,
+        })
+}
+
+/// Serves `GET /metrics` on `listener` until the task is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    flow_map_capacity: u32,
+) -> Result<()> {
+    let addr = listener
+        .local_addr()
+        .context("the metrics listener's address")?;
+    tracing::info!(%addr, "serving Prometheus metrics on http://{addr}{METRICS_PATH}");
+    axum::serve(listener, router(shared, flow_map_capacity))
+        .await
+        .with_context(|| format!("serving metrics on {addr}"))
+}
+
+/// `GET /metrics`.
+async fn metrics(State(st): State<MetricsState>) -> Response {
+    let done = tokio::task::spawn_blocking(move || {
+        Snapshot::take(&st.shared, st.flow_map_capacity)?.encode()
+    })
+    .await;
+    match done {
+        Ok(Ok(text)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Ok(Err(e)) => failed(format!("{e:#}")),
+        Err(e) => failed(format!("the scrape's task failed: {e}")),
+    }
+}
+
+/// A 500 answer.
+fn failed(msg: String) -> Response {
+    tracing::warn!("metrics: {msg}");
+    (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::sample_flow;
+    use monitor_common::tracker::FF_CLOSED;
+
+    fn id(port: u16, first_seen: u64) -> FlowId {
+        let (mut key, _) = sample_flow();
+        key.port_a = port;
+        (key, first_seen)
+    }
+
+    fn renegs(n: u64) -> FlowCounts {
+        FlowCounts {
+            renegotiations_client: n,
+            handshakes_full: 1,
+            handshakes_renegotiation: n,
+            ..FlowCounts::default()
+        }
+    }
+
+    #[test]
+    fn metrics_addr_parses() {
+        assert_eq!(
+            "127.0.0.1:9477".parse::<MetricsAddr>(),
+            Ok(MetricsAddr(Some("127.0.0.1:9477".parse().expect("addr"))))
+        );
+        assert_eq!(
+            "[::1]:1".parse::<MetricsAddr>(),
+            Ok(MetricsAddr(Some("[::1]:1".parse().expect("addr"))))
+        );
+        assert_eq!("off".parse::<MetricsAddr>(), Ok(MetricsAddr(None)));
+        assert_eq!("OFF".parse::<MetricsAddr>(), Ok(MetricsAddr(None)));
+        for bad in [
+            "",
+            "9477",
+            "localhost:9477",
+            "127.0.0.1",
+            "1.2.3.4:70000",
+            "::1:9",
+        ] {
+            assert!(bad.parse::<MetricsAddr>().is_err(), "{bad:?}");
+        }
+        assert!(DEFAULT_METRICS_ADDR.parse::<MetricsAddr>().is_ok());
+    }
+
+    #[test]
+    fn counts_of_a_flow() {
+        let (_, mut v) = sample_flow();
+        v.tracker.flags = FF_FIRST_HS_DONE;
+        v.tracker.counters.handshakes = 4;
+        v.tracker.counters.renegotiations_client = 3;
+        let c = FlowCounts::of(&v);
+        assert_eq!(c.handshakes_full, 1);
+        assert_eq!(c.handshakes_resumed, 0);
+        assert_eq!(c.handshakes_renegotiation, 3);
+        v.tracker.flags |= FF_RESUMED | FF_UNSYNCED;
+        let c = FlowCounts::of(&v);
+        assert_eq!(
+            (c.handshakes_full, c.handshakes_resumed, c.unsynced),
+            (0, 1, 1)
+        );
+        // No handshake completed yet: nothing counted as a handshake.
+        v.tracker.flags = 0;
+        v.tracker.counters.handshakes = 0;
+        let c = FlowCounts::of(&v);
+        assert_eq!(
+            c.handshakes_full + c.handshakes_resumed + c.handshakes_renegotiation,
+            0
+        );
+    }
+
+    #[test]
+    fn departed_counts_each_flow_once() {
+        let mut d = Departed::new(100);
+        assert!(d.record(id(1, 10), renegs(3)));
+        // The same close again (both sockets on this host): nothing added.
+        assert!(!d.record(id(1, 10), renegs(3)));
+        assert_eq!(d.totals().renegotiations_client, 3);
+        // Reported again with a later state: only the growth is added.
+        assert!(!d.record(id(1, 10), renegs(5)));
+        assert_eq!(d.totals().renegotiations_client, 5);
+        // An older state after that: nothing.
+        assert!(!d.record(id(1, 10), renegs(4)));
+        assert_eq!(d.totals().renegotiations_client, 5);
+        assert_eq!(d.totals().handshakes_full, 1);
+        // Same 4-tuple, another connection: counted.
+        assert!(d.record(id(1, 20), renegs(2)));
+        assert_eq!(d.totals().renegotiations_client, 7);
+        assert_eq!(d.totals().handshakes_full, 2);
+    }
+
+    #[test]
+    fn departed_live_share_never_double_counts() {
+        let mut d = Departed::new(100);
+        d.record(id(1, 10), renegs(3));
+        // Looked evicted, then seen live again with more: only the growth.
+        assert_eq!(
+            d.live_share(&id(1, 10), &renegs(4)).renegotiations_client,
+            1
+        );
+        assert_eq!(
+            d.live_share(&id(2, 10), &renegs(4)).renegotiations_client,
+            4
+        );
+    }
+
+    #[test]
+    fn departed_memory_is_bounded() {
+        let mut d = Departed::new(3);
+        for port in 0..10 {
+            d.record(id(port, 1), renegs(1));
+        }
+        assert_eq!(d.seen.len(), 3);
+        assert_eq!(d.order.len(), 3);
+        assert_eq!(d.totals().renegotiations_client, 10);
+    }
+
+    #[test]
+    fn top_k_is_bounded_and_ordered() {
+        let mut m = HashMap::new();
+        for i in 0..30u8 {
+            m.insert(IpAddr::from([10, 0, 0, i]), u64::from(i % 15));
+        }
+        let top = top_k(m, TOP_PEERS);
+        assert_eq!(top.len(), TOP_PEERS);
+        assert_eq!(top[0], (IpAddr::from([10, 0, 0, 14]), 14));
+        assert_eq!(top[1], (IpAddr::from([10, 0, 0, 29]), 14));
+        assert!(top.windows(2).all(|w| w[0].1 >= w[1].1));
+        assert!(top_k(HashMap::from([(IpAddr::from([1, 2, 3, 4]), 0)]), 5).is_empty());
+    }
+
+    #[test]
+    fn exposition_has_every_family_with_help() {
+        let mut snap = Snapshot {
+            flow_map_capacity: 1024,
+            events_read: 7,
+            ..Snapshot::default()
+        };
+        snap.flows.counts = renegs(3);
+        snap.flows.live = 256;
+        snap.flows.top_peers = vec![(IpAddr::from([10, 200, 0, 2]), 3)];
+        snap.kernel.insert("segments".into(), 42);
+        snap.kernel.insert("events_lost".into(), 1);
+        snap.kernel.insert("stat_9".into(), 5);
+        let text = snap.encode().expect("encode");
+        for line in [
+            "hsmon_handshakes_total{kind=\"full\"} 1",
+            "hsmon_handshakes_total{kind=\"resumed\"} 0",
+            "hsmon_handshakes_total{kind=\"renegotiation\"} 3",
+            "hsmon_renegotiations_total{initiator=\"client\"} 3",
+            "hsmon_renegotiations_total{initiator=\"server\"} 0",
+            "hsmon_client_hellos_total 0",
+            "hsmon_renegotiations_refused_total 0",
+            "hsmon_alerts_total 0",
+            "hsmon_keyupdate_like_total 0",
+            "hsmon_unsynced_flows_total 0",
+            "hsmon_flows_tracked 256",
+            "hsmon_flows_recently_closed 0",
+            "hsmon_flows_evicted_total 0",
+            "hsmon_flow_map_capacity 1024",
+            "hsmon_flow_map_fill_ratio 0.25",
+            "hsmon_events_lost_total 1",
+            "hsmon_events_read_total 7",
+            "hsmon_kernel_segments_total 42",
+            "hsmon_kernel_events_lost_total 1",
+            "hsmon_kernel_stat_9_total 5",
+            "hsmon_peer_renegotiations{peer=\"10.200.0.2\"} 3",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        for family in [
+            "handshakes",
+            "client_hellos",
+            "renegotiations",
+            "renegotiations_refused",
+            "alerts",
+            "keyupdate_like",
+            "unsynced_flows",
+            "flows_tracked",
+            "flows_recently_closed",
+            "flows_evicted",
+            "flow_map_capacity",
+            "flow_map_fill_ratio",
+            "events_lost",
+            "kernel_segments",
+            "peer_renegotiations",
+        ] {
+            let help = format!("# HELP hsmon_{family} ");
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&help) && l.len() > help.len() + 10),
+                "no HELP for {family} in\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        // No per-peer label anywhere else.
+        let with_peer: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("peer=") && !l.starts_with("hsmon_peer_renegotiations{"))
+            .collect();
+        assert!(with_peer.is_empty(), "{with_peer:?}");
+    }
+
+    #[test]
+    fn closed_flag_does_not_change_counts() {
+        let (_, mut v) = sample_flow();
+        let before = FlowCounts::of(&v);
+        v.tracker.flags |= FF_CLOSED;
+        assert_eq!(FlowCounts::of(&v), before);
+    }
+}
