@@ -150,6 +150,11 @@ pub struct FlowValue {
 pub const EVENT_FLOW_OPENED: u32 = 1;
 /// Event kind: a TLS flow was closed; the event carries its final state.
 pub const EVENT_FLOW_CLOSED: u32 = 2;
+/// Event kind: the client of a flow went over the renegotiation cap
+/// ([`TrackerConfig::reneg_cap`]); sent once per flow, by TC ingress, with
+/// the flow's state just after the segment that was dropped. The agent resets
+/// the connection.
+pub const EVENT_LIMIT_HIT: u32 = 3;
 
 /// A ring-buffer event about a flow.
 #[repr(C)]
@@ -191,10 +196,13 @@ pub enum Stat {
     /// Of those, the packets of bans added by an operator
     /// (`crate::ban::BAN_REASON_MANUAL`).
     BanDropsManual = 8,
+    /// Client-to-server segments the TC ingress program dropped because their
+    /// flow went over the renegotiation cap ([`TrackerConfig::reneg_cap`]).
+    RenegCapDrops = 9,
 }
 
 /// Number of `STATS` slots.
-pub const STAT_COUNT: u32 = 9;
+pub const STAT_COUNT: u32 = 10;
 
 impl Stat {
     /// Every slot, in index order.
@@ -208,6 +216,7 @@ impl Stat {
         Stat::MalformedPackets,
         Stat::BanDrops,
         Stat::BanDropsManual,
+        Stat::RenegCapDrops,
     ];
 
     /// The slot's name in `/v1/stats` and in metric names (`hsmon_kernel_<name>_total`).
@@ -222,6 +231,7 @@ impl Stat {
             Stat::MalformedPackets => "malformed_packets",
             Stat::BanDrops => "ban_drops",
             Stat::BanDropsManual => "ban_drops_manual",
+            Stat::RenegCapDrops => "reneg_cap_drops",
         }
     }
 
@@ -237,6 +247,9 @@ impl Stat {
             Stat::MalformedPackets => "Packets the TC program could not parse (truncated headers)",
             Stat::BanDrops => "Packets dropped at TC ingress because their source is banned",
             Stat::BanDropsManual => "Packets dropped by bans an operator added (hsmon bans add)",
+            Stat::RenegCapDrops => {
+                "Client segments dropped at TC ingress because their connection went over the renegotiation cap"
+            }
         }
     }
 }
@@ -249,6 +262,12 @@ pub struct TrackerConfig {
     pub port_count: u32,
     /// Only flows with one of these server ports are tracked (host order).
     pub ports: [u16; MAX_PORTS],
+    /// Most client-initiated renegotiations a connection may make (0: no cap).
+    /// TC ingress drops the client segment that carries the one over the cap
+    /// and every later client segment with payload of that connection
+    /// ([`crate::tracker::FF_OVER_CAP`]), and tells the agent
+    /// ([`EVENT_LIMIT_HIT`]), which resets it.
+    pub reneg_cap: u32,
 }
 
 /// Most ports a port filter can hold.
@@ -261,7 +280,7 @@ const _: () = assert!(core::mem::size_of::<crate::tracker::FlowState>() == 152);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 176);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 224);
-const _: () = assert!(core::mem::size_of::<TrackerConfig>() == 36);
+const _: () = assert!(core::mem::size_of::<TrackerConfig>() == 40);
 
 #[cfg(test)]
 mod tests {

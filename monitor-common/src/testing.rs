@@ -25,7 +25,7 @@ use std::vec;
 use std::vec::Vec;
 
 use crate::tls::*;
-use crate::tracker::{FlowCounters, FlowState, SegmentOutcome, CLIENT, SERVER};
+use crate::tracker::{CapVerdict, FlowCounters, FlowState, SegmentOutcome, CLIENT, SERVER};
 
 /// The ServerHello random of a HelloRetryRequest (RFC 8446 4.1.3).
 pub const HRR_RANDOM: [u8; 32] = [
@@ -813,6 +813,11 @@ pub struct Driver {
     pub max_steps: u32,
     /// What each `on_segment` call returned, in order.
     pub outcomes: Vec<SegmentOutcome>,
+    /// Renegotiation cap applied after every client segment, as TC ingress
+    /// does (0: none; then `apply_reneg_cap` is not called).
+    pub reneg_cap: u32,
+    /// What `apply_reneg_cap` said after each client segment (with a cap).
+    pub verdicts: Vec<CapVerdict>,
 }
 
 impl Driver {
@@ -824,6 +829,8 @@ impl Driver {
             isn,
             max_steps: u32::MAX,
             outcomes: Vec::new(),
+            reneg_cap: 0,
+            verdicts: Vec::new(),
         }
     }
 
@@ -838,6 +845,10 @@ impl Driver {
         let bytes = &self.streams[dir][start..end];
         let out = self.state.on_segment(dir, seq, bytes, self.max_steps);
         self.outcomes.push(out);
+        if dir == CLIENT && self.reneg_cap != 0 {
+            self.verdicts
+                .push(self.state.apply_reneg_cap(self.reneg_cap));
+        }
         out
     }
 
@@ -846,6 +857,10 @@ impl Driver {
         let seq = self.seq(dir, off);
         let out = self.state.on_segment(dir, seq, bytes, self.max_steps);
         self.outcomes.push(out);
+        if dir == CLIENT && self.reneg_cap != 0 {
+            self.verdicts
+                .push(self.state.apply_reneg_cap(self.reneg_cap));
+        }
         out
     }
 

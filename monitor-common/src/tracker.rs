@@ -46,6 +46,18 @@
 //!   `keyupdate_like`: the record layer cannot tell them from a 5-byte
 //!   application write, hence the name.
 //!
+//! # Renegotiation cap
+//!
+//! [`FlowState::apply_reneg_cap`] is called by whoever feeds a client segment
+//! (the TC ingress program, after the segment's bpf_loop) with the configured
+//! cap. Client-initiated renegotiations are counted at the record header of
+//! the encrypted ClientHello, so once the segment is parsed
+//! `renegotiations_client` already says whether this segment carried the one
+//! over the cap: the flow is then marked [`FF_OVER_CAP`] (for good) and the
+//! caller drops that segment and every later client segment with payload,
+//! retransmissions included. The tracker still parses what the client sends,
+//! so the counts say what crossed the wire, not what reached the server.
+//!
 //! # Bounded work
 //!
 //! [`FlowState::on_segment`] does at most `max_steps` steps per segment; each
@@ -108,6 +120,20 @@ pub const FF_HRR_SEEN: u16 = 1 << 8;
 pub const FF_UNSYNCED: u16 = 1 << 9;
 /// Flow flag: the connection is closed (set by whoever saw it end).
 pub const FF_CLOSED: u16 = 1 << 10;
+/// Flow flag: the client went over the renegotiation cap (set by
+/// [`FlowState::apply_reneg_cap`], never cleared): its segments are dropped.
+pub const FF_OVER_CAP: u16 = 1 << 11;
+
+/// What [`FlowState::apply_reneg_cap`] says about the client segment just fed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapVerdict {
+    /// Within the cap (or no cap): let it through.
+    Pass,
+    /// This segment took the flow over the cap: drop it and report the flow.
+    Hit,
+    /// The flow was already over the cap: drop it.
+    Over,
+}
 
 /// Handshake-layer field ids: what the bytes being collected mean.
 const F_HS_HEADER: u8 = 0;
@@ -271,6 +297,29 @@ impl FlowState {
     #[inline]
     pub fn resumed(&self) -> bool {
         self.flags & FF_RESUMED != 0
+    }
+
+    /// Did the client go over the renegotiation cap?
+    #[inline]
+    pub fn over_cap(&self) -> bool {
+        self.flags & FF_OVER_CAP != 0
+    }
+
+    /// Applies the renegotiation cap `cap` (0: none) after a client segment
+    /// was fed (whatever its outcome, a retransmission included): once
+    /// `renegotiations_client` exceeds `cap` the flow is marked
+    /// [`FF_OVER_CAP`], and from then on every call says [`CapVerdict::Over`]
+    /// whatever the cap. No loop: one comparison.
+    #[inline(always)]
+    pub fn apply_reneg_cap(&mut self, cap: u32) -> CapVerdict {
+        if self.flags & FF_OVER_CAP != 0 {
+            return CapVerdict::Over;
+        }
+        if cap == 0 || self.counters.renegotiations_client <= cap {
+            return CapVerdict::Pass;
+        }
+        self.flags |= FF_OVER_CAP;
+        CapVerdict::Hit
     }
 
     /// Feeds one segment's payload, sent in direction `dir` (`CLIENT` or

@@ -1478,3 +1478,191 @@ fn client_renegotiation_flood_into_silent_server() {
     assert_eq!(s.counters.renegotiations_refused, 5);
     assert_eq!(s.counters.handshakes, 1);
 }
+
+// ---------------------------------------------------------------------------
+// Renegotiation cap (`apply_reneg_cap`, `FF_OVER_CAP`).
+
+/// A TLS 1.2 connection with `n` honoured client renegotiations, each
+/// followed by application data both ways.
+fn tls12_with_client_renegs(n: usize) -> Conversation {
+    let mut c = Conversation::new();
+    tls12_full(&mut c);
+    c.client(app_data(100)).server(app_data(200));
+    for _ in 0..n {
+        tls12_client_reneg(&mut c);
+        c.client(app_data(50)).server(app_data(60));
+    }
+    c
+}
+
+/// Runs `plan` with `cap`, checking after every client segment that the
+/// verdict is `Hit` exactly on the segment whose parsing took
+/// `renegotiations_client` over `cap`, `Pass` before it and `Over` after it.
+/// Returns the driver and the index (among client segments) of the hit.
+fn run_capped(
+    conv: &Conversation,
+    isn: [u32; 2],
+    plan: &[Step],
+    cap: u32,
+) -> (Driver, Option<usize>) {
+    let mut d = Driver::new(conv, isn);
+    d.reneg_cap = cap;
+    let mut hit = None;
+    let mut client_segs = 0;
+    for step in plan {
+        let before = d.state.counters.renegotiations_client;
+        d.step(*step);
+        if let Step::Seg { dir: CLIENT, .. } = step {
+            let after = d.state.counters.renegotiations_client;
+            let verdict = *d.verdicts.last().expect("a verdict per client segment");
+            let want = if hit.is_some() {
+                CapVerdict::Over
+            } else if before <= cap && after > cap {
+                hit = Some(client_segs);
+                CapVerdict::Hit
+            } else {
+                CapVerdict::Pass
+            };
+            assert_eq!(
+                verdict, want,
+                "client segment {client_segs}: {before} -> {after}"
+            );
+            assert_eq!(d.state.over_cap(), hit.is_some());
+            client_segs += 1;
+        }
+    }
+    assert_eq!(d.verdicts.len(), client_segs);
+    (d, hit)
+}
+
+#[test]
+fn reneg_cap_hits_on_the_segment_with_the_clienthello_over_it() {
+    let c = tls12_with_client_renegs(5);
+    let mut n = 0usize;
+    let plans = [
+        c.plan_sends(),
+        c.plan_runs(),
+        c.plan_bytes(),
+        c.plan_sizes(|_| 7),
+        c.plan_sizes(|dir| {
+            n += 1;
+            [1, 2, 3, 4, 5, 6, 1460, 9, 300][(n + dir) % 9]
+        }),
+    ];
+    for isn in ISNS {
+        for plan in &plans {
+            let (d, hit) = run_capped(&c, isn, plan, 3);
+            assert!(hit.is_some(), "the 4th renegotiation hits the cap of 3");
+            // Counting goes on: the counts say what crossed the wire.
+            assert_eq!(d.state.counters.renegotiations_client, 5);
+            assert!(d.state.flags & FF_OVER_CAP != 0);
+        }
+    }
+}
+
+#[test]
+fn reneg_cap_hit_is_the_fourth_clienthello_segment_when_one_per_send() {
+    let c = tls12_with_client_renegs(5);
+    let (d, hit) = run_capped(&c, ISNS[0], &c.plan_sends(), 3);
+    // Client sends: ClientHello, then CKE + CCS + Finished, then app data: 3
+    // before the renegotiations and 3 per renegotiation; the 4th
+    // renegotiation's ClientHello is the first send after 3 of them.
+    assert_eq!(hit, Some(3 + 3 * 3));
+    let s = d.state;
+    assert_eq!(s.counters.handshakes, 6);
+    assert_eq!(s.counters.renegotiations_refused, 0);
+}
+
+#[test]
+fn reneg_cap_within_or_off_never_hits() {
+    for n in 0..5usize {
+        let c = tls12_with_client_renegs(n);
+        for cap in [n as u32, n as u32 + 1, 10] {
+            if cap == 0 {
+                continue;
+            }
+            let (d, hit) = run_capped(&c, ISNS[1], &c.plan_runs(), cap);
+            assert_eq!(hit, None, "{n} renegotiations, cap {cap}");
+            assert!(d.verdicts.iter().all(|v| *v == CapVerdict::Pass));
+        }
+        // Cap 0: no cap at all.
+        let mut s = run_sends(&c, ISNS[0]);
+        assert_eq!(s.apply_reneg_cap(0), CapVerdict::Pass);
+        assert!(!s.over_cap());
+    }
+}
+
+#[test]
+fn reneg_cap_retransmission_of_the_dropped_segment_is_over() {
+    let c = tls12_with_client_renegs(4);
+    let plan = c.plan_sends();
+    let mut d = Driver::new(&c, ISNS[2]);
+    d.reneg_cap = 3;
+    let mut hit_step = None;
+    for step in &plan {
+        d.step(*step);
+        if d.verdicts.last() == Some(&CapVerdict::Hit) {
+            hit_step = Some(*step);
+            break;
+        }
+    }
+    let Some(Step::Seg { dir, start, end }) = hit_step else {
+        panic!("no hit with 4 renegotiations and cap 3");
+    };
+    let counters = d.state.counters;
+    // The client's TCP retransmits the dropped segment: nothing is counted
+    // twice, and it is dropped again.
+    assert_eq!(d.seg(dir, start, end), SegmentOutcome::Retransmit);
+    assert_eq!(d.verdicts.last(), Some(&CapVerdict::Over));
+    assert_eq!(
+        d.state.counters.renegotiations_client,
+        counters.renegotiations_client
+    );
+    assert_eq!(d.state.counters.retransmits, counters.retransmits + 1);
+    // The flag stays, whatever the cap says later; the end of the connection
+    // refuses the unanswered renegotiation.
+    assert_eq!(d.state.apply_reneg_cap(0), CapVerdict::Over);
+    assert_eq!(d.state.apply_reneg_cap(100), CapVerdict::Over);
+    d.state.finish();
+    assert!(d.state.over_cap());
+    assert_eq!(d.state.counters.renegotiations_refused, 1);
+}
+
+#[test]
+fn reneg_cap_counts_refused_attempts_and_floods() {
+    // Refused attempts count towards the cap: they crossed the wire.
+    let mut c = Conversation::new();
+    tls12_full(&mut c);
+    tls12_client_reneg_refused(&mut c);
+    tls12_client_reneg_refused(&mut c);
+    let (d, hit) = run_capped(&c, ISNS[0], &c.plan_sends(), 1);
+    assert!(hit.is_some());
+    assert_eq!(d.state.counters.renegotiations_refused, 2);
+
+    // ClientHellos into a silent server, all in one segment: one hit.
+    let mut c = Conversation::new();
+    tls12_full(&mut c);
+    let flood: Vec<u8> = (0..6).flat_map(|_| encrypted_handshake(250)).collect();
+    c.client(flood);
+    let (d, hit) = run_capped(&c, ISNS[1], &c.plan_sends(), 3);
+    assert_eq!(
+        hit,
+        Some(2),
+        "the flood segment (after the 2 handshake sends)"
+    );
+    assert_eq!(d.state.counters.renegotiations_client, 6);
+}
+
+#[test]
+fn reneg_cap_ignores_server_initiated_renegotiations() {
+    let mut c = Conversation::new();
+    tls12_full(&mut c);
+    for _ in 0..4 {
+        tls12_server_reneg(&mut c);
+    }
+    let (d, hit) = run_capped(&c, ISNS[0], &c.plan_sends(), 1);
+    assert_eq!(hit, None);
+    assert_eq!(d.state.counters.renegotiations_server, 4);
+    assert_eq!(d.state.counters.renegotiations_client, 0);
+    assert!(d.state.counters.client_hellos >= 5);
+}

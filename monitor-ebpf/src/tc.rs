@@ -10,13 +10,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use monitor_common::{
-    flow::{FlowKey, FlowValue, Stat, MAX_PORTS},
+    flow::{FlowEvent, FlowKey, FlowValue, Stat, EVENT_LIMIT_HIT, MAX_PORTS},
     tls::starts_with_client_hello,
-    tracker::{CLIENT, EBPF_MAX_STEPS, SERVER},
+    tracker::{CapVerdict, CLIENT, EBPF_MAX_STEPS, SERVER},
 };
 
 use crate::{
-    maps::{count, CONFIG, FLOWS, SCRATCH},
+    maps::{count, CONFIG, EVENTS, FLOWS, SCRATCH},
     packet::{parse, Segment, SkbPayload, TCP_FIN, TCP_RST},
 };
 
@@ -51,20 +51,23 @@ extern "C" fn step_cb(_index: u64, ctx: *mut c_void) -> c_long {
 
 /// Ingress hook: segments arriving at this host. Packets from banned
 /// sources are dropped first (`crate::ban`; one array lookup when nothing is
-/// banned).
+/// banned); then client segments of flows over the renegotiation cap
+/// (`TrackerConfig::reneg_cap`: this host is the server, the cap protects it).
 #[classifier]
 pub fn hsmon_tc_ingress(ctx: TcContext) -> i32 {
     if crate::ban::any() && crate::ban::banned(&ctx) {
         return TC_ACT_SHOT;
     }
-    track(&ctx);
+    if track(&ctx, true) {
+        return TC_ACT_SHOT;
+    }
     TC_ACT_UNSPEC
 }
 
-/// Egress hook: segments leaving this host.
+/// Egress hook: segments leaving this host. Never drops.
 #[classifier]
 pub fn hsmon_tc_egress(ctx: TcContext) -> i32 {
-    track(&ctx);
+    track(&ctx, false);
     TC_ACT_UNSPEC
 }
 
@@ -75,18 +78,21 @@ pub fn hsmon_tc_noop(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Feeds the segment to its flow's tracker. Returns `true` when the segment
+/// must be dropped: only on ingress (`ingress`), only a client segment with
+/// payload of a flow over the renegotiation cap.
 #[inline(never)]
-fn track(ctx: &TcContext) {
+fn track(ctx: &TcContext, ingress: bool) -> bool {
     let mut seg = MaybeUninit::<Segment>::uninit();
     if !parse(ctx, seg.as_mut_ptr()) {
-        return;
+        return false;
     }
     // SAFETY: `parse` writes every field when it returns true.
     let seg = unsafe { seg.assume_init() };
     let has_payload = seg.payload_len > 0;
     let closing = seg.flags & (TCP_FIN | TCP_RST) != 0;
     if !has_payload && !closing {
-        return;
+        return false;
     }
     if has_payload {
         count(Stat::Segments);
@@ -102,11 +108,11 @@ fn track(ctx: &TcContext) {
         Some(flow) => flow,
         None => {
             if !has_payload {
-                return;
+                return false;
             }
             match new_flow(&seg, &payload, &key, sender_is_a) {
                 Some(flow) => flow,
-                None => return,
+                None => return false,
             }
         }
     };
@@ -117,13 +123,64 @@ fn track(ctx: &TcContext) {
     } else {
         SERVER
     };
+    let mut drop = false;
     if has_payload {
         count(Stat::TlsSegments);
         flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
         parse_payload(flow, dir, seg.seq, payload);
+        if ingress && dir == CLIENT {
+            // After the whole segment is parsed: the tracker counted the
+            // renegotiation ClientHello at its record header.
+            drop = reneg_cap_drops(flow, &key);
+        }
     }
     if closing {
         flow.tracker.on_close(dir);
+    }
+    drop
+}
+
+/// Applies the renegotiation cap after a client segment with payload:
+/// `true` to drop it (counted in `STATS`); the first time, an
+/// `EVENT_LIMIT_HIT` tells the agent to reset the connection.
+#[inline(always)]
+fn reneg_cap_drops(flow: &mut FlowValue, key: &FlowKey) -> bool {
+    let cap = match CONFIG.get(0) {
+        Some(cfg) => cfg.reneg_cap,
+        None => 0,
+    };
+    match flow.tracker.apply_reneg_cap(cap) {
+        CapVerdict::Pass => false,
+        CapVerdict::Hit => {
+            count(Stat::RenegCapDrops);
+            limit_hit(flow, key);
+            true
+        }
+        CapVerdict::Over => {
+            count(Stat::RenegCapDrops);
+            true
+        }
+    }
+}
+
+/// Sends `EVENT_LIMIT_HIT` for the flow. Not inlined: once per flow, and
+/// kept out of `track`'s frame (the verifier caps the call chain at 512 bytes).
+#[inline(never)]
+fn limit_hit(flow: &FlowValue, key: &FlowKey) {
+    match EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.as_mut_ptr();
+            // SAFETY: `ev` points at reserved ring-buffer memory of the right size.
+            unsafe {
+                (*ev).kind = EVENT_LIMIT_HIT;
+                (*ev)._pad = 0;
+                (*ev).value = *flow;
+                (*ev).key = *key;
+                (*ev)._tail = 0;
+            }
+            entry.submit(0);
+        }
+        None => count(Stat::EventsLost),
     }
 }
 

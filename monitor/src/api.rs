@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const CONNS_PATH: &str = "/v1/conns";
 /// `GET`: [`Stats`].
 pub const STATS_PATH: &str = "/v1/stats";
+/// `GET`: [`crate::status::Status`].
+pub const STATUS_PATH: &str = "/v1/status";
 
 /// What `GET /v1/stats` serves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

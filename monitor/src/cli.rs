@@ -26,6 +26,13 @@ pub enum Verb {
     Conns(crate::conns::Args),
     /// List the source-address bans in force (`add` and `del` change them).
     Bans(crate::bans::Args),
+    /// Show what the agent is doing: version, uptime, hooks attached, map
+    /// fill levels, ring-buffer events read and lost, active bans.
+    Status(crate::status::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(crate::docs::CompletionsArgs),
+    /// Print the man page (roff) of hsmon, or of one verb.
+    Man(crate::docs::ManArgs),
 }
 
 impl Verb {
@@ -35,6 +42,9 @@ impl Verb {
             Verb::Run(args) => crate::run::run(args),
             Verb::Conns(args) => crate::conns::run(args),
             Verb::Bans(args) => crate::bans::run(args),
+            Verb::Status(args) => crate::status::run(args),
+            Verb::Completions(args) => crate::docs::run_completions(args),
+            Verb::Man(args) => crate::docs::run_man(args),
         }
     }
 }
@@ -78,6 +88,7 @@ mod tests {
         assert!(args.ports.is_none());
         assert_eq!(args.flow_map_size, 65536);
         assert_eq!(args.keep_closed, 10_000);
+        assert_eq!(args.reneg_cap, 0, "no renegotiation cap unless asked");
     }
 
     #[test]

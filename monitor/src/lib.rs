@@ -8,9 +8,11 @@ pub mod cidr;
 pub mod cli;
 pub mod client;
 pub mod conns;
+pub mod docs;
 pub mod logging;
 pub mod record;
 pub mod run;
+pub mod status;
 pub mod table;
 
 pub use run::loader::ebpf_object;

@@ -1,5 +1,6 @@
 //! `hsmon`: the eBPF TLS handshake monitor's agent (`hsmon run`) and its CLI
-//! verbs (`hsmon conns`, `hsmon bans`).
+//! verbs (`hsmon conns`, `hsmon bans`, `hsmon status`, `hsmon completions`,
+//! `hsmon man`).
 //!
 //! Exit codes: 0 success, 1 an error (printed as `hsmon: error: ...` with its
 //! causes), 2 wrong arguments (clap's usage error).

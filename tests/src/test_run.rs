@@ -5,13 +5,15 @@ use anyhow::{Context, Result};
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, MapData, PerCpuArray,
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
     },
     programs::SchedClassifier,
     Ebpf, EbpfLoader, TestRun, TestRunOptions,
 };
 use monitor_common::ban::{v4_key_data, BanValue};
-use monitor_common::flow::{addr_from_bytes, ipv4_mapped, Addr, FlowKey, FlowValue, Stat};
+use monitor_common::flow::{
+    addr_from_bytes, ipv4_mapped, Addr, FlowEvent, FlowKey, FlowValue, Stat, TrackerConfig,
+};
 use std::net::IpAddr;
 
 use crate::packet::{flags, tcp_segment, Endpoint};
@@ -169,6 +171,31 @@ impl TcHarness {
             Array::try_from(self.ebpf.map_mut("BAN_COUNT").context("no BAN_COUNT map")?)
                 .context("BAN_COUNT map type")?;
         m.set(0, n, 0).context("writing BAN_COUNT")
+    }
+
+    /// Writes `CONFIG[0]` (port filter, renegotiation cap).
+    pub fn set_config(&mut self, cfg: &TrackerConfig) -> Result<()> {
+        let mut m: Array<&mut MapData, TrackerConfig> =
+            Array::try_from(self.ebpf.map_mut("CONFIG").context("no CONFIG map")?)
+                .context("CONFIG map type")?;
+        m.set(0, cfg, 0).context("writing CONFIG")
+    }
+
+    /// Takes every event waiting in the `EVENTS` ring buffer.
+    pub fn drain_events(&mut self) -> Result<Vec<FlowEvent>> {
+        let mut ring = RingBuf::try_from(self.ebpf.map_mut("EVENTS").context("no EVENTS map")?)
+            .context("EVENTS map type")?;
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            anyhow::ensure!(
+                item.len() >= std::mem::size_of::<FlowEvent>(),
+                "short event: {} bytes",
+                item.len()
+            );
+            // SAFETY: FlowEvent is plain integers; the length was checked.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
+        }
+        Ok(out)
     }
 
     /// A `STATS` counter summed over CPUs.

@@ -16,6 +16,7 @@ use aya::Ebpf;
 use super::ifaces::Iface;
 use super::loader::{program, PROG_SOCK_STATE, PROG_TC_EGRESS, PROG_TC_INGRESS};
 use super::netlink;
+use crate::status::{Hook, TracepointHook};
 
 /// Programs attached by this agent, and the qdiscs it added for them.
 #[derive(Default)]
@@ -23,6 +24,9 @@ pub struct Attachments {
     tc: Vec<(String, SchedClassifierLink)>,
     tracepoint: Option<TracePointLink>,
     clsact_added: Vec<String>,
+    /// What is attached, as `hsmon status` reports it.
+    hooks: Vec<Hook>,
+    tracepoints: Vec<TracepointHook>,
 }
 
 impl Attachments {
@@ -48,6 +52,10 @@ impl Attachments {
             .attach("sock", "inet_sock_set_state")
             .with_context(|| format!("attaching {PROG_SOCK_STATE} to sock/inet_sock_set_state"))?;
         this.tracepoint = Some(tp.take_link(id).context("taking the tracepoint link")?);
+        this.tracepoints.push(TracepointHook {
+            program: PROG_SOCK_STATE.to_owned(),
+            tracepoint: "sock/inet_sock_set_state".to_owned(),
+        });
         tracing::info!("attached {PROG_SOCK_STATE} to tracepoint sock/inet_sock_set_state");
         Ok(this)
     }
@@ -98,13 +106,31 @@ impl Attachments {
             .take_link(id)
             .with_context(|| format!("taking the link of {name} on {iface}"))?;
         self.tc.push((format!("{name} on {iface} {dir}"), link));
+        self.hooks.push(Hook {
+            iface: iface.to_owned(),
+            program: name.to_owned(),
+            direction: dir.to_owned(),
+            mode: mode.to_owned(),
+        });
         tracing::info!(iface, direction = dir, mode, "attached {name}");
         Ok(())
+    }
+
+    /// The TC programs attached, in attach order.
+    pub fn hooks(&self) -> &[Hook] {
+        &self.hooks
+    }
+
+    /// The tracepoint programs attached.
+    pub fn tracepoints(&self) -> &[TracepointHook] {
+        &self.tracepoints
     }
 
     /// Detaches everything and removes the qdiscs this agent added, logging
     /// what it does. Idempotent.
     pub fn detach(&mut self) {
+        self.hooks.clear();
+        self.tracepoints.clear();
         for (what, link) in self.tc.drain(..) {
             drop(link);
             tracing::info!("detached {what}");

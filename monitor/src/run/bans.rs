@@ -214,6 +214,12 @@ impl<M: BanMaps> BanTable<M> {
         self.bans.len()
     }
 
+    /// Bans in the maps by family: (IPv4, IPv6).
+    pub fn family_counts(&self) -> (usize, usize) {
+        let v4 = self.bans.keys().filter(|c| c.is_ipv4()).count();
+        (v4, self.bans.len() - v4)
+    }
+
     /// No bans in the maps.
     pub fn is_empty(&self) -> bool {
         self.bans.is_empty()

@@ -1,5 +1,6 @@
-//! The `EVENTS` ring-buffer reader: wakes on readiness, drains, and hands
-//! closed flows to the flow table.
+//! The `EVENTS` ring-buffer reader: wakes on readiness, drains, hands
+//! closed flows to the flow table, and resets connections that went over the
+//! renegotiation cap (`EVENT_LIMIT_HIT`, see [`super::sock_destroy`]).
 
 use std::io;
 use std::mem::size_of;
@@ -8,7 +9,9 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use monitor_common::flow::{addr_bytes, FlowEvent, EVENT_FLOW_CLOSED, EVENT_FLOW_OPENED};
+use monitor_common::flow::{
+    addr_bytes, FlowEvent, EVENT_FLOW_CLOSED, EVENT_FLOW_OPENED, EVENT_LIMIT_HIT,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -54,17 +57,23 @@ pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result<
             guard.clear_ready();
         }
         drop(guard);
-        handle(&shared, &mut batch);
+        let resets = handle(&shared, &mut batch);
+        if !resets.is_empty() {
+            // A netlink round trip each: off the async workers.
+            tokio::task::spawn_blocking(move || reset_all(&resets));
+        }
         if more {
             tokio::task::yield_now().await;
         }
     }
 }
 
-/// Applies a batch of decoded events to the flow table.
-fn handle(shared: &Shared, batch: &mut Vec<Option<FlowEvent>>) {
+/// Applies a batch of decoded events to the flow table; returns the
+/// connections to reset (their flows went over the renegotiation cap).
+fn handle(shared: &Shared, batch: &mut Vec<Option<FlowEvent>>) -> Vec<LimitHit> {
+    let mut resets = Vec::new();
     if batch.is_empty() {
-        return;
+        return resets;
     }
     shared
         .events_read
@@ -85,9 +94,66 @@ fn handle(shared: &Shared, batch: &mut Vec<Option<FlowEvent>>) {
                 };
                 tracing::debug!(%client, %server, "TLS flow opened");
             }
+            Some(ev) if ev.kind == EVENT_LIMIT_HIT => resets.push(LimitHit::of(&ev)),
             _ => {
                 shared.events_bad.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+    resets
+}
+
+/// A connection whose client went over the renegotiation cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitHit {
+    /// The client (the peer of the socket to reset).
+    pub client: std::net::SocketAddr,
+    /// The server (this host: its socket is reset).
+    pub server: std::net::SocketAddr,
+    /// Client-initiated renegotiations counted when the cap was hit.
+    pub renegotiations_client: u32,
+}
+
+impl LimitHit {
+    /// The client and server of an `EVENT_LIMIT_HIT`.
+    pub fn of(ev: &FlowEvent) -> Self {
+        let a = socket_addr(&addr_bytes(&ev.key.addr_a), ev.key.port_a);
+        let b = socket_addr(&addr_bytes(&ev.key.addr_b), ev.key.port_b);
+        let (client, server) = if ev.value.client_is_a != 0 {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        LimitHit {
+            client,
+            server,
+            renegotiations_client: ev.value.tracker.counters.renegotiations_client,
+        }
+    }
+}
+
+/// Resets (`SOCK_DESTROY`) the server-side socket of each connection, logging
+/// each with its 4-tuple.
+fn reset_all(hits: &[LimitHit]) {
+    for hit in hits {
+        let conn = super::sock_destroy::Conn {
+            local: hit.server,
+            remote: hit.client,
+        };
+        let (client, server, renegs) = (hit.client, hit.server, hit.renegotiations_client);
+        match super::sock_destroy::destroy(&conn) {
+            Ok(super::sock_destroy::Outcome::Destroyed) => tracing::warn!(
+                %client, %server, renegotiations_client = renegs,
+                "renegotiation cap exceeded: connection reset"
+            ),
+            Ok(super::sock_destroy::Outcome::Gone) => tracing::info!(
+                %client, %server, renegotiations_client = renegs,
+                "renegotiation cap exceeded: connection already closed, nothing to reset"
+            ),
+            Err(e) => tracing::warn!(
+                %client, %server, renegotiations_client = renegs,
+                "renegotiation cap exceeded: resetting the connection failed: {e:#}"
+            ),
         }
     }
 }
@@ -96,6 +162,32 @@ fn handle(shared: &Shared, batch: &mut Vec<Option<FlowEvent>>) {
 mod tests {
     use super::*;
     use crate::record::tests::sample_flow;
+
+    #[test]
+    fn limit_hit_names_client_and_server() {
+        let (key, mut value) = sample_flow();
+        value.tracker.counters.renegotiations_client = 4;
+        let ev = FlowEvent {
+            kind: EVENT_LIMIT_HIT,
+            value,
+            key,
+            ..FlowEvent::default()
+        };
+        let hit = LimitHit::of(&ev);
+        let a = socket_addr(&addr_bytes(&key.addr_a), key.port_a);
+        let b = socket_addr(&addr_bytes(&key.addr_b), key.port_b);
+        let want = if value.client_is_a != 0 {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        assert_eq!((hit.client, hit.server), want);
+        assert_eq!(hit.renegotiations_client, 4);
+        let mut flipped = ev;
+        flipped.value.client_is_a ^= 1;
+        let hit2 = LimitHit::of(&flipped);
+        assert_eq!((hit2.client, hit2.server), (hit.server, hit.client));
+    }
 
     #[test]
     fn events_round_trip_and_short_ones_fail() {

@@ -12,8 +12,11 @@ pub mod loader;
 mod maps;
 pub mod metrics;
 mod netlink;
+mod notify;
 mod server;
+mod sock_destroy;
 mod state;
+mod status;
 mod system;
 
 use std::sync::Arc;
@@ -59,6 +62,11 @@ pub struct Args {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics, or `off`.
     #[arg(long, value_name = "ADDR:PORT|off", default_value = metrics::DEFAULT_METRICS_ADDR)]
     pub metrics_addr: metrics::MetricsAddr,
+    /// Most client-initiated renegotiations per connection (0: no cap). The
+    /// client segment carrying the one over the cap, and every later one of
+    /// that connection, is dropped at TC ingress, and the connection is reset.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub reneg_cap: u32,
 }
 
 /// A port filter from `--ports`.
@@ -100,10 +108,12 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// SIGINT and SIGTERM, registered before anything is attached so a signal
-/// during start-up still leads to a clean stop.
+/// during start-up still leads to a clean stop; and SIGHUP (systemd's
+/// `ExecReload`), which must not kill the agent.
 struct Signals {
     int: Signal,
     term: Signal,
+    hup: Signal,
 }
 
 impl Signals {
@@ -111,19 +121,27 @@ impl Signals {
         Ok(Signals {
             int: signal(SignalKind::interrupt()).context("handling SIGINT")?,
             term: signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            hup: signal(SignalKind::hangup()).context("handling SIGHUP")?,
         })
     }
 
-    /// Waits for either; returns its name.
+    /// Waits for SIGINT or SIGTERM; returns its name. SIGHUP is logged and
+    /// otherwise ignored until configuration reload exists.
     async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.int.recv() => "SIGINT",
-            _ = self.term.recv() => "SIGTERM",
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.hup.recv() => {
+                    tracing::warn!("SIGHUP: reload not implemented yet; carrying on unchanged");
+                }
+            }
         }
     }
 }
 
 async fn agent(args: Args) -> Result<()> {
+    let started = std::time::Instant::now();
     let mut signals = Signals::new()?;
     system::raise_memlock_limit();
     system::ensure_tracefs()?;
@@ -137,7 +155,9 @@ async fn agent(args: Args) -> Result<()> {
     let mut ebpf = loader::load(args.flow_map_size)?;
     let logger = loader::ebpf_logger(&mut ebpf);
     let ports = args.ports.map(|p| p.0).unwrap_or_default();
-    maps::write_config(&mut ebpf, &maps::tracker_config(&ports))?;
+    let mut config = maps::tracker_config(&ports);
+    config.reneg_cap = args.reneg_cap;
+    maps::write_config(&mut ebpf, &config)?;
     let kernel_maps = maps::take(&mut ebpf, args.flow_map_size)?;
     let allow = bans::allowlist(&args.allow)?;
     tracing::info!(
@@ -159,13 +179,24 @@ async fn agent(args: Args) -> Result<()> {
     tasks.spawn(events::read_events(kernel_maps.events, shared.clone()));
 
     let mut attachments = Attachments::attach(&mut ebpf, &ifaces)?;
-    tasks.spawn(sweep(shared.clone()));
+    tasks.spawn(sweep(shared.clone(), notify::Watchdog::from_env()));
     tasks.spawn(bans::sweep(shared.clone()));
     if let Some(listener) = metrics_listener {
         tasks.spawn(metrics::serve(listener, shared.clone(), args.flow_map_size));
     }
 
     let (listener, socket_file) = server::bind(&args.socket.socket)?;
+    let info = status::AgentInfo {
+        started,
+        socket: args.socket.socket.display().to_string(),
+        metrics_addr: args.metrics_addr.0.map(|a| a.to_string()),
+        flow_map_capacity: args.flow_map_size,
+        hooks: attachments.hooks().to_vec(),
+        tracepoints: attachments.tracepoints().to_vec(),
+    };
+    if shared.info.set(info).is_err() {
+        tracing::warn!("the agent's status facts were already set");
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(server::serve(listener, shared.clone(), async {
         let _ = stop_rx.await;
@@ -174,8 +205,15 @@ async fn agent(args: Args) -> Result<()> {
         socket = %args.socket.socket.display(),
         interfaces = ifaces.len(),
         ports = if ports.is_empty() { "all".to_owned() } else { format!("{ports:?}") },
+        reneg_cap = args.reneg_cap,
         "hsmon ready"
     );
+    // Hooks attached, socket listening: systemd may consider us started.
+    notify::ready(&format!(
+        "watching {} interface(s), control socket {}",
+        ifaces.len(),
+        args.socket.socket.display()
+    ));
 
     let outcome = tokio::select! {
         sig = signals.recv() => {
@@ -194,6 +232,7 @@ async fn agent(args: Args) -> Result<()> {
         },
     };
 
+    notify::stopping();
     let _ = stop_tx.send(());
     if !server.is_finished()
         && tokio::time::timeout(Duration::from_secs(2), &mut server)
@@ -212,9 +251,20 @@ async fn agent(args: Args) -> Result<()> {
     outcome
 }
 
-/// Every [`SWEEP_EVERY`]: re-read `FLOWS`, collect closed flows.
-async fn sweep(shared: Arc<Shared>) -> Result<()> {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
+/// Every [`SWEEP_EVERY`]: re-read `FLOWS`, collect closed flows; then, under
+/// a systemd watchdog, ping it at half its interval (sweeping more often when
+/// that is shorter than a second), so a stuck sweep stops the pings.
+async fn sweep(shared: Arc<Shared>, mut watchdog: Option<notify::Watchdog>) -> Result<()> {
+    let every = match &watchdog {
+        Some(w) => {
+            tracing::info!(every = ?w.every(), "systemd watchdog enabled: pinging it from the sweep");
+            SWEEP_EVERY
+                .min(w.every() / 2)
+                .max(Duration::from_millis(10))
+        }
+        None => SWEEP_EVERY,
+    };
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -223,6 +273,9 @@ async fn sweep(shared: Arc<Shared>) -> Result<()> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("flow sweep: {e:#}"),
             Err(e) => tracing::warn!("flow sweep task: {e}"),
+        }
+        if let Some(w) = watchdog.as_mut() {
+            w.tick();
         }
     }
 }

@@ -46,7 +46,7 @@ fn delete_clsact_request(ifindex: u32, seq: u32) -> Vec<u8> {
 
 /// Reads the kernel's answer to a request sent with `NLM_F_ACK`: `Ok` for an
 /// acknowledgement, the errno for an error message.
-fn parse_ack(buf: &[u8], seq: u32) -> io::Result<()> {
+pub(super) fn parse_ack(buf: &[u8], seq: u32) -> io::Result<()> {
     let mut off = 0;
     while buf.len().saturating_sub(off) >= NLMSG_HDR_LEN {
         let field = |at: usize| -> [u8; 4] {

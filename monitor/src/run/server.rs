@@ -78,6 +78,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(CONNS_PATH, get(conns))
         .route(STATS_PATH, get(stats))
+        .route(crate::api::STATUS_PATH, get(super::status::handler))
         .merge(super::bans::routes())
         .with_state(shared)
 }

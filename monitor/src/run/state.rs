@@ -2,7 +2,7 @@
 //! event reader's own counts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use anyhow::Result;
 
@@ -24,6 +24,9 @@ pub struct Shared {
     pub events_bad: AtomicU64,
     /// The bans in force, the allowlist, and the kernel maps that enforce them.
     pub bans: Mutex<BanTable<KernelBans>>,
+    /// What `GET /v1/status` reports about the agent itself; set once the
+    /// programs are attached.
+    pub info: OnceLock<super::status::AgentInfo>,
 }
 
 /// Locks `m`, carrying on with the data if another thread panicked holding it
@@ -45,6 +48,7 @@ impl Shared {
             events_read: AtomicU64::new(0),
             events_bad: AtomicU64::new(0),
             bans: Mutex::new(bans),
+            info: OnceLock::new(),
         }
     }
 

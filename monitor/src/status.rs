@@ -1,0 +1,391 @@
+//! `hsmon status`: what the agent is doing, from `GET /v1/status`: version,
+//! uptime, the hooks it attached, how full its maps are, ring-buffer events
+//! read and lost, active bans and where the metrics are served. A table for
+//! people, or (`--json`) the [`Status`] document whose schema the README's
+//! "status JSON schema" section describes.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::api::STATUS_PATH;
+use crate::cli::SocketArg;
+
+/// Arguments of `hsmon status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print the status JSON object exactly as the agent serves it.
+    #[arg(long)]
+    pub json: bool,
+    /// The agent's control socket.
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+/// What `GET /v1/status` serves. Keys are stable: add, never rename.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The agent's version (`hsmon --version`).
+    pub version: String,
+    /// The agent's process id.
+    pub pid: u32,
+    /// Milliseconds since the agent started.
+    pub uptime_ms: u64,
+    /// The control socket the agent listens on.
+    pub socket: String,
+    /// Where Prometheus metrics are served (`ADDR:PORT`), or null (`off`).
+    pub metrics_addr: Option<String>,
+    /// The TC programs attached, one per interface and direction.
+    pub hooks: Vec<Hook>,
+    /// The tracepoint programs attached.
+    pub tracepoints: Vec<TracepointHook>,
+    /// Fill levels of the kernel maps.
+    pub maps: MapFills,
+    /// Ring-buffer event counts.
+    pub events: EventCounts,
+    /// Bans in force.
+    pub bans_active: u64,
+}
+
+/// One TC program attached to one interface in one direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hook {
+    /// The interface's name.
+    pub iface: String,
+    /// The program's name in the eBPF object.
+    pub program: String,
+    /// `"ingress"` or `"egress"`.
+    pub direction: String,
+    /// `"tcx"` (a TCX link) or `"clsact"` (netlink, on a clsact qdisc).
+    pub mode: String,
+}
+
+/// One tracepoint program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracepointHook {
+    /// The program's name in the eBPF object.
+    pub program: String,
+    /// `"category/name"`, e.g. `"sock/inet_sock_set_state"`.
+    pub tracepoint: String,
+}
+
+/// How full one map is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fill {
+    /// Entries in the map now.
+    pub entries: u64,
+    /// The map's capacity (`max_entries`).
+    pub capacity: u64,
+}
+
+/// Fill levels of the agent's maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFills {
+    /// `FLOWS`: live TLS flows (entries as of a sweep done for this request).
+    pub flows: Fill,
+    /// `BANS_V4`: IPv4 ban prefixes.
+    pub bans_v4: Fill,
+    /// `BANS_V6`: IPv6 ban prefixes.
+    pub bans_v6: Fill,
+}
+
+/// Ring-buffer event counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCounts {
+    /// Events the agent read.
+    pub read: u64,
+    /// Events the kernel could not queue (buffer full), from `STATS`.
+    pub lost: u64,
+    /// Events too short or of an unknown kind.
+    pub bad: u64,
+}
+
+/// Fetches the status and prints it.
+pub fn run(args: Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let body = rt.block_on(crate::client::get(&args.socket.socket, STATUS_PATH))?;
+    let out = if args.json {
+        let mut out = body.to_vec();
+        if !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out
+    } else {
+        let status: Status =
+            serde_json::from_slice(&body).context("the agent's answer is not a status object")?;
+        render(&status).into_bytes()
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&out).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e).context("writing to stdout"),
+    }
+}
+
+/// `entries/capacity (P%)`.
+fn fill(f: Fill) -> String {
+    let pct = if f.capacity == 0 {
+        0.0
+    } else {
+        f.entries as f64 * 100.0 / f.capacity as f64
+    };
+    format!("{}/{} ({pct:.1}%)", f.entries, f.capacity)
+}
+
+/// The status for people: `key: value` lines, then the hooks as a table.
+pub fn render(s: &Status) -> String {
+    let uptime = humantime::format_duration(Duration::from_secs(s.uptime_ms / 1000));
+    let mut out = String::new();
+    let mut line = |k: &str, v: &str| {
+        let _ = writeln!(out, "{k:<14}{v}");
+    };
+    line("version:", &s.version);
+    line("pid:", &s.pid.to_string());
+    line("uptime:", &uptime.to_string());
+    line("socket:", &s.socket);
+    line("metrics:", s.metrics_addr.as_deref().unwrap_or("off"));
+    line("flows:", &fill(s.maps.flows));
+    line("bans (IPv4):", &fill(s.maps.bans_v4));
+    line("bans (IPv6):", &fill(s.maps.bans_v6));
+    line("bans active:", &s.bans_active.to_string());
+    line(
+        "events:",
+        &format!(
+            "{} read, {} lost, {} bad",
+            s.events.read, s.events.lost, s.events.bad
+        ),
+    );
+    let tps: Vec<String> = s
+        .tracepoints
+        .iter()
+        .map(|t| format!("{} ({})", t.tracepoint, t.program))
+        .collect();
+    line(
+        "tracepoints:",
+        if tps.is_empty() {
+            "none"
+        } else {
+            tps.first().map(String::as_str).unwrap_or("none")
+        },
+    );
+    for more in tps.iter().skip(1) {
+        line("", more);
+    }
+    if s.hooks.is_empty() {
+        out.push_str("hooks:        none\n");
+        return out;
+    }
+    out.push_str("hooks:\n");
+    let header = ["IFACE", "DIRECTION", "MODE", "PROGRAM"].map(str::to_owned);
+    let rows: Vec<[String; 4]> = s
+        .hooks
+        .iter()
+        .map(|h| {
+            [
+                h.iface.clone(),
+                h.direction.clone(),
+                h.mode.clone(),
+                h.program.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = [0usize; 4];
+    for r in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for r in std::iter::once(&header).chain(&rows) {
+        let mut l = String::from("  ");
+        for (i, cell) in r.iter().enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            l.push_str(cell);
+            l.extend(std::iter::repeat_n(
+                ' ',
+                widths[i].saturating_sub(cell.chars().count()),
+            ));
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The top-level keys the README's "status JSON schema" documents.
+    const KEYS: [&str; 10] = [
+        "version",
+        "pid",
+        "uptime_ms",
+        "socket",
+        "metrics_addr",
+        "hooks",
+        "tracepoints",
+        "maps",
+        "events",
+        "bans_active",
+    ];
+
+    fn sample() -> Status {
+        Status {
+            version: "0.1.0".into(),
+            pid: 42,
+            uptime_ms: 3_723_000,
+            socket: "/run/hsmon/hsmon.sock".into(),
+            metrics_addr: Some("127.0.0.1:9477".into()),
+            hooks: vec![
+                Hook {
+                    iface: "eth0".into(),
+                    program: "hsmon_tc_ingress".into(),
+                    direction: "ingress".into(),
+                    mode: "tcx".into(),
+                },
+                Hook {
+                    iface: "eth0".into(),
+                    program: "hsmon_tc_egress".into(),
+                    direction: "egress".into(),
+                    mode: "clsact".into(),
+                },
+            ],
+            tracepoints: vec![TracepointHook {
+                program: "hsmon_sock_state".into(),
+                tracepoint: "sock/inet_sock_set_state".into(),
+            }],
+            maps: MapFills {
+                flows: Fill {
+                    entries: 3,
+                    capacity: 65536,
+                },
+                bans_v4: Fill {
+                    entries: 1,
+                    capacity: 65536,
+                },
+                bans_v6: Fill {
+                    entries: 0,
+                    capacity: 65536,
+                },
+            },
+            events: EventCounts {
+                read: 10,
+                lost: 2,
+                bad: 0,
+            },
+            bans_active: 1,
+        }
+    }
+
+    #[test]
+    fn json_keys_are_the_documented_ones() {
+        let v = serde_json::to_value(sample()).expect("serializes");
+        let obj = v.as_object().expect("an object");
+        let mut want = KEYS.to_vec();
+        want.sort_unstable();
+        let mut got: Vec<&str> = obj.keys().map(String::as_str).collect();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        let hook = v["hooks"][0].as_object().expect("hook object");
+        let mut hk: Vec<&str> = hook.keys().map(String::as_str).collect();
+        hk.sort_unstable();
+        assert_eq!(hk, ["direction", "iface", "mode", "program"]);
+        for m in ["flows", "bans_v4", "bans_v6"] {
+            assert!(v["maps"][m]["entries"].is_u64(), "{m}");
+            assert!(v["maps"][m]["capacity"].is_u64(), "{m}");
+        }
+        for e in ["read", "lost", "bad"] {
+            assert!(v["events"][e].is_u64(), "{e}");
+        }
+        assert_eq!(
+            v["tracepoints"][0]["tracepoint"],
+            "sock/inet_sock_set_state"
+        );
+        let back: Status = serde_json::from_value(v).expect("round trip");
+        assert_eq!(back, sample());
+    }
+
+    /// The README's "status JSON schema" section: its table lists exactly
+    /// [`KEYS`], and its example parses as a [`Status`] with those keys.
+    #[test]
+    fn readme_documents_the_schema() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("## status JSON schema")
+            .expect("README has a status JSON schema section");
+        let section = &readme[start..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+        let mut documented: Vec<&str> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        documented.sort_unstable();
+        let mut want = KEYS.to_vec();
+        want.sort_unstable();
+        assert_eq!(documented, want);
+        let json = section
+            .split("```json\n")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("an example");
+        let example: serde_json::Value = serde_json::from_str(json).expect("example is JSON");
+        let mut keys: Vec<&str> = example
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, want);
+        let _: Status = serde_json::from_value(example).expect("example is a Status");
+    }
+
+    #[test]
+    fn table() {
+        let expected = "\
+version:      0.1.0
+pid:          42
+uptime:       1h 2m 3s
+socket:       /run/hsmon/hsmon.sock
+metrics:      127.0.0.1:9477
+flows:        3/65536 (0.0%)
+bans (IPv4):  1/65536 (0.0%)
+bans (IPv6):  0/65536 (0.0%)
+bans active:  1
+events:       10 read, 2 lost, 0 bad
+tracepoints:  sock/inet_sock_set_state (hsmon_sock_state)
+hooks:
+  IFACE  DIRECTION  MODE    PROGRAM
+  eth0   ingress    tcx     hsmon_tc_ingress
+  eth0   egress     clsact  hsmon_tc_egress
+";
+        assert_eq!(render(&sample()), expected);
+    }
+
+    #[test]
+    fn table_without_hooks_or_metrics() {
+        let mut s = sample();
+        s.hooks.clear();
+        s.tracepoints.clear();
+        s.metrics_addr = None;
+        s.maps.flows = Fill {
+            entries: 1,
+            capacity: 4,
+        };
+        let t = render(&s);
+        assert!(t.contains("metrics:      off\n"), "{t}");
+        assert!(t.contains("flows:        1/4 (25.0%)\n"), "{t}");
+        assert!(t.contains("tracepoints:  none\n"), "{t}");
+        assert!(t.ends_with("hooks:        none\n"), "{t}");
+    }
+}
