@@ -12,7 +12,7 @@
 //!   escaped as `%2F`): removes the ban on exactly that prefix; answers its
 //!   [`BanRecord`], or 404 when there is none.
 
-use std::io::Write as _;
+use crate::output::{json_line, write_stdout};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -173,11 +173,7 @@ pub fn run(args: Args) -> Result<()> {
                 .block_on(crate::client::get(&socket, BANS_PATH))
                 .map_err(agent_error)?;
             let out = if args.json {
-                let mut out = body.to_vec();
-                if !out.ends_with(b"\n") {
-                    out.push(b'\n');
-                }
-                out
+                json_line(&body)
             } else {
                 let bans: Vec<BanRecord> = serde_json::from_slice(&body)
                     .context("the agent's answer is not a ban list")?;
@@ -266,44 +262,7 @@ pub fn render(bans: &[BanRecord]) -> String {
             ]
         })
         .collect();
-    let header = [
-        "CIDR".to_owned(),
-        "REASON".to_owned(),
-        "EXPIRES IN".to_owned(),
-    ];
-    let mut widths = [0usize; 3];
-    for r in std::iter::once(&header).chain(&rows) {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, cell) in r.iter().enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            line.extend(std::iter::repeat_n(
-                ' ',
-                widths[i].saturating_sub(cell.chars().count()),
-            ));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// Writes to stdout; a closed pipe is not an error.
-fn write_stdout(bytes: &[u8]) -> Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(e).context("writing to stdout"),
-    }
+    crate::output::aligned_table(["CIDR", "REASON", "EXPIRES IN"], &rows, [false; 3], "")
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `hsmon conns`: lists the TLS connections the agent tracks, as a table or
 //! (`--json`) as the JSON array the agent serves.
 
-use std::io::Write as _;
+use crate::output::{json_line, write_stdout};
 
 use anyhow::{Context as _, Result};
 
@@ -28,25 +28,11 @@ pub fn run(args: Args) -> Result<()> {
         .context("starting the async runtime")?;
     let body = rt.block_on(crate::client::get(&args.socket.socket, CONNS_PATH))?;
     let out = if args.json {
-        let mut out = body.to_vec();
-        if !out.ends_with(b"\n") {
-            out.push(b'\n');
-        }
-        out
+        json_line(&body)
     } else {
         let conns: Vec<ConnRecord> =
             serde_json::from_slice(&body).context("the agent's answer is not a connection list")?;
         crate::table::render(&conns).into_bytes()
     };
     write_stdout(&out)
-}
-
-/// Writes to stdout; a closed pipe (`hsmon conns | head`) is not an error.
-fn write_stdout(bytes: &[u8]) -> Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(e).context("writing to stdout"),
-    }
 }

@@ -3,7 +3,7 @@
 //! from the clap definitions in [`crate::cli`], so they never drift from the
 //! options the binary accepts.
 
-use std::io::Write as _;
+use crate::output::write_stdout;
 
 use anyhow::{anyhow, Context as _, Result};
 use clap::CommandFactory as _;
@@ -62,16 +62,6 @@ pub fn man_page(verb: Option<&str>) -> Result<Vec<u8>> {
         .render(&mut out)
         .context("rendering the man page")?;
     Ok(out)
-}
-
-/// Writes `bytes` to stdout; a closed pipe is not an error.
-fn write_stdout(bytes: &[u8]) -> Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(e).context("writing to stdout"),
-    }
 }
 
 /// `hsmon completions SHELL`.

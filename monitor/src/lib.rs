@@ -10,6 +10,7 @@ pub mod client;
 pub mod conns;
 pub mod docs;
 pub mod logging;
+pub mod output;
 pub mod record;
 pub mod run;
 pub mod status;

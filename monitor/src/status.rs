@@ -4,8 +4,8 @@
 //! people, or (`--json`) the [`Status`] document whose schema the README's
 //! "status JSON schema" section describes.
 
+use crate::output::{json_line, write_stdout};
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -111,22 +111,13 @@ pub fn run(args: Args) -> Result<()> {
         .context("starting the async runtime")?;
     let body = rt.block_on(crate::client::get(&args.socket.socket, STATUS_PATH))?;
     let out = if args.json {
-        let mut out = body.to_vec();
-        if !out.ends_with(b"\n") {
-            out.push(b'\n');
-        }
-        out
+        json_line(&body)
     } else {
         let status: Status =
             serde_json::from_slice(&body).context("the agent's answer is not a status object")?;
         render(&status).into_bytes()
     };
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(&out).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(e).context("writing to stdout"),
-    }
+    write_stdout(&out)
 }
 
 /// `entries/capacity (P%)`.
@@ -183,7 +174,6 @@ pub fn render(s: &Status) -> String {
         return out;
     }
     out.push_str("hooks:\n");
-    let header = ["IFACE", "DIRECTION", "MODE", "PROGRAM"].map(str::to_owned);
     let rows: Vec<[String; 4]> = s
         .hooks
         .iter()
@@ -196,27 +186,12 @@ pub fn render(s: &Status) -> String {
             ]
         })
         .collect();
-    let mut widths = [0usize; 4];
-    for r in std::iter::once(&header).chain(&rows) {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for r in std::iter::once(&header).chain(&rows) {
-        let mut l = String::from("  ");
-        for (i, cell) in r.iter().enumerate() {
-            if i > 0 {
-                l.push_str("  ");
-            }
-            l.push_str(cell);
-            l.extend(std::iter::repeat_n(
-                ' ',
-                widths[i].saturating_sub(cell.chars().count()),
-            ));
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    }
+    out.push_str(&crate::output::aligned_table(
+        ["IFACE", "DIRECTION", "MODE", "PROGRAM"],
+        &rows,
+        [false; 4],
+        "  ",
+    ));
     out
 }
 

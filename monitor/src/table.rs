@@ -47,35 +47,8 @@ pub fn render(conns: &[ConnRecord]) -> String {
     if conns.is_empty() {
         return "no TLS connections tracked\n".to_owned();
     }
-    let header = HEADERS.map(str::to_owned);
     let rows: Vec<[String; 9]> = conns.iter().map(row).collect();
-    let mut widths = [0usize; 9];
-    for r in std::iter::once(&header).chain(&rows) {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, cell) in r.iter().enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            let pad = widths[i].saturating_sub(cell.chars().count());
-            let is_header = std::ptr::eq(r, &header);
-            if NUMERIC[i] && !is_header {
-                line.extend(std::iter::repeat_n(' ', pad));
-                line.push_str(cell);
-            } else {
-                line.push_str(cell);
-                line.extend(std::iter::repeat_n(' ', pad));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    crate::output::aligned_table(HEADERS, &rows, NUMERIC, "")
 }
 
 #[cfg(test)]
