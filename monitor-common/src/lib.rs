@@ -12,6 +12,7 @@ extern crate std;
 pub mod ban;
 pub mod flow;
 pub mod payload;
+pub mod ssl;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
@@ -22,6 +23,7 @@ mod pod {
     //! `aya::Pod` for the types stored in maps (user space only).
     use crate::ban::BanValue;
     use crate::flow::{FlowEvent, FlowKey, FlowValue, TrackerConfig};
+    use crate::ssl::ProcInfo;
 
     // SAFETY: plain `repr(C)` integer structs with explicit padding fields.
     unsafe impl aya::Pod for FlowKey {}
@@ -29,4 +31,5 @@ mod pod {
     unsafe impl aya::Pod for FlowEvent {}
     unsafe impl aya::Pod for TrackerConfig {}
     unsafe impl aya::Pod for BanValue {}
+    unsafe impl aya::Pod for ProcInfo {}
 }

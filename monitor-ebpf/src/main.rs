@@ -9,6 +9,10 @@
 //!   entering `TCP_CLOSE` finishes its flow and sends the final state to user
 //!   space.
 //!
+//! * `hsmon_ssl_*` uprobes on libssl and `hsmon_sock_map`, `hsmon_ssl_send`,
+//!   `hsmon_ssl_recv` tracepoints: which process is behind a connection and
+//!   how long its handshakes take (see `ssl` and `monitor_common::ssl`).
+//!
 //! Map layout and event format: see `monitor_common::flow`.
 #![no_std]
 #![no_main]
@@ -17,6 +21,7 @@ mod ban;
 mod maps;
 mod packet;
 mod sock_state;
+mod ssl;
 mod tc;
 
 #[cfg(not(test))]

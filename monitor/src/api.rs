@@ -11,6 +11,8 @@ pub const CONNS_PATH: &str = "/v1/conns";
 pub const STATS_PATH: &str = "/v1/stats";
 /// `GET`: [`crate::status::Status`].
 pub const STATUS_PATH: &str = "/v1/status";
+/// `GET`: JSON array of [`crate::run::policy::PeerRecord`].
+pub const PEERS_PATH: &str = "/v1/peers";
 
 /// What `GET /v1/stats` serves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,4 +33,8 @@ pub struct Stats {
     pub duplicate_closes: u64,
     /// Live flows the full kernel flow map dropped before they closed.
     pub flows_evicted: u64,
+    /// Over-cap connections the sweep reset because their ring-buffer event
+    /// was lost.
+    #[serde(default)]
+    pub over_cap_sweep_resets: u64,
 }

@@ -33,6 +33,11 @@ pub enum Verb {
     Completions(crate::docs::CompletionsArgs),
     /// Print the man page (roff) of hsmon, or of one verb.
     Man(crate::docs::ManArgs),
+    /// List the peers the policy watches: handshakes and renegotiations in
+    /// the current windows, bans in the last 24 h.
+    Peers(crate::peers::Args),
+    /// Check the policy file (`check [FILE]`) or print the defaults.
+    Config(crate::config::Args),
 }
 
 impl Verb {
@@ -45,6 +50,8 @@ impl Verb {
             Verb::Status(args) => crate::status::run(args),
             Verb::Completions(args) => crate::docs::run_completions(args),
             Verb::Man(args) => crate::docs::run_man(args),
+            Verb::Config(args) => crate::config::run(args),
+            Verb::Peers(args) => crate::peers::run(args),
         }
     }
 }
@@ -88,7 +95,7 @@ mod tests {
         assert!(args.ports.is_none());
         assert_eq!(args.flow_map_size, 65536);
         assert_eq!(args.keep_closed, 10_000);
-        assert_eq!(args.reneg_cap, 0, "no renegotiation cap unless asked");
+        assert_eq!(args.reneg_cap, None, "the policy file's cap unless asked");
     }
 
     #[test]

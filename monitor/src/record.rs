@@ -52,7 +52,7 @@ pub struct RecordCounts {
 /// Addresses serialize as `"ip:port"` (IPv6 as `"[ip]:port"`; IPv4-mapped IPv6
 /// as plain IPv4). The fields after `state` are extras a client may ignore;
 /// they default when missing so older or newer agents still parse.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConnRecord {
     /// The endpoint that sent the first ClientHello.
     pub client: SocketAddr,
@@ -107,6 +107,44 @@ pub struct ConnRecord {
     /// Milliseconds since the last segment with payload.
     #[serde(default)]
     pub last_seen_ms_ago: u64,
+    /// The process behind the connection, from the libssl uprobes; every
+    /// field null when unknown.
+    #[serde(flatten, default)]
+    pub process: ProcessFields,
+}
+
+/// Process attribution and handshake timing from the libssl uprobes (see
+/// `monitor_common::ssl`): all `None` (JSON null) when no probed library
+/// served the connection. When both ends run on this host, the server's
+/// process is reported.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessFields {
+    /// Process id.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Command name (at most 15 bytes, the kernel's `comm`).
+    #[serde(default)]
+    pub comm: Option<String>,
+    /// cgroup v2 id of the process.
+    #[serde(default)]
+    pub cgroup_id: Option<u64>,
+    /// Path of the probed libssl the process called.
+    #[serde(default)]
+    pub library: Option<String>,
+    /// `"server"` or `"client"`: which end of the connection `pid` is.
+    #[serde(default)]
+    pub process_side: Option<String>,
+    /// Duration of the last successful handshake, from the first handshake
+    /// call (`SSL_do_handshake`, `SSL_accept`, `SSL_connect`) to its
+    /// successful return; null when none was timed.
+    #[serde(default)]
+    pub handshake_ms_last: Option<f64>,
+    /// Longest such handshake.
+    #[serde(default)]
+    pub handshake_ms_max: Option<f64>,
+    /// Handshake calls that returned 0 or less with no later success.
+    #[serde(default)]
+    pub handshake_failures: Option<u32>,
 }
 
 impl ConnRecord {
@@ -157,6 +195,7 @@ impl ConnRecord {
             hello_retry: t.flags & FF_HRR_SEEN != 0,
             first_seen_ms_ago: ms_ago(now_ns, value.first_seen_ns),
             last_seen_ms_ago: ms_ago(now_ns, value.last_seen_ns),
+            process: ProcessFields::default(),
         }
     }
 }

@@ -3,7 +3,7 @@
 use crate::record::ConnRecord;
 
 /// Column titles, in order.
-const HEADERS: [&str; 9] = [
+const HEADERS: [&str; 10] = [
     "CLIENT",
     "SERVER",
     "VER",
@@ -13,13 +13,16 @@ const HEADERS: [&str; 9] = [
     "ALERTS",
     "KU",
     "STATE",
+    "PROCESS",
 ];
 
 /// Columns whose values are right-aligned (counts).
-const NUMERIC: [bool; 9] = [false, false, false, true, true, true, true, true, false];
+const NUMERIC: [bool; 10] = [
+    false, false, false, true, true, true, true, true, false, false,
+];
 
 /// One table row for a connection; `-` where a value is unknown.
-fn row(c: &ConnRecord) -> [String; 9] {
+fn row(c: &ConnRecord) -> [String; 10] {
     let state = if c.unsynced {
         format!("{} (unsynced)", c.state.as_str())
     } else {
@@ -38,7 +41,17 @@ fn row(c: &ConnRecord) -> [String; 9] {
         c.alerts.to_string(),
         c.keyupdate_like.to_string(),
         state,
+        process(c),
     ]
+}
+
+/// `comm/pid` of the process behind the connection, `-` when unknown.
+fn process(c: &ConnRecord) -> String {
+    match (&c.process.comm, c.process.pid) {
+        (Some(comm), Some(pid)) => format!("{comm}/{pid}"),
+        (None, Some(pid)) => pid.to_string(),
+        _ => "-".to_owned(),
+    }
 }
 
 /// The whole table, header first, columns separated by two spaces, each line
@@ -47,7 +60,7 @@ pub fn render(conns: &[ConnRecord]) -> String {
     if conns.is_empty() {
         return "no TLS connections tracked\n".to_owned();
     }
-    let rows: Vec<[String; 9]> = conns.iter().map(row).collect();
+    let rows: Vec<[String; 10]> = conns.iter().map(row).collect();
     crate::output::aligned_table(HEADERS, &rows, NUMERIC, "")
 }
 
@@ -80,6 +93,7 @@ mod tests {
             hello_retry: false,
             first_seen_ms_ago: 0,
             last_seen_ms_ago: 0,
+            process: Default::default(),
         }
     }
 
@@ -91,11 +105,13 @@ mod tests {
         b.renegotiations_refused = 119;
         b.state = ConnState::Closed;
         b.unsynced = true;
+        b.process.pid = Some(4242);
+        b.process.comm = Some("nginx".to_owned());
         let t = render(&[conn("127.0.0.1:40000", "127.0.0.1:14433", Some("1.3")), b]);
         let expected = "\
-CLIENT               SERVER             VER  HELLOS  HS  RENEG(C/S/REFUSED)  ALERTS  KU  STATE
-127.0.0.1:40000      127.0.0.1:14433    1.3       1   1               0/0/0       1   0  open
-[2001:db8::1]:51234  [2001:db8::2]:443  -       120   1           119/0/119       1   0  closed (unsynced)
+CLIENT               SERVER             VER  HELLOS  HS  RENEG(C/S/REFUSED)  ALERTS  KU  STATE              PROCESS
+127.0.0.1:40000      127.0.0.1:14433    1.3       1   1               0/0/0       1   0  open               -
+[2001:db8::1]:51234  [2001:db8::2]:443  -       120   1           119/0/119       1   0  closed (unsynced)  nginx/4242
 ";
         assert_eq!(t, expected);
     }

@@ -135,6 +135,11 @@ impl Agent {
             .arg("--socket")
             .arg(&socket)
             .args(extra);
+        // The embedded policy caps renegotiations at 3 per connection; tests
+        // that renegotiate more set their own cap (or none).
+        if !extra.iter().any(|a| a == "--reneg-cap") {
+            c.arg("--reneg-cap").arg("0");
+        }
         let proc = Proc::spawn("hsmon-agent", c, dir, false)?;
         let mut agent = Self { proc, bin, socket };
         agent.wait_ready(READY_TIMEOUT)?;
@@ -176,6 +181,44 @@ impl Agent {
     /// `hsmon conns --json`, parsed.
     pub fn conns(&self) -> Result<Vec<HsmonConn>> {
         parse_conns(&self.conns_raw()?)
+    }
+
+    /// `hsmon conns --json` as JSON values (every key, extras included).
+    pub fn conns_values(&self) -> Result<Vec<serde_json::Value>> {
+        let raw = self.conns_raw()?;
+        serde_json::from_str(&raw).with_context(|| format!("hsmon conns --json: {raw}"))
+    }
+
+    /// The agent's `GET /v1/stats` document.
+    pub fn stats_value(&self) -> Result<serde_json::Value> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket)
+            .with_context(|| format!("connecting to {}", self.socket.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .context("setting a read timeout")?;
+        s.write_all(b"GET /v1/stats HTTP/1.1\r\nHost: hsmon\r\nConnection: close\r\n\r\n")
+            .context("sending GET /v1/stats")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)
+            .context("reading the /v1/stats answer")?;
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .with_context(|| format!("no HTTP body in {resp:?}"))?;
+        serde_json::from_str(body).with_context(|| format!("/v1/stats body {body:?}"))
+    }
+
+    /// Everything the agent wrote to stdout so far (policy decisions, one
+    /// JSON line each).
+    pub fn stdout(&self) -> String {
+        self.proc.stdout()
+    }
+
+    /// `hsmon VERB... --socket SOCKET`: stdout on success.
+    pub fn cli(&self, verb: &[&str]) -> Result<String> {
+        let mut c = Command::new(&self.bin);
+        c.args(verb).arg("--socket").arg(&self.socket);
+        cmd::run_ok(&mut c, Duration::from_secs(10))
     }
 
     /// Whether the agent still runs.

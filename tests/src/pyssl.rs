@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The echo server script: `script HOST PORT CERT KEY KEYLOG [1.2|1.3]`.
-pub const SCRIPT: &str = r#"import socket, ssl, sys, threading
+pub const SCRIPT: &str = r#"import os, socket, ssl, sys, threading, time
 
 host, port, cert, key, keylog = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 version = sys.argv[6] if len(sys.argv) > 6 else ""
@@ -28,6 +28,9 @@ if version == "1.2":
 elif version == "1.3":
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+sni_delay_ms = int(os.environ.get("HSMON_TEST_SNI_DELAY_MS", "0"))
+if sni_delay_ms > 0:
+    ctx.sni_callback = lambda sock, name, c: time.sleep(sni_delay_ms / 1000.0)
 
 family = socket.AF_INET6 if ":" in host else socket.AF_INET
 srv = socket.socket(family, socket.SOCK_STREAM)
@@ -86,6 +89,21 @@ impl PyTlsServer {
         version: Option<TlsVersion>,
         name: &str,
     ) -> Result<Self> {
+        Self::start_with_sni_delay(net, dir, cert, addr, version, name, 0)
+    }
+
+    /// Like [`PyTlsServer::start`], with an SNI callback that sleeps
+    /// `sni_delay_ms` inside every handshake whose ClientHello names a server
+    /// (`HSMON_TEST_SNI_DELAY_MS`; 0: no callback).
+    pub fn start_with_sni_delay(
+        net: &NetPair,
+        dir: &Path,
+        cert: &TestCert,
+        addr: SocketAddr,
+        version: Option<TlsVersion>,
+        name: &str,
+        sni_delay_ms: u32,
+    ) -> Result<Self> {
         let script = dir.join("tls_echo_server.py");
         std::fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
         let keylog = dir.join(format!("{name}.keylog"));
@@ -95,7 +113,8 @@ impl PyTlsServer {
             .arg(addr.port().to_string())
             .arg(&cert.cert)
             .arg(&cert.key)
-            .arg(&keylog);
+            .arg(&keylog)
+            .env("HSMON_TEST_SNI_DELAY_MS", sni_delay_ms.to_string());
         if let Some(v) = version {
             c.arg(v.as_str());
         }

@@ -219,6 +219,29 @@ impl Scenario {
 
     /// Starts the Python `ssl` echo server (in the server namespace); its key
     /// log is added for tshark.
+    /// A Python TLS echo server whose SNI callback sleeps `sni_delay_ms`
+    /// (see [`PyTlsServer::start_with_sni_delay`]).
+    pub fn python_tls_server_sni_delay(
+        &mut self,
+        addr: SocketAddr,
+        sni_delay_ms: u32,
+    ) -> Result<PyTlsServer> {
+        let name = self.next_name("py_tls");
+        self.add_tls_port(addr.port());
+        let s = PyTlsServer::start_with_sni_delay(
+            &self.net,
+            self.dir.path(),
+            &self.cert,
+            addr,
+            None,
+            &name,
+            sni_delay_ms,
+        )?;
+        self.register(&s.proc);
+        self.keylogs.push(s.keylog.clone());
+        Ok(s)
+    }
+
     pub fn python_tls_server(
         &mut self,
         addr: SocketAddr,

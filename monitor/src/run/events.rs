@@ -10,7 +10,8 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use monitor_common::flow::{
-    addr_bytes, FlowEvent, EVENT_FLOW_CLOSED, EVENT_FLOW_OPENED, EVENT_LIMIT_HIT,
+    addr_bytes, FlowEvent, FlowKey, FlowValue, EVENT_FLOW_CLOSED, EVENT_FLOW_OPENED,
+    EVENT_LIMIT_HIT,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -94,7 +95,10 @@ fn handle(shared: &Shared, batch: &mut Vec<Option<FlowEvent>>) -> Vec<LimitHit> 
                 };
                 tracing::debug!(%client, %server, "TLS flow opened");
             }
-            Some(ev) if ev.kind == EVENT_LIMIT_HIT => resets.push(LimitHit::of(&ev)),
+            Some(ev) if ev.kind == EVENT_LIMIT_HIT => {
+                lock(&shared.over_cap).mark_reset(&ev.key, &ev.value);
+                resets.push(LimitHit::of(&ev));
+            }
             _ => {
                 shared.events_bad.fetch_add(1, Ordering::Relaxed);
             }
@@ -117,9 +121,14 @@ pub struct LimitHit {
 impl LimitHit {
     /// The client and server of an `EVENT_LIMIT_HIT`.
     pub fn of(ev: &FlowEvent) -> Self {
-        let a = socket_addr(&addr_bytes(&ev.key.addr_a), ev.key.port_a);
-        let b = socket_addr(&addr_bytes(&ev.key.addr_b), ev.key.port_b);
-        let (client, server) = if ev.value.client_is_a != 0 {
+        Self::of_flow(&ev.key, &ev.value)
+    }
+
+    /// The client and server of a flow.
+    pub fn of_flow(key: &FlowKey, value: &FlowValue) -> Self {
+        let a = socket_addr(&addr_bytes(&key.addr_a), key.port_a);
+        let b = socket_addr(&addr_bytes(&key.addr_b), key.port_b);
+        let (client, server) = if value.client_is_a != 0 {
             (a, b)
         } else {
             (b, a)
@@ -127,14 +136,14 @@ impl LimitHit {
         LimitHit {
             client,
             server,
-            renegotiations_client: ev.value.tracker.counters.renegotiations_client,
+            renegotiations_client: value.tracker.counters.renegotiations_client,
         }
     }
 }
 
 /// Resets (`SOCK_DESTROY`) the server-side socket of each connection, logging
 /// each with its 4-tuple.
-fn reset_all(hits: &[LimitHit]) {
+pub fn reset_all(hits: &[LimitHit]) {
     for hit in hits {
         let conn = super::sock_destroy::Conn {
             local: hit.server,

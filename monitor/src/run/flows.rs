@@ -155,7 +155,13 @@ pub struct FlowTable<S> {
     evicted: HashSet<FlowId>,
     /// Counts of every flow that left the live set, each taken once.
     departed: Departed,
+    /// Flows that left the live set since the last [`FlowTable::take_departed`]
+    /// (for the policy; bounded by [`MAX_PENDING_DEPARTED`]).
+    pending_departed: Vec<(FlowKey, FlowValue)>,
 }
+
+/// At most this many departed flows wait for the policy between sweeps.
+pub const MAX_PENDING_DEPARTED: usize = 65_536;
 
 impl<S: FlowStore> FlowTable<S> {
     /// A table over `store` that keeps the last `keep_closed` closed flows.
@@ -167,6 +173,19 @@ impl<S: FlowStore> FlowTable<S> {
             last_live: HashMap::new(),
             evicted: HashSet::new(),
             departed: Departed::default(),
+            pending_departed: Vec::new(),
+        }
+    }
+
+    /// The flows that left the live set (closed or evicted) since the last
+    /// call, repeats included.
+    pub fn take_departed(&mut self) -> Vec<(FlowKey, FlowValue)> {
+        std::mem::take(&mut self.pending_departed)
+    }
+
+    fn note_departed(&mut self, key: FlowKey, value: FlowValue) {
+        if self.pending_departed.len() < MAX_PENDING_DEPARTED {
+            self.pending_departed.push((key, value));
         }
     }
 
@@ -175,6 +194,7 @@ impl<S: FlowStore> FlowTable<S> {
     /// already holds a newer connection with the same 4-tuple.
     pub fn on_closed(&mut self, key: FlowKey, value: FlowValue) -> Inserted {
         self.stats.closes_seen += 1;
+        self.note_departed(key, value);
         self.departed
             .record((key, value.first_seen_ns), FlowCounts::of(&value));
         let inserted = self.closed.insert(key, value);
@@ -223,6 +243,7 @@ impl<S: FlowStore> FlowTable<S> {
                 self.stats.evicted += 1;
                 tracing::debug!("flow evicted from the full flow map: {key:?}");
                 self.departed.record(id, FlowCounts::of(&value));
+                self.note_departed(key, value);
                 if self.closed.insert(key, value) == Inserted::New {
                     self.evicted.insert(id);
                 }

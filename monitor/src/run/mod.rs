@@ -13,11 +13,14 @@ mod maps;
 pub mod metrics;
 mod netlink;
 mod notify;
+mod over_cap;
+pub mod policy;
 mod server;
 mod sock_destroy;
 mod state;
 mod status;
 mod system;
+mod uprobes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,8 +68,20 @@ pub struct Args {
     /// Most client-initiated renegotiations per connection (0: no cap). The
     /// client segment carrying the one over the cap, and every later one of
     /// that connection, is dropped at TC ingress, and the connection is reset.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub reneg_cap: u32,
+    /// Overrides the policy file's `[limits] reneg_cap`.
+    #[arg(long, value_name = "N")]
+    pub reneg_cap: Option<u32>,
+    /// The policy file (TOML); default /etc/hsmon/hsmon.toml if it exists,
+    /// else the embedded defaults (`hsmon config default`).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+    /// Compute every policy decision but change nothing (`would_ban`).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Attach no libssl uprobes: connections get no process attribution or
+    /// handshake timing (wire counting is unchanged).
+    #[arg(long)]
+    pub no_uprobes: bool,
 }
 
 /// A port filter from `--ports`.
@@ -142,6 +157,10 @@ impl Signals {
 
 async fn agent(args: Args) -> Result<()> {
     let started = std::time::Instant::now();
+    let (policy_config, policy_source) = crate::config::Config::resolve(args.config.as_deref())?;
+    let reneg_cap = args.reneg_cap.unwrap_or(policy_config.limits.reneg_cap);
+    let policy_settings = policy::Settings::from_config(&policy_config, args.dry_run);
+    tracing::info!(source = %policy_source, ?policy_settings, reneg_cap, "policy");
     let mut signals = Signals::new()?;
     system::raise_memlock_limit();
     system::ensure_tracefs()?;
@@ -156,10 +175,12 @@ async fn agent(args: Args) -> Result<()> {
     let logger = loader::ebpf_logger(&mut ebpf);
     let ports = args.ports.map(|p| p.0).unwrap_or_default();
     let mut config = maps::tracker_config(&ports);
-    config.reneg_cap = args.reneg_cap;
+    config.reneg_cap = reneg_cap;
     maps::write_config(&mut ebpf, &config)?;
     let kernel_maps = maps::take(&mut ebpf, args.flow_map_size)?;
-    let allow = bans::allowlist(&args.allow)?;
+    let mut extra_allow = args.allow.clone();
+    extra_allow.extend(policy_config.allow.iter().copied());
+    let allow = bans::allowlist(&extra_allow)?;
     tracing::info!(
         allowlist = %allow.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
         "addresses that are never banned"
@@ -172,6 +193,7 @@ async fn agent(args: Args) -> Result<()> {
         kernel_maps.stats,
         ban_table,
     ));
+    *state::lock(&shared.policy) = policy::Policy::new(policy_settings);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(logger) = logger {
         tasks.spawn(ebpf_log::forward(logger));
@@ -179,6 +201,15 @@ async fn agent(args: Args) -> Result<()> {
     tasks.spawn(events::read_events(kernel_maps.events, shared.clone()));
 
     let mut attachments = Attachments::attach(&mut ebpf, &ifaces)?;
+    let mut tracepoints = attachments.tracepoints().to_vec();
+    if args.no_uprobes {
+        tracing::info!("--no-uprobes: libssl uprobes not attached");
+    } else if let Some(u) = uprobes::Uprobes::attach_or_warn(&mut ebpf) {
+        tracepoints.extend(u.tracepoints().iter().cloned());
+        if shared.uprobes.set(u).is_err() {
+            tracing::warn!("the libssl uprobes were already set");
+        }
+    }
     tasks.spawn(sweep(shared.clone(), notify::Watchdog::from_env()));
     tasks.spawn(bans::sweep(shared.clone()));
     if let Some(listener) = metrics_listener {
@@ -192,7 +223,7 @@ async fn agent(args: Args) -> Result<()> {
         metrics_addr: args.metrics_addr.0.map(|a| a.to_string()),
         flow_map_capacity: args.flow_map_size,
         hooks: attachments.hooks().to_vec(),
-        tracepoints: attachments.tracepoints().to_vec(),
+        tracepoints,
     };
     if shared.info.set(info).is_err() {
         tracing::warn!("the agent's status facts were already set");
@@ -205,7 +236,7 @@ async fn agent(args: Args) -> Result<()> {
         socket = %args.socket.socket.display(),
         interfaces = ifaces.len(),
         ports = if ports.is_empty() { "all".to_owned() } else { format!("{ports:?}") },
-        reneg_cap = args.reneg_cap,
+        reneg_cap,
         "hsmon ready"
     );
     // Hooks attached, socket listening: systemd may consider us started.

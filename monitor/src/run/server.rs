@@ -79,6 +79,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(CONNS_PATH, get(conns))
         .route(STATS_PATH, get(stats))
         .route(crate::api::STATUS_PATH, get(super::status::handler))
+        .route(crate::api::PEERS_PATH, get(peers))
         .merge(super::bans::routes())
         .with_state(shared)
 }
@@ -98,6 +99,11 @@ pub async fn serve(
 /// `GET /v1/conns`.
 async fn conns(State(shared): State<Arc<Shared>>) -> Response {
     blocking(move || shared.conns()).await
+}
+
+/// `GET /v1/peers`.
+async fn peers(State(shared): State<Arc<Shared>>) -> Response {
+    blocking(move || Ok(super::state::lock(&shared.policy).peers())).await
 }
 
 /// `GET /v1/stats`.

@@ -27,6 +27,12 @@ pub struct Shared {
     /// What `GET /v1/status` reports about the agent itself; set once the
     /// programs are attached.
     pub info: OnceLock<super::status::AgentInfo>,
+    /// The per-peer policy, fed by [`Shared::sweep`].
+    pub policy: Mutex<super::policy::Policy>,
+    /// Over-cap flows reset (event path) or due a reset (sweep fallback).
+    pub over_cap: Mutex<super::over_cap::OverCap>,
+    /// The libssl uprobes' maps, set once when they are attached.
+    pub uprobes: OnceLock<super::uprobes::Uprobes>,
 }
 
 /// Locks `m`, carrying on with the data if another thread panicked holding it
@@ -49,17 +55,29 @@ impl Shared {
             events_bad: AtomicU64::new(0),
             bans: Mutex::new(bans),
             info: OnceLock::new(),
+            uprobes: OnceLock::new(),
+            policy: Mutex::new(super::policy::Policy::new(
+                super::policy::Settings::from_config(&crate::config::Config::default(), false),
+            )),
+            over_cap: Mutex::new(super::over_cap::OverCap::default()),
         }
     }
 
     /// Every connection, read from the kernel now (blocking: map syscalls).
     pub fn conns(&self) -> Result<Vec<ConnRecord>> {
-        lock(&self.table).conns(monotonic_now_ns())
+        let mut records = lock(&self.table).conns(monotonic_now_ns())?;
+        if let Some(u) = self.uprobes.get() {
+            u.annotate(&mut records);
+        }
+        Ok(records)
     }
 
     /// The statistics document (blocking: map syscalls).
     pub fn stats(&self) -> Result<Stats> {
-        let kernel = lock(&self.stats).read()?;
+        let mut kernel = lock(&self.stats).read()?;
+        if let Some(u) = self.uprobes.get() {
+            kernel.extend(u.stats_by_name()?);
+        }
         let table = lock(&self.table);
         let t = table.stats();
         Ok(Stats {
@@ -71,11 +89,37 @@ impl Shared {
             closes_seen: t.closes_seen,
             duplicate_closes: t.duplicate_closes,
             flows_evicted: t.evicted,
+            over_cap_sweep_resets: lock(&self.over_cap).sweep_resets,
         })
     }
 
-    /// One periodic sweep: closed flows move out of the kernel map.
+    /// One periodic sweep: closed flows move out of the kernel map, and the
+    /// policy takes in the live and departed flows (its decisions are
+    /// printed on stdout as JSON lines).
     pub fn sweep(&self) -> Result<()> {
-        lock(&self.table).sweep().map(drop)
+        let (live, departed) = {
+            let mut table = lock(&self.table);
+            let live = table.sweep()?;
+            (live, table.take_departed())
+        };
+        let decisions = {
+            let mut policy = lock(&self.policy);
+            let mut bans = lock(&self.bans);
+            policy.step(monotonic_now_ns(), &live, &departed, &mut *bans)
+        };
+        super::policy::print_decisions(&decisions);
+        let due = lock(&self.over_cap).due(&live);
+        if !due.is_empty() {
+            tracing::warn!(
+                flows = due.len(),
+                "renegotiation cap: resetting flows whose event was lost"
+            );
+            let hits: Vec<_> = due
+                .iter()
+                .map(|(k, v)| super::events::LimitHit::of_flow(k, v))
+                .collect();
+            super::events::reset_all(&hits);
+        }
+        Ok(())
     }
 }

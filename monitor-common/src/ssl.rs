@@ -1,0 +1,152 @@
+//! Maps of the libssl uprobes: which process is behind a TLS connection, and
+//! how long its handshakes take.
+//!
+//! How a connection gets its process (all in `monitor-ebpf/src/ssl.rs`):
+//!
+//! 1. Entry uprobes on `SSL_do_handshake`, `SSL_accept`, `SSL_connect`,
+//!    `SSL_read`, `SSL_read_ex`, `SSL_write`, `SSL_write_ex` note, per thread
+//!    (`SSL_CALLS`, key `pid_tgid`), "inside an SSL call on `SSL*` X", with
+//!    the library it came from (the attach cookie, an index into the agent's
+//!    list of libraries).
+//! 2. `sock/inet_sock_set_state` maps each TCP socket entering
+//!    `TCP_ESTABLISHED` to its [`FlowKey`] and to whether the local end is
+//!    the server (`SOCKS`, key: the `struct sock` address): from `SYN_RECV`
+//!    it is an accepted socket (server), from `SYN_SENT` a connected one
+//!    (client). `TCP_CLOSE` removes the entry.
+//! 3. `sock/sock_send_length` and `sock/sock_recv_length` run in the thread
+//!    that sends or receives: when that thread is inside an SSL call (1) and
+//!    the socket is known (2), the connection's [`ProcInfo`] is written to
+//!    `PROCS` (key: the same canonical [`FlowKey`] as `FLOWS`) and the `SSL*`
+//!    is tied to the flow (`SSL_STATE`).
+//! 4. Return uprobes on the three handshake calls time the handshake: from
+//!    the first handshake call on an `SSL*` to the call that returns 1; a call
+//!    returning 0 or less counts as a failure until a later call on the same
+//!    `SSL*` succeeds (a non-blocking server's `WANT_READ` retry shows as a
+//!    failure only while its handshake is still under way).
+//!
+//! **Which process when both ends are on this host.** Both processes write
+//! the same flow; the server side wins: a client-side writer never replaces
+//! a server-side entry, a server-side writer replaces a client-side one.
+//! Handshake times and failures are only added by the process the entry
+//! names.
+
+use crate::flow::FlowKey;
+
+/// `ProcInfo::side`: the process holds the accepted (server) socket.
+pub const SIDE_SERVER: u32 = 1;
+/// `ProcInfo::side`: the process holds the connecting (client) socket.
+pub const SIDE_CLIENT: u32 = 2;
+
+/// `SslCall::kind`: `SSL_do_handshake`, `SSL_accept` or `SSL_connect`.
+pub const CALL_HANDSHAKE: u32 = 1;
+/// `SslCall::kind`: `SSL_read*` or `SSL_write*`.
+pub const CALL_IO: u32 = 2;
+
+/// `SSL_STATS` slot: entry uprobe hits.
+pub const SSL_STAT_ENTRY: u32 = 0;
+/// `SSL_STATS` slot: return uprobe hits.
+pub const SSL_STAT_RETURN: u32 = 1;
+/// `SSL_STATS` slot: send/recv tracepoint hits inside an SSL call.
+pub const SSL_STAT_SOCK_IO: u32 = 2;
+/// `SSL_STATS` slot: `PROCS` writes (a flow got or changed its process).
+pub const SSL_STAT_ATTRIBUTED: u32 = 3;
+/// Number of `SSL_STATS` slots.
+pub const SSL_STAT_COUNT: u32 = 4;
+
+/// The process behind one TLS connection (`PROCS` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    /// Process id (the kernel's tgid).
+    pub tgid: u32,
+    /// Thread id of the thread that last wrote the entry.
+    pub tid: u32,
+    /// `bpf_get_current_cgroup_id`: the cgroup v2 id.
+    pub cgroup_id: u64,
+    /// Duration of the last successful handshake, nanoseconds (0: none yet).
+    pub handshake_ns_last: u64,
+    /// Longest successful handshake, nanoseconds.
+    pub handshake_ns_max: u64,
+    /// Successful handshakes timed.
+    pub handshake_calls: u32,
+    /// Handshake calls that returned 0 or less with no later success.
+    pub handshake_failures: u32,
+    /// [`SIDE_SERVER`] or [`SIDE_CLIENT`].
+    pub side: u32,
+    /// Index of the library in the agent's list (the uprobe's attach cookie).
+    pub library: u32,
+    /// The thread's command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// A thread inside an SSL call (`SSL_CALLS` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslCall {
+    /// The `SSL*`.
+    pub ssl: u64,
+    /// [`CALL_HANDSHAKE`] or [`CALL_IO`].
+    pub kind: u32,
+    /// Nesting depth of handshake calls (`SSL_accept` calls `SSL_do_handshake`).
+    pub depth: u32,
+    /// Library index (attach cookie).
+    pub library: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+/// One `SSL*` (`SSL_STATE` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslState {
+    /// Start of the handshake under way (first handshake call), 0 if none.
+    pub start_ns: u64,
+    /// The connection, once a send/recv inside a call on this `SSL*` named it.
+    pub key: FlowKey,
+    /// `key` is set.
+    pub has_key: u32,
+    /// Failed handshake calls since the last success.
+    pub pending_failures: u32,
+    /// Padding (keeps the size a multiple of 8 with no hidden bytes).
+    pub _pad: u32,
+}
+
+/// A TCP socket (`SOCKS` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    /// Its connection.
+    pub key: FlowKey,
+    /// [`SIDE_SERVER`] or [`SIDE_CLIENT`].
+    pub side: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+/// The command name in `comm`, up to the first NUL.
+pub fn comm_bytes(comm: &[u8; 16]) -> &[u8] {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    &comm[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_stops_at_nul() {
+        let mut c = [0u8; 16];
+        c[..7].copy_from_slice(b"openssl");
+        assert_eq!(comm_bytes(&c), b"openssl");
+        assert_eq!(comm_bytes(&[b'x'; 16]), &[b'x'; 16][..]);
+        assert_eq!(comm_bytes(&[0; 16]), b"");
+    }
+
+    #[test]
+    fn sizes_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<ProcInfo>(), 64);
+        assert_eq!(core::mem::size_of::<SslCall>(), 24);
+        assert_eq!(core::mem::size_of::<SslState>(), 56);
+        assert_eq!(core::mem::size_of::<SockInfo>(), 44);
+    }
+}

@@ -1,0 +1,320 @@
+//! libssl uprobes and the socket tracepoints that tie an SSL call to its TCP
+//! connection (design and map layout: `monitor_common::ssl`).
+//!
+//! * `hsmon_ssl_hs_enter` (uprobe on `SSL_do_handshake`, `SSL_accept`,
+//!   `SSL_connect`) and `hsmon_ssl_hs_return` (their uretprobe): handshake
+//!   start, result and latency.
+//! * `hsmon_ssl_io_enter` (uprobe on `SSL_read`, `SSL_read_ex`, `SSL_write`,
+//!   `SSL_write_ex`): the thread is inside an SSL call (no return probe: the
+//!   next SSL call of the thread replaces the note).
+//! * `hsmon_sock_map` (`sock/inet_sock_set_state`): socket address to flow.
+//! * `hsmon_ssl_send` / `hsmon_ssl_recv` (`sock/sock_send_length`,
+//!   `sock/sock_recv_length`): a thread inside an SSL call names its socket.
+//!
+//! Every uprobe's attach cookie is the index of its library in the agent's
+//! list. The TC programs and `hsmon_sock_state` are not touched.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid,
+    },
+    macros::{map, tracepoint, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    EbpfContext,
+};
+use monitor_common::{
+    flow::{Addr, FlowKey},
+    ssl::{
+        ProcInfo, SockInfo, SslCall, SslState, CALL_HANDSHAKE, CALL_IO, SIDE_CLIENT, SIDE_SERVER,
+        SSL_STAT_ATTRIBUTED, SSL_STAT_COUNT, SSL_STAT_ENTRY, SSL_STAT_RETURN, SSL_STAT_SOCK_IO,
+    },
+};
+
+/// Threads inside an SSL call, by `pid_tgid`.
+#[map(name = "SSL_CALLS")]
+static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// `SSL*` to handshake state and flow.
+#[map(name = "SSL_STATE")]
+static SSL_STATE: LruHashMap<u64, SslState> = LruHashMap::with_max_entries(65536, 0);
+
+/// `struct sock` address to flow and side.
+#[map(name = "SOCKS")]
+static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(65536, 0);
+
+/// Flow to the process behind it (read by the agent).
+#[map(name = "PROCS")]
+pub static PROCS: LruHashMap<FlowKey, ProcInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// Probe counters (`monitor_common::ssl::SSL_STAT_*`), per CPU.
+#[map(name = "SSL_STATS")]
+static SSL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SSL_STAT_COUNT, 0);
+
+/// `bpf_ktime_get_ns`.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn bump(slot: u32) {
+    if let Some(p) = SSL_STATS.get_ptr_mut(slot) {
+        // Per-CPU slot: no other writer.
+        unsafe { *p += 1 };
+    }
+}
+
+// `sock/inet_sock_set_state` format (stable tracepoint ABI).
+const OFF_SKADDR: usize = 8;
+const OFF_OLDSTATE: usize = 16;
+const OFF_NEWSTATE: usize = 20;
+const OFF_SPORT: usize = 24;
+const OFF_DPORT: usize = 26;
+const OFF_PROTOCOL: usize = 30;
+const OFF_SADDR_V6: usize = 40;
+const OFF_DADDR_V6: usize = 56;
+// `sock/sock_send_length` and `sock/sock_recv_length` format.
+const OFF_SK: usize = 8;
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const IPPROTO_TCP: u16 = 6;
+
+/// Entry of `SSL_do_handshake`, `SSL_accept`, `SSL_connect`.
+#[uprobe]
+pub fn hsmon_ssl_hs_enter(ctx: ProbeContext) -> u32 {
+    bump(SSL_STAT_ENTRY);
+    let Some(ssl) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: helper call with the program's own context.
+    let library = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let mut call = SslCall {
+        ssl,
+        kind: CALL_HANDSHAKE,
+        depth: 1,
+        library,
+        _pad: 0,
+    };
+    if let Some(cur) = SSL_CALLS.get_ptr(&id) {
+        // SAFETY: a valid pointer into the map.
+        let cur = unsafe { &*cur };
+        if cur.kind == CALL_HANDSHAKE && cur.ssl == ssl && cur.depth > 0 {
+            call.depth = cur.depth.saturating_add(1);
+        }
+    }
+    let _ = SSL_CALLS.insert(&id, &call, 0);
+    match SSL_STATE.get_ptr_mut(&ssl) {
+        Some(st) => {
+            // SAFETY: a valid pointer into the map.
+            let st = unsafe { &mut *st };
+            if st.start_ns == 0 {
+                st.start_ns = now_ns();
+            }
+        }
+        None => {
+            let st = SslState {
+                start_ns: now_ns(),
+                ..SslState::default()
+            };
+            let _ = SSL_STATE.insert(&ssl, &st, 0);
+        }
+    }
+    0
+}
+
+/// Entry of `SSL_read`, `SSL_read_ex`, `SSL_write`, `SSL_write_ex`.
+#[uprobe]
+pub fn hsmon_ssl_io_enter(ctx: ProbeContext) -> u32 {
+    bump(SSL_STAT_ENTRY);
+    let Some(ssl) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: helper call with the program's own context.
+    let library = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let call = SslCall {
+        ssl,
+        kind: CALL_IO,
+        depth: 0,
+        library,
+        _pad: 0,
+    };
+    let _ = SSL_CALLS.insert(&id, &call, 0);
+    0
+}
+
+/// Return of `SSL_do_handshake`, `SSL_accept`, `SSL_connect`.
+#[uretprobe]
+pub fn hsmon_ssl_hs_return(ctx: RetProbeContext) -> u32 {
+    bump(SSL_STAT_RETURN);
+    let _ = on_hs_return(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_hs_return(ctx: &RetProbeContext) -> Option<()> {
+    let ret: i64 = ctx.ret::<i64>() as i32 as i64;
+    let id = bpf_get_current_pid_tgid();
+    let call = SSL_CALLS.get_ptr_mut(&id)?;
+    // SAFETY: a valid pointer into the map.
+    let call = unsafe { &mut *call };
+    if call.kind != CALL_HANDSHAKE || call.depth == 0 {
+        return None;
+    }
+    call.depth -= 1;
+    if call.depth > 0 {
+        return None; // an inner SSL_do_handshake of SSL_accept/SSL_connect
+    }
+    let ssl = call.ssl;
+    let _ = SSL_CALLS.remove(&id);
+    let st = SSL_STATE.get_ptr_mut(&ssl)?;
+    // SAFETY: a valid pointer into the map.
+    let st = unsafe { &mut *st };
+    let now = now_ns();
+    let took = if st.start_ns != 0 {
+        now.saturating_sub(st.start_ns)
+    } else {
+        0
+    };
+    let pending = st.pending_failures;
+    if ret == 1 {
+        st.start_ns = 0;
+        st.pending_failures = 0;
+    } else {
+        st.pending_failures = pending.saturating_add(1);
+    }
+    if st.has_key == 0 {
+        return None;
+    }
+    let key = st.key;
+    let p = PROCS.get_ptr_mut(&key)?;
+    // SAFETY: a valid pointer into the map.
+    let p = unsafe { &mut *p };
+    if p.tgid != (id >> 32) as u32 {
+        return None; // the entry names the other end's process
+    }
+    if ret == 1 {
+        p.handshake_ns_last = took;
+        if took > p.handshake_ns_max {
+            p.handshake_ns_max = took;
+        }
+        p.handshake_calls = p.handshake_calls.saturating_add(1);
+        p.handshake_failures = p.handshake_failures.saturating_sub(pending);
+    } else {
+        p.handshake_failures = p.handshake_failures.saturating_add(1);
+    }
+    Some(())
+}
+
+/// `sock/inet_sock_set_state`: established TCP sockets to flows.
+#[tracepoint]
+pub fn hsmon_sock_map(ctx: TracePointContext) -> u32 {
+    let _ = on_sock_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_sock_state(ctx: &TracePointContext) -> Option<()> {
+    // SAFETY: offsets inside the tracepoint record (see the format file).
+    let protocol: u16 = unsafe { ctx.read_at(OFF_PROTOCOL) }.ok()?;
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let sk: u64 = unsafe { ctx.read_at(OFF_SKADDR) }.ok()?;
+    let newstate: i32 = unsafe { ctx.read_at(OFF_NEWSTATE) }.ok()?;
+    if newstate == TCP_CLOSE {
+        let _ = SOCKS.remove(&sk);
+        return None;
+    }
+    if newstate != TCP_ESTABLISHED {
+        return None;
+    }
+    let oldstate: i32 = unsafe { ctx.read_at(OFF_OLDSTATE) }.ok()?;
+    let side = match oldstate {
+        TCP_SYN_RECV => SIDE_SERVER,
+        TCP_SYN_SENT => SIDE_CLIENT,
+        _ => return None,
+    };
+    let sport: u16 = unsafe { ctx.read_at(OFF_SPORT) }.ok()?;
+    let dport: u16 = unsafe { ctx.read_at(OFF_DPORT) }.ok()?;
+    // IPv4 sockets carry IPv4-mapped addresses here too.
+    let saddr: Addr = unsafe { ctx.read_at(OFF_SADDR_V6) }.ok()?;
+    let daddr: Addr = unsafe { ctx.read_at(OFF_DADDR_V6) }.ok()?;
+    let (key, _) = FlowKey::from_endpoints(&saddr, sport, &daddr, dport);
+    let info = SockInfo { key, side, _pad: 0 };
+    let _ = SOCKS.insert(&sk, &info, 0);
+    Some(())
+}
+
+/// `sock/sock_send_length`.
+#[tracepoint]
+pub fn hsmon_ssl_send(ctx: TracePointContext) -> u32 {
+    let _ = on_sock_io(&ctx);
+    0
+}
+
+/// `sock/sock_recv_length`.
+#[tracepoint]
+pub fn hsmon_ssl_recv(ctx: TracePointContext) -> u32 {
+    let _ = on_sock_io(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_sock_io(ctx: &TracePointContext) -> Option<()> {
+    let id = bpf_get_current_pid_tgid();
+    // The common case (a thread in no SSL call): one lookup, a miss.
+    let call = SSL_CALLS.get_ptr(&id)?;
+    // SAFETY: a valid pointer into the map.
+    let call = unsafe { *call };
+    bump(SSL_STAT_SOCK_IO);
+    // SAFETY: offset inside the tracepoint record (see the format file).
+    let sk: u64 = unsafe { ctx.read_at(OFF_SK) }.ok()?;
+    let sock = SOCKS.get_ptr(&sk)?;
+    // SAFETY: a valid pointer into the map.
+    let sock = unsafe { *sock };
+    if let Some(st) = SSL_STATE.get_ptr_mut(&call.ssl) {
+        // SAFETY: a valid pointer into the map.
+        let st = unsafe { &mut *st };
+        st.key = sock.key;
+        st.has_key = 1;
+    } else if call.kind == CALL_IO {
+        let st = SslState {
+            key: sock.key,
+            has_key: 1,
+            ..SslState::default()
+        };
+        let _ = SSL_STATE.insert(&call.ssl, &st, 0);
+    }
+    let tgid = (id >> 32) as u32;
+    if let Some(p) = PROCS.get_ptr(&sock.key) {
+        // SAFETY: a valid pointer into the map.
+        let p = unsafe { &*p };
+        if p.tgid == tgid || (p.side == SIDE_SERVER && sock.side == SIDE_CLIENT) {
+            return None; // already ours, or the server's (which wins)
+        }
+    }
+    let info = ProcInfo {
+        tgid,
+        tid: id as u32,
+        // SAFETY: helper without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        handshake_ns_last: 0,
+        handshake_ns_max: 0,
+        handshake_calls: 0,
+        handshake_failures: 0,
+        side: sock.side,
+        library: call.library,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    let _ = PROCS.insert(&sock.key, &info, 0);
+    bump(SSL_STAT_ATTRIBUTED);
+    Some(())
+}

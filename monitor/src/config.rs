@@ -1,0 +1,317 @@
+//! The policy file (TOML): limits, per-peer thresholds, actions, bans,
+//! allowlist and dry-run; embedded defaults for a public web server; and
+//! `hsmon config check [FILE]`.
+//!
+//! Every table and key is optional (a missing one takes its default); an
+//! unknown key, a wrong type or a bad value is an error naming the key and
+//! its line and column.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Deserializer};
+
+use crate::cidr::Cidr;
+
+/// Where `hsmon run` and `hsmon config check` look when no file is named.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hsmon/hsmon.toml";
+
+/// The embedded defaults, as a file (also what an empty file means).
+pub const DEFAULT_CONFIG_TOML: &str = r#"# hsmon policy: defaults for a public web server.
+# Compute every decision but change nothing (report would_ban).
+dry_run = false
+# Never ban these prefixes (on top of loopback and this host's addresses).
+allow = []
+
+[limits]
+# Client-initiated renegotiations per connection (in the kernel; 0: no cap).
+reneg_cap = 3
+
+[peer]
+# Per client address, over sliding windows (0 disables the rule).
+renegotiations_per_minute = 10
+handshakes_per_10s = 100
+
+[action]
+# What crossing each [peer] threshold does: "alert" or "ban".
+renegotiations_per_minute = "ban"
+handshakes_per_10s = "alert"
+# The first ban's length; each repeat offence within 24h multiplies it by
+# ban_escalation, up to max_ban_ttl.
+ban_ttl = "10m"
+ban_escalation = 4
+max_ban_ttl = "24h"
+"#;
+
+/// What crossing a threshold does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Report a decision event only.
+    Alert,
+    /// Ban the peer's address for the (escalated) TTL.
+    Ban,
+}
+
+/// The whole policy file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Compute every decision, change nothing.
+    pub dry_run: bool,
+    /// Prefixes never banned, merged with the built-in allowlist.
+    #[serde(deserialize_with = "cidrs")]
+    pub allow: Vec<Cidr>,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// `[peer]`.
+    pub peer: PeerLimits,
+    /// `[action]`.
+    pub action: Actions,
+}
+
+/// `[limits]`: per-connection caps enforced in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Client-initiated renegotiations per connection (0: no cap).
+    pub reneg_cap: u32,
+}
+
+/// `[peer]`: per client address thresholds (0 disables a rule).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerLimits {
+    /// Client renegotiation attempts in the last 60 s.
+    pub renegotiations_per_minute: u32,
+    /// New connections' first handshakes in the last 10 s.
+    pub handshakes_per_10s: u32,
+}
+
+/// `[action]`: what each rule does, and how long bans last.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Actions {
+    /// Action of `renegotiations_per_minute`.
+    pub renegotiations_per_minute: Action,
+    /// Action of `handshakes_per_10s`.
+    pub handshakes_per_10s: Action,
+    /// The first ban's TTL.
+    #[serde(deserialize_with = "ttl")]
+    pub ban_ttl: Duration,
+    /// Factor applied per repeat offence within 24 h (at least 1).
+    pub ban_escalation: u32,
+    /// The longest ban escalation reaches.
+    #[serde(deserialize_with = "ttl")]
+    pub max_ban_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { reneg_cap: 3 }
+    }
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            renegotiations_per_minute: 10,
+            handshakes_per_10s: 100,
+        }
+    }
+}
+
+impl Default for Actions {
+    fn default() -> Self {
+        Actions {
+            renegotiations_per_minute: Action::Ban,
+            handshakes_per_10s: Action::Alert,
+            ban_ttl: Duration::from_secs(600),
+            ban_escalation: 4,
+            max_ban_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| crate::cidr::parse_allow(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let raw = String::deserialize(d)?;
+    let ttl = humantime::parse_duration(&raw)
+        .map_err(|e| serde::de::Error::custom(format!("{raw:?} is not a duration: {e}")))?;
+    crate::bans::check_ttl(ttl).map_err(serde::de::Error::custom)?;
+    Ok(ttl)
+}
+
+/// A policy file that did not parse: where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    /// The file's name as given.
+    pub file: String,
+    /// 1-based line of the offending key or value.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong (names the key).
+    pub message: String,
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Parses and checks a policy file's text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            ConfigError {
+                file: file.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        if config.action.ban_escalation == 0 {
+            let (line, column) = text
+                .find("ban_escalation")
+                .map_or((1, 1), |o| line_col(text, o));
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line,
+                column,
+                message: "ban_escalation must be at least 1".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the policy file {}", path.display()))?;
+        Ok(Config::parse(&text, &path.display().to_string())?)
+    }
+
+    /// The policy `hsmon run` uses: `explicit` (which must exist), else
+    /// [`DEFAULT_CONFIG_PATH`] if it exists, else the embedded defaults.
+    /// Returns where it came from too.
+    pub fn resolve(explicit: Option<&Path>) -> Result<(Config, String)> {
+        if let Some(p) = explicit {
+            return Ok((Config::load(p)?, p.display().to_string()));
+        }
+        let default = Path::new(DEFAULT_CONFIG_PATH);
+        if default.exists() {
+            return Ok((Config::load(default)?, DEFAULT_CONFIG_PATH.to_owned()));
+        }
+        Ok((Config::default(), "embedded defaults".to_owned()))
+    }
+}
+
+/// Arguments of `hsmon config`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// What to do with the policy file.
+    #[command(subcommand)]
+    pub verb: ConfigVerb,
+}
+
+/// `hsmon config` verbs.
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigVerb {
+    /// Validate a policy file (default /etc/hsmon/hsmon.toml): prints "ok",
+    /// or the bad key with its line and column and exits with 1.
+    Check {
+        /// The file to check.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Print the embedded default policy file.
+    Default,
+}
+
+/// Runs `hsmon config ...`.
+pub fn run(args: Args) -> Result<()> {
+    match args.verb {
+        ConfigVerb::Check { file } => {
+            let path = file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+            Config::load(&path)?;
+            crate::output::write_stdout(b"ok\n")
+        }
+        ConfigVerb::Default => crate::output::write_stdout(DEFAULT_CONFIG_TOML.as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_file_is_the_default() {
+        assert_eq!(
+            Config::parse(DEFAULT_CONFIG_TOML, "x").expect("parses"),
+            Config::default()
+        );
+        assert_eq!(Config::parse("", "x").expect("parses"), Config::default());
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = Config::parse(
+            "dry_run = true\nallow = [\"10.0.0.0/8\", \"2001:db8::1\"]\n[peer]\nhandshakes_per_10s = 20\n[action]\nhandshakes_per_10s = \"ban\"\nban_ttl = \"3s\"\n",
+            "x",
+        )
+        .expect("parses");
+        assert!(c.dry_run);
+        assert_eq!(c.allow.len(), 2);
+        assert_eq!(c.peer.handshakes_per_10s, 20);
+        assert_eq!(c.peer.renegotiations_per_minute, 10);
+        assert_eq!(c.action.handshakes_per_10s, Action::Ban);
+        assert_eq!(c.action.ban_ttl, Duration::from_secs(3));
+        assert_eq!(c.limits.reneg_cap, 3);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_place() {
+        let e = Config::parse("[peer]\nhandshakes_per_10s = 5\nbogus = 1\n", "f.toml")
+            .expect_err("unknown key");
+        assert_eq!((e.line, e.column), (3, 1), "{e}");
+        assert!(e.message.contains("bogus"), "{e}");
+        assert!(e.to_string().starts_with("f.toml:3:1: "), "{e}");
+
+        let e = Config::parse("[action]\nban_ttl = \"soon\"\n", "f").expect_err("ttl");
+        assert_eq!(e.line, 2, "{e}");
+        let e = Config::parse("[action]\nban_ttl = \"0s\"\n", "f").expect_err("zero");
+        assert_eq!(e.line, 2, "{e}");
+        let e =
+            Config::parse("[action]\nhandshakes_per_10s = \"drop\"\n", "f").expect_err("action");
+        assert_eq!(e.line, 2, "{e}");
+        let e = Config::parse("allow = [\"nope\"]\n", "f").expect_err("cidr");
+        assert_eq!(e.line, 1, "{e}");
+        let e = Config::parse("[peer]\nhandshakes_per_10s = -1\n", "f").expect_err("neg");
+        assert_eq!(e.line, 2, "{e}");
+        let e = Config::parse("[action]\nban_escalation = 0\n", "f").expect_err("esc");
+        assert_eq!(e.line, 2, "{e}");
+        assert!(Config::parse("[nope]\n", "f").is_err());
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let e = Config::resolve(Some(Path::new("/nonexistent/hsmon.toml"))).expect_err("missing");
+        assert!(
+            format!("{e:#}").contains("/nonexistent/hsmon.toml"),
+            "{e:#}"
+        );
+    }
+}
