@@ -1,9 +1,9 @@
 //! `hsmon conns`: lists the TLS connections the agent tracks, as a table or
 //! (`--json`) as the JSON array the agent serves.
 
-use crate::output::{json_line, write_stdout};
+use crate::output::fetch_and_print;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::api::CONNS_PATH;
 use crate::cli::SocketArg;
@@ -22,17 +22,11 @@ pub struct Args {
 
 /// Fetches the connection list and prints it.
 pub fn run(args: Args) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let body = rt.block_on(crate::client::get(&args.socket.socket, CONNS_PATH))?;
-    let out = if args.json {
-        json_line(&body)
-    } else {
-        let conns: Vec<ConnRecord> =
-            serde_json::from_slice(&body).context("the agent's answer is not a connection list")?;
-        crate::table::render(&conns).into_bytes()
-    };
-    write_stdout(&out)
+    fetch_and_print(
+        &args.socket.socket,
+        CONNS_PATH,
+        args.json,
+        "a connection list",
+        |conns: &Vec<ConnRecord>| crate::table::render(conns),
+    )
 }

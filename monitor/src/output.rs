@@ -54,6 +54,31 @@ pub fn json_line(body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What the read-only verbs do: `GET path` from the agent at `socket`, then
+/// print the JSON as served (`json`) or `render` of it parsed as a `T`
+/// (`what` names it in the error when the answer does not parse).
+pub fn fetch_and_print<T: serde::de::DeserializeOwned>(
+    socket: &std::path::Path,
+    path: &str,
+    json: bool,
+    what: &str,
+    render: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let body = rt.block_on(crate::client::get(socket, path))?;
+    let out = if json {
+        json_line(&body)
+    } else {
+        let value: T = serde_json::from_slice(&body)
+            .with_context(|| format!("the agent's answer is not {what}"))?;
+        render(&value).into_bytes()
+    };
+    write_stdout(&out)
+}
+
 /// Writes `bytes` to stdout; a closed pipe is not an error.
 pub fn write_stdout(bytes: &[u8]) -> Result<()> {
     let mut stdout = std::io::stdout().lock();

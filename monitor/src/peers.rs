@@ -2,11 +2,11 @@
 //! handshakes and renegotiations in the current windows and their bans in the
 //! last 24 h, as a table or (`--json`) as the JSON array the agent serves.
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::api::PEERS_PATH;
 use crate::cli::SocketArg;
-use crate::output::{aligned_table, json_line, write_stdout};
+use crate::output::{aligned_table, fetch_and_print};
 use crate::run::policy::PeerRecord;
 
 /// Arguments of `hsmon peers`.
@@ -43,19 +43,13 @@ pub fn render(peers: &[PeerRecord]) -> String {
 
 /// Fetches the peer list and prints it.
 pub fn run(args: Args) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let body = rt.block_on(crate::client::get(&args.socket.socket, PEERS_PATH))?;
-    let out = if args.json {
-        json_line(&body)
-    } else {
-        let peers: Vec<PeerRecord> =
-            serde_json::from_slice(&body).context("the agent's answer is not a peer list")?;
-        render(&peers).into_bytes()
-    };
-    write_stdout(&out)
+    fetch_and_print(
+        &args.socket.socket,
+        PEERS_PATH,
+        args.json,
+        "a peer list",
+        |peers: &Vec<PeerRecord>| render(peers),
+    )
 }
 
 #[cfg(test)]

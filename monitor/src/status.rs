@@ -4,11 +4,11 @@
 //! people, or (`--json`) the [`Status`] document whose schema the README's
 //! "status JSON schema" section describes.
 
-use crate::output::{json_line, write_stdout};
+use crate::output::fetch_and_print;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::api::STATUS_PATH;
@@ -105,19 +105,13 @@ pub struct EventCounts {
 
 /// Fetches the status and prints it.
 pub fn run(args: Args) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let body = rt.block_on(crate::client::get(&args.socket.socket, STATUS_PATH))?;
-    let out = if args.json {
-        json_line(&body)
-    } else {
-        let status: Status =
-            serde_json::from_slice(&body).context("the agent's answer is not a status object")?;
-        render(&status).into_bytes()
-    };
-    write_stdout(&out)
+    fetch_and_print(
+        &args.socket.socket,
+        STATUS_PATH,
+        args.json,
+        "a status object",
+        render,
+    )
 }
 
 /// `entries/capacity (P%)`.

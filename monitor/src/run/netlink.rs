@@ -93,6 +93,12 @@ pub fn delete_clsact(ifindex: u32) -> io::Result<()> {
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
     let seq = 1;
     let req = delete_clsact_request(ifindex, seq);
+    let buf = exchange(&sock, &req)?;
+    parse_ack(&buf, seq)
+}
+
+/// Sends `req` to the kernel and returns its answer.
+pub(super) fn exchange(sock: &OwnedFd, req: &[u8]) -> io::Result<Vec<u8>> {
     // SAFETY: an all-zero sockaddr_nl is valid; the fields set are plain integers.
     let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as u16;
@@ -117,7 +123,7 @@ pub fn delete_clsact(ifindex: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     buf.truncate(got as usize);
-    parse_ack(&buf, seq)
+    Ok(buf)
 }
 
 #[cfg(test)]

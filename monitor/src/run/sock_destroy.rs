@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
-use super::netlink::parse_ack;
+use super::netlink::{exchange, parse_ack};
 
 /// `SOCK_DIAG_BY_FAMILY`: query sockets.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -207,35 +207,6 @@ fn open() -> Result<OwnedFd> {
         return Err(io::Error::last_os_error()).context("setting SO_RCVTIMEO");
     }
     Ok(sock)
-}
-
-/// Sends `req` to the kernel and returns its answer.
-fn exchange(sock: &OwnedFd, req: &[u8]) -> io::Result<Vec<u8>> {
-    // SAFETY: an all-zero sockaddr_nl is valid; the fields set are plain integers.
-    let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: `req` and `addr` are valid for the lengths given.
-    let sent = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 8192];
-    // SAFETY: `buf` is valid for writes of its length.
-    let got = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if got < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(got as usize);
-    Ok(buf)
 }
 
 /// Aborts the local TCP socket of `conn` (see the module doc).
