@@ -7,16 +7,22 @@ use monitor_common::flow::{Addr, FlowEvent, FlowKey, Stat, EVENT_FLOW_CLOSED};
 use crate::maps::{count, EVENTS, FLOWS};
 
 // Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format
-// (stable tracepoint ABI).
-const OFF_NEWSTATE: usize = 20;
-const OFF_SPORT: usize = 24;
-const OFF_DPORT: usize = 26;
-const OFF_PROTOCOL: usize = 30;
-const OFF_SADDR_V6: usize = 40;
-const OFF_DADDR_V6: usize = 56;
+// (stable tracepoint ABI); `crate::ssl` reads the same record.
+pub(crate) const OFF_SKADDR: usize = 8;
+pub(crate) const OFF_OLDSTATE: usize = 16;
+pub(crate) const OFF_NEWSTATE: usize = 20;
+pub(crate) const OFF_SPORT: usize = 24;
+pub(crate) const OFF_DPORT: usize = 26;
+pub(crate) const OFF_PROTOCOL: usize = 30;
+pub(crate) const OFF_SADDR_V6: usize = 40;
+pub(crate) const OFF_DADDR_V6: usize = 56;
 
-const TCP_CLOSE: i32 = 7;
-const IPPROTO_TCP: u16 = 6;
+/// TCP states (`include/net/tcp_states.h`).
+pub(crate) const TCP_ESTABLISHED: i32 = 1;
+pub(crate) const TCP_SYN_SENT: i32 = 2;
+pub(crate) const TCP_SYN_RECV: i32 = 3;
+pub(crate) const TCP_CLOSE: i32 = 7;
+pub(crate) const IPPROTO_TCP: u16 = 6;
 
 /// Finishes the flow of a TCP socket entering `TCP_CLOSE`.
 #[tracepoint]

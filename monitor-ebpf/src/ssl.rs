@@ -32,6 +32,11 @@ use monitor_common::{
     },
 };
 
+use crate::sock_state::{
+    IPPROTO_TCP, OFF_DADDR_V6, OFF_DPORT, OFF_NEWSTATE, OFF_OLDSTATE, OFF_PROTOCOL, OFF_SADDR_V6,
+    OFF_SKADDR, OFF_SPORT, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT,
+};
+
 /// Threads inside an SSL call, by `pid_tgid`.
 #[map(name = "SSL_CALLS")]
 static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
@@ -67,23 +72,8 @@ fn bump(slot: u32) {
     }
 }
 
-// `sock/inet_sock_set_state` format (stable tracepoint ABI).
-const OFF_SKADDR: usize = 8;
-const OFF_OLDSTATE: usize = 16;
-const OFF_NEWSTATE: usize = 20;
-const OFF_SPORT: usize = 24;
-const OFF_DPORT: usize = 26;
-const OFF_PROTOCOL: usize = 30;
-const OFF_SADDR_V6: usize = 40;
-const OFF_DADDR_V6: usize = 56;
 // `sock/sock_send_length` and `sock/sock_recv_length` format.
 const OFF_SK: usize = 8;
-
-const TCP_ESTABLISHED: i32 = 1;
-const TCP_SYN_SENT: i32 = 2;
-const TCP_SYN_RECV: i32 = 3;
-const TCP_CLOSE: i32 = 7;
-const IPPROTO_TCP: u16 = 6;
 
 /// Entry of `SSL_do_handshake`, `SSL_accept`, `SSL_connect`.
 #[uprobe]
