@@ -155,11 +155,29 @@ impl Signals {
     }
 }
 
+/// The renegotiation cap the kernel enforces: none in dry-run, where nothing
+/// may be dropped. (The cap is then not reported either: `would_reset`
+/// events are not implemented yet; the policy's per-peer rules still report
+/// `would_ban`.)
+fn kernel_reneg_cap(configured: u32, dry_run: bool) -> u32 {
+    if dry_run && configured != 0 {
+        tracing::warn!(
+            configured,
+            "dry-run: the renegotiation cap is not enforced in the kernel (and not reported)"
+        );
+        return 0;
+    }
+    configured
+}
+
 async fn agent(args: Args) -> Result<()> {
     let started = std::time::Instant::now();
     let (policy_config, policy_source) = crate::config::Config::resolve(args.config.as_deref())?;
-    let reneg_cap = args.reneg_cap.unwrap_or(policy_config.limits.reneg_cap);
     let policy_settings = policy::Settings::from_config(&policy_config, args.dry_run);
+    let reneg_cap = kernel_reneg_cap(
+        args.reneg_cap.unwrap_or(policy_config.limits.reneg_cap),
+        policy_settings.dry_run,
+    );
     tracing::info!(source = %policy_source, ?policy_settings, reneg_cap, "policy");
     let mut signals = Signals::new()?;
     system::raise_memlock_limit();
@@ -314,6 +332,13 @@ async fn sweep(shared: Arc<Shared>, mut watchdog: Option<notify::Watchdog>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dry_run_enforces_no_renegotiation_cap_in_the_kernel() {
+        assert_eq!(kernel_reneg_cap(3, true), 0);
+        assert_eq!(kernel_reneg_cap(3, false), 3);
+        assert_eq!(kernel_reneg_cap(0, false), 0);
+    }
 
     #[test]
     fn ports() {
