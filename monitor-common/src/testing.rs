@@ -841,15 +841,8 @@ impl Driver {
 
     /// Feeds bytes `start..end` of direction `dir`.
     pub fn seg(&mut self, dir: usize, start: usize, end: usize) -> SegmentOutcome {
-        let seq = self.seq(dir, start);
-        let bytes = &self.streams[dir][start..end];
-        let out = self.state.on_segment(dir, seq, bytes, self.max_steps);
-        self.outcomes.push(out);
-        if dir == CLIENT && self.reneg_cap != 0 {
-            self.verdicts
-                .push(self.state.apply_reneg_cap(self.reneg_cap));
-        }
-        out
+        let bytes = self.streams[dir][start..end].to_vec();
+        self.raw(dir, start, &bytes)
     }
 
     /// Feeds arbitrary bytes as if they were at offset `off` of direction `dir`.

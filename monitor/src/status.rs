@@ -103,6 +103,21 @@ pub struct EventCounts {
     pub bad: u64,
 }
 
+/// The top-level keys of `GET /v1/status`, as the README's "status JSON
+/// schema" lists them (the unit tests and the root tests check both).
+pub const STATUS_KEYS: [&str; 10] = [
+    "version",
+    "pid",
+    "uptime_ms",
+    "socket",
+    "metrics_addr",
+    "hooks",
+    "tracepoints",
+    "maps",
+    "events",
+    "bans_active",
+];
+
 /// Fetches the status and prints it.
 pub fn run(args: Args) -> Result<()> {
     fetch_and_print(
@@ -193,20 +208,6 @@ pub fn render(s: &Status) -> String {
 mod tests {
     use super::*;
 
-    /// The top-level keys the README's "status JSON schema" documents.
-    const KEYS: [&str; 10] = [
-        "version",
-        "pid",
-        "uptime_ms",
-        "socket",
-        "metrics_addr",
-        "hooks",
-        "tracepoints",
-        "maps",
-        "events",
-        "bans_active",
-    ];
-
     fn sample() -> Status {
         Status {
             version: "0.1.0".into(),
@@ -259,7 +260,7 @@ mod tests {
     fn json_keys_are_the_documented_ones() {
         let v = serde_json::to_value(sample()).expect("serializes");
         let obj = v.as_object().expect("an object");
-        let mut want = KEYS.to_vec();
+        let mut want = STATUS_KEYS.to_vec();
         want.sort_unstable();
         let mut got: Vec<&str> = obj.keys().map(String::as_str).collect();
         got.sort_unstable();
@@ -284,7 +285,7 @@ mod tests {
     }
 
     /// The README's "status JSON schema" section: its table lists exactly
-    /// [`KEYS`], and its example parses as a [`Status`] with those keys.
+    /// [`STATUS_KEYS`], and its example parses as a [`Status`] with those keys.
     #[test]
     fn readme_documents_the_schema() {
         let readme = include_str!("../../README.md");
@@ -299,7 +300,7 @@ mod tests {
             .filter_map(|l| l.split('`').next())
             .collect();
         documented.sort_unstable();
-        let mut want = KEYS.to_vec();
+        let mut want = STATUS_KEYS.to_vec();
         want.sort_unstable();
         assert_eq!(documented, want);
         let json = section

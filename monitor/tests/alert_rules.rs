@@ -6,7 +6,8 @@
 //! --test-deps` installs it). Without it these tests skip loudly, except when
 //! `CI` or `HSMON_REQUIRE_ROOT` is set (the full test gate): then they fail.
 
-use std::io::Write as _;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -17,29 +18,11 @@ fn dist() -> PathBuf {
 /// `promtool`, or `None` (after a loud skip note) when it is missing and
 /// missing is allowed.
 fn promtool() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    if found.is_some() {
-        return found;
-    }
-    let strict = ["CI", "HSMON_REQUIRE_ROOT"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
-    if strict {
-        panic!(
-            "promtool not found on PATH (install Debian's `prometheus` package: \
-             `cargo xtask setup --test-deps`); CI or HSMON_REQUIRE_ROOT is set, so not skipping"
-        );
-    }
-    let bar = "=".repeat(60);
-    let _ = writeln!(
-        std::io::stderr(),
-        "{bar}\nSKIPPED (needs promtool from the `prometheus` package): alert rule tests\n{bar}"
-    );
-    None
+    common::required_tool(
+        "promtool",
+        "Debian's `prometheus` package: `cargo xtask setup --test-deps`",
+        "alert rule tests",
+    )
 }
 
 fn run_promtool(promtool: &Path, args: &[&str]) {

@@ -6,7 +6,8 @@
 //! Without `systemd-analyze` the verification skips loudly, except when `CI`
 //! or `HSMON_REQUIRE_ROOT` is set (the full test gate): then it fails.
 
-use std::io::Write as _;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,29 +23,11 @@ fn unit_text() -> String {
 /// `systemd-analyze`, or `None` (after a loud skip note) when it is missing
 /// and missing is allowed.
 fn systemd_analyze() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("systemd-analyze"))
-            .find(|p| p.is_file())
-    });
-    if found.is_some() {
-        return found;
-    }
-    let strict = ["CI", "HSMON_REQUIRE_ROOT"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
-    if strict {
-        panic!(
-            "systemd-analyze not found on PATH (Debian's `systemd` package); \
-             CI or HSMON_REQUIRE_ROOT is set, so not skipping"
-        );
-    }
-    let bar = "=".repeat(60);
-    let _ = writeln!(
-        std::io::stderr(),
-        "{bar}\nSKIPPED (needs systemd-analyze): systemd unit verification\n{bar}"
-    );
-    None
+    common::required_tool(
+        "systemd-analyze",
+        "Debian's `systemd` package",
+        "systemd unit verification",
+    )
 }
 
 /// A directory of this test's, removed on drop (also on a failed assertion).

@@ -18,20 +18,7 @@ use tests::workdir::WorkDir;
 
 const PORT: u16 = 4433;
 
-/// The top-level keys of `hsmon status --json`, as the README's "status JSON
-/// schema" lists them.
-const STATUS_KEYS: [&str; 10] = [
-    "version",
-    "pid",
-    "uptime_ms",
-    "socket",
-    "metrics_addr",
-    "hooks",
-    "tracepoints",
-    "maps",
-    "events",
-    "bans_active",
-];
+use monitor::status::STATUS_KEYS;
 
 /// `hsmon status [--json] --socket SOCKET`'s stdout.
 fn status_raw(socket: &Path, json: bool) -> Result<String> {
