@@ -45,6 +45,10 @@ pub const MAX_BANS_PER_FAMILY: u32 = 65536;
 /// (`hsmon bans add`, `POST /v1/bans`).
 pub const BAN_REASON_MANUAL: u32 = 1;
 
+/// Reason code: the agent's policy banned the address or prefix (a rule
+/// whose action is `ban`).
+pub const BAN_REASON_POLICY: u32 = 2;
+
 /// Value of the `BANS_V4` / `BANS_V6` tries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -83,6 +87,7 @@ impl BanValue {
 pub fn drop_stat(reason: u32) -> Option<Stat> {
     match reason {
         BAN_REASON_MANUAL => Some(Stat::BanDropsManual),
+        BAN_REASON_POLICY => Some(Stat::BanDropsPolicy),
         _ => None,
     }
 }
@@ -146,6 +151,7 @@ mod tests {
     #[test]
     fn reasons_have_counters() {
         assert_eq!(drop_stat(BAN_REASON_MANUAL), Some(Stat::BanDropsManual));
+        assert_eq!(drop_stat(BAN_REASON_POLICY), Some(Stat::BanDropsPolicy));
         assert_eq!(drop_stat(0), None);
         assert_eq!(drop_stat(77), None);
     }

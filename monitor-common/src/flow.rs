@@ -146,7 +146,9 @@ pub struct FlowValue {
     pub _pad: [u8; 7],
 }
 
-/// Event kind: a TLS flow was first seen.
+/// Event kind: a TLS flow was first seen; sent by the TC program that
+/// created it, with the state after its first segment (so the agent knows
+/// of flows the LRU map evicts before its next sweep).
 pub const EVENT_FLOW_OPENED: u32 = 1;
 /// Event kind: a TLS flow was closed; the event carries its final state.
 pub const EVENT_FLOW_CLOSED: u32 = 2;
@@ -199,10 +201,13 @@ pub enum Stat {
     /// Client-to-server segments the TC ingress program dropped because their
     /// flow went over the renegotiation cap ([`TrackerConfig::reneg_cap`]).
     RenegCapDrops = 9,
+    /// Of the ban drops, the packets of bans the policy added
+    /// (`crate::ban::BAN_REASON_POLICY`).
+    BanDropsPolicy = 10,
 }
 
 /// Number of `STATS` slots.
-pub const STAT_COUNT: u32 = 10;
+pub const STAT_COUNT: u32 = 11;
 
 impl Stat {
     /// Every slot, in index order.
@@ -217,6 +222,7 @@ impl Stat {
         Stat::BanDrops,
         Stat::BanDropsManual,
         Stat::RenegCapDrops,
+        Stat::BanDropsPolicy,
     ];
 
     /// The slot's name in `/v1/stats` and in metric names (`hsmon_kernel_<name>_total`).
@@ -232,6 +238,7 @@ impl Stat {
             Stat::BanDrops => "ban_drops",
             Stat::BanDropsManual => "ban_drops_manual",
             Stat::RenegCapDrops => "reneg_cap_drops",
+            Stat::BanDropsPolicy => "ban_drops_policy",
         }
     }
 
@@ -250,6 +257,7 @@ impl Stat {
             Stat::RenegCapDrops => {
                 "Client segments dropped at TC ingress because their connection went over the renegotiation cap"
             }
+            Stat::BanDropsPolicy => "Packets dropped by bans the policy added (a rule with action ban)",
         }
     }
 }

@@ -24,6 +24,15 @@
 //!    `SSL*` succeeds (a non-blocking server's `WANT_READ` retry shows as a
 //!    failure only while its handshake is still under way).
 //!
+//! 5. Entry uprobes on `SSL_renegotiate`, `SSL_renegotiate_abbreviated` and
+//!    `SSL_key_update` count local calls on the connection of their `SSL*`
+//!    (`local_renegotiate_calls`, `local_key_update_calls`); `SSL_free`
+//!    forgets the `SSL*` (`SSL_STATE`).
+//! 6. `SSL_get_error` after a failed handshake call: its entry probe notes
+//!    the call (`SSL_CALLS`, [`CALL_GET_ERROR`]) only when the `SSL*` has a
+//!    failed handshake call pending, and its return probe sets bit `code` of
+//!    [`ProcInfo::ssl_errors`] (codes 0..31; the agent names them).
+//!
 //! **Which process when both ends are on this host.** Both processes write
 //! the same flow; the server side wins: a client-side writer never replaces
 //! a server-side entry, a server-side writer replaces a client-side one.
@@ -41,6 +50,8 @@ pub const SIDE_CLIENT: u32 = 2;
 pub const CALL_HANDSHAKE: u32 = 1;
 /// `SslCall::kind`: `SSL_read*` or `SSL_write*`.
 pub const CALL_IO: u32 = 2;
+/// `SslCall::kind`: `SSL_get_error` after a failed handshake call.
+pub const CALL_GET_ERROR: u32 = 3;
 
 /// `SSL_STATS` slot: entry uprobe hits.
 pub const SSL_STAT_ENTRY: u32 = 0;
@@ -75,6 +86,14 @@ pub struct ProcInfo {
     pub side: u32,
     /// Index of the library in the agent's list (the uprobe's attach cookie).
     pub library: u32,
+    /// `SSL_renegotiate` and `SSL_renegotiate_abbreviated` calls.
+    pub local_renegotiate_calls: u32,
+    /// `SSL_key_update` calls.
+    pub local_key_update_calls: u32,
+    /// Bit `n` set: `SSL_get_error` returned `n` after a failed handshake call.
+    pub ssl_errors: u32,
+    /// Padding.
+    pub _pad: u32,
     /// The thread's command name, NUL-padded.
     pub comm: [u8; 16],
 }
@@ -144,7 +163,7 @@ mod tests {
 
     #[test]
     fn sizes_have_no_hidden_padding() {
-        assert_eq!(core::mem::size_of::<ProcInfo>(), 64);
+        assert_eq!(core::mem::size_of::<ProcInfo>(), 80);
         assert_eq!(core::mem::size_of::<SslCall>(), 24);
         assert_eq!(core::mem::size_of::<SslState>(), 56);
         assert_eq!(core::mem::size_of::<SockInfo>(), 44);

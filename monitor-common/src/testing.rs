@@ -896,6 +896,10 @@ pub struct Observed {
     pub status: [u8; 2],
     /// Direction flags.
     pub dir_flags: [u8; 2],
+    /// First cleartext alert per direction.
+    pub alert_first: [u16; 2],
+    /// Last cleartext alert per direction.
+    pub alert_last: [u16; 2],
 }
 
 impl Observed {
@@ -907,6 +911,8 @@ impl Observed {
             flags: s.flags,
             status: [s.dirs[CLIENT].status, s.dirs[SERVER].status],
             dir_flags: [s.dirs[CLIENT].flags, s.dirs[SERVER].flags],
+            alert_first: s.alert_first,
+            alert_last: s.alert_last,
         }
     }
 }

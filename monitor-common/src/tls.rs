@@ -68,11 +68,30 @@ pub const KEY_UPDATE_RECORD_LEN: u16 = 22;
 /// first handshake message is a ClientHello. Needs 6 bytes.
 #[inline(always)]
 pub fn starts_with_client_hello(b: &[u8; 6]) -> bool {
-    let len = u16::from_be_bytes([b[3], b[4]]);
-    b[0] == CT_HANDSHAKE
-        && b[1] == 3
-        && b[2] <= 4
-        && len >= HANDSHAKE_HEADER_LEN as u16
-        && len <= MAX_RECORD_LEN
-        && b[5] == HS_CLIENT_HELLO
+    could_start_client_hello(b, 6)
+}
+
+/// Could the first `n` bytes of `b` (a stream's first segment, which may be
+/// shorter than the 6 bytes [`starts_with_client_hello`] needs) be the start
+/// of a TLS ClientHello? Checks each byte that is there: a client that sends
+/// its ClientHello one byte per segment must not escape tracking. `n` of 6
+/// or more is the full check; `n` of 0 is `false`.
+#[inline(always)]
+pub fn could_start_client_hello(b: &[u8; 6], n: usize) -> bool {
+    if n == 0 || b[0] != CT_HANDSHAKE {
+        return false;
+    }
+    if n >= 2 && b[1] != 3 {
+        return false;
+    }
+    if n >= 3 && b[2] > 4 {
+        return false;
+    }
+    if n >= 5 {
+        let len = u16::from_be_bytes([b[3], b[4]]);
+        if len < HANDSHAKE_HEADER_LEN as u16 || len > MAX_RECORD_LEN {
+            return false;
+        }
+    }
+    n < 6 || b[5] == HS_CLIENT_HELLO
 }

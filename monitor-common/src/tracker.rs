@@ -41,6 +41,13 @@
 //!   answers a HelloRequest counts as a ClientHello, not as a client-initiated
 //!   renegotiation. Every ClientHello, cleartext or encrypted, counts in
 //!   `client_hellos`.
+//! * **Cleartext alerts.** The body of an alert record a direction sends
+//!   before it encrypts (each 2-byte level/description pair) is read: the
+//!   first and the last of each direction are kept in
+//!   [`FlowState::alert_first`] and [`FlowState::alert_last`] (why a
+//!   handshake failed: `protocol_version`, `unknown_ca`, ...). Encrypted
+//!   alerts (TLS <= 1.2 after ChangeCipherSpec, every TLS 1.3 alert after
+//!   ServerHello) are only counted.
 //! * **TLS 1.3 post-handshake.** Application-data records of exactly the size
 //!   of one KeyUpdate ([`KEY_UPDATE_RECORD_LEN`]) after the handshake count as
 //!   `keyupdate_like`: the record layer cannot tell them from a 5-byte
@@ -97,6 +104,8 @@ pub const DF_CCS_PENDING: u8 = 1 << 1;
 pub const DF_FINISHED: u8 = 1 << 2;
 /// Direction flag: the current record is a cleartext handshake record being parsed.
 pub const DF_PARSE_RECORD: u8 = 1 << 3;
+/// Direction flag: the current record is a cleartext alert record being read.
+pub const DF_PARSE_ALERT: u8 = 1 << 4;
 
 /// Flow flag: a handshake is in progress (first one or a renegotiation).
 pub const FF_HS_ACTIVE: u16 = 1 << 0;
@@ -229,8 +238,23 @@ pub struct FlowState {
     pub version: u16,
     /// `FF_*` bits.
     pub flags: u16,
-    /// Padding, always zero.
-    pub _pad: u64,
+    /// First cleartext alert of each direction (`[CLIENT]`, `[SERVER]`):
+    /// level in the high byte, description in the low byte; 0: none.
+    pub alert_first: [u16; 2],
+    /// Last cleartext alert of each direction, same encoding.
+    pub alert_last: [u16; 2],
+}
+
+/// The alert level of an [`FlowState::alert_first`]/[`FlowState::alert_last`] value.
+#[inline]
+pub const fn alert_level(v: u16) -> u8 {
+    (v >> 8) as u8
+}
+
+/// The alert description of an [`FlowState::alert_first`]/[`FlowState::alert_last`] value.
+#[inline]
+pub const fn alert_description(v: u16) -> u8 {
+    v as u8
 }
 
 /// What [`FlowState::on_segment`] did with a segment.
@@ -513,6 +537,8 @@ impl FlowState {
         let n = min_u32(u32::from(ds.rec_left), avail);
         let used = if ds.flags & DF_PARSE_RECORD != 0 {
             self.handshake_step(dir, payload, off, n)?
+        } else if ds.flags & DF_PARSE_ALERT != 0 {
+            self.alert_step(dir, payload, off, n)?
         } else {
             n
         };
@@ -533,7 +559,7 @@ impl FlowState {
         let ds = &mut self.dirs[dir];
         ds.rec_type = typ;
         ds.rec_left = len;
-        ds.flags &= !DF_PARSE_RECORD;
+        ds.flags &= !(DF_PARSE_RECORD | DF_PARSE_ALERT);
         let encrypted = ds.flags & DF_ENCRYPTED != 0;
         match typ {
             CT_CHANGE_CIPHER_SPEC => {
@@ -553,6 +579,9 @@ impl FlowState {
                 }
             }
             CT_ALERT => {
+                if !encrypted {
+                    ds.flags |= DF_PARSE_ALERT;
+                }
                 bump(&mut self.counters.alerts);
                 if dir == SERVER && self.flags & FF_RENEG_PENDING_CLIENT != 0 {
                     self.flags &= !(FF_RENEG_PENDING_CLIENT | FF_HS_ACTIVE);
@@ -642,6 +671,45 @@ impl FlowState {
         self.flags = (self.flags & !(FF_HS_ACTIVE | FF_RENEG_PENDING_CLIENT)) | FF_FIRST_HS_DONE;
         self.dirs[CLIENT].flags &= !DF_FINISHED;
         self.dirs[SERVER].flags &= !DF_FINISHED;
+    }
+
+    /// One step inside a cleartext alert record: collects at most the 2
+    /// bytes of the next level/description pair (`hdr_acc`/`hdr_have` are
+    /// free inside a record body) out of the `n` bytes of the record in
+    /// this segment; returns bytes used.
+    #[inline(always)]
+    fn alert_step<P: Payload + ?Sized>(
+        &mut self,
+        dir: usize,
+        payload: &P,
+        off: u32,
+        n: u32,
+    ) -> Result<u32, StepError> {
+        let dir = dir & 1;
+        let ds = &mut self.dirs[dir];
+        let want = 2 - u32::from(ds.hdr_have & 1);
+        let k = if n >= want { want } else { 1 };
+        let v = payload
+            .load_be(off as usize, k as usize)
+            .ok_or(StepError::ReadError)?;
+        ds.hdr_acc = (ds.hdr_acc << (8 * k)) | v;
+        ds.hdr_have += k as u8;
+        if ds.hdr_have >= 2 {
+            let alert = ds.hdr_acc as u16;
+            ds.hdr_acc = 0;
+            ds.hdr_have = 0;
+            if self.alert_first[dir] == 0 {
+                self.alert_first[dir] = alert;
+            }
+            self.alert_last[dir] = alert;
+        }
+        let ds = &mut self.dirs[dir];
+        if k >= u32::from(ds.rec_left) {
+            // The record ends: an odd last byte is dropped.
+            ds.hdr_acc = 0;
+            ds.hdr_have = 0;
+        }
+        Ok(k)
     }
 
     /// One step inside a cleartext handshake record: skip or collect at most

@@ -1462,6 +1462,44 @@ fn starts_with_client_hello_cases() {
     }
 }
 
+/// A first segment shorter than 6 bytes: every prefix of a real ClientHello
+/// could start one; a prefix with a wrong byte cannot.
+#[test]
+fn could_start_client_hello_on_short_segments() {
+    let ch = ClientHello::tls13().record();
+    let mut head = [0u8; 6];
+    head.copy_from_slice(&ch[..6]);
+    for n in 1..=6 {
+        let mut partial = [0u8; 6];
+        partial[..n].copy_from_slice(&ch[..n]);
+        assert!(could_start_client_hello(&partial, n), "prefix of {n}");
+    }
+    assert!(!could_start_client_hello(&head, 0), "nothing");
+    assert!(
+        !could_start_client_hello(&[23, 0, 0, 0, 0, 0], 1),
+        "app data"
+    );
+    assert!(
+        !could_start_client_hello(&[22, 2, 0, 0, 0, 0], 2),
+        "version 2"
+    );
+    assert!(
+        !could_start_client_hello(&[22, 3, 9, 0, 0, 0], 3),
+        "version 3.9"
+    );
+    assert!(
+        !could_start_client_hello(&[22, 3, 3, 0, 2, 0], 5),
+        "length 2"
+    );
+    assert!(
+        !could_start_client_hello(&[22, 3, 3, 0, 40, 2], 6),
+        "server hello"
+    );
+    assert!(!could_start_client_hello(b"G\0\0\0\0\0", 1), "http");
+    // Bytes past `n` are not looked at.
+    assert!(could_start_client_hello(&[22, 3, 3, 0xff, 0xff, 9], 3));
+}
+
 /// A renegotiation flood into a server that never answers: every encrypted
 /// ClientHello is a new attempt, and each unanswered one is refused.
 #[test]
@@ -1665,4 +1703,93 @@ fn reneg_cap_ignores_server_initiated_renegotiations() {
     assert_eq!(d.state.counters.renegotiations_server, 4);
     assert_eq!(d.state.counters.renegotiations_client, 0);
     assert!(d.state.counters.client_hellos >= 5);
+}
+
+// ---------------------------------------------------------------------------
+// Cleartext alert bodies (why a handshake failed).
+
+/// `level << 8 | description`, as `alert_first`/`alert_last` hold it.
+fn alert_code(level: u8, desc: u8) -> u16 {
+    u16::from(level) << 8 | u16::from(desc)
+}
+
+#[test]
+fn cleartext_alert_body_is_recorded() {
+    let mut c = Conversation::new();
+    c.client(ClientHello::tls12().record())
+        .server(alert(ALERT_FATAL, 40))
+        .close(SERVER);
+    let s = all_ways_finished(&c);
+    assert_eq!(s.alert_first, [0, alert_code(ALERT_FATAL, 40)]);
+    assert_eq!(s.alert_last, [0, alert_code(ALERT_FATAL, 40)]);
+    assert_eq!(
+        (
+            alert_level(s.alert_first[SERVER]),
+            alert_description(s.alert_first[SERVER])
+        ),
+        (2, 40)
+    );
+}
+
+/// A TLS 1.3 ClientHello refused for its version: the server's cleartext
+/// `protocol_version`.
+#[test]
+fn protocol_version_refusal() {
+    let mut c = Conversation::new();
+    c.client(ClientHello::tls13().record())
+        .server(alert(ALERT_FATAL, 70))
+        .close(SERVER);
+    let s = all_ways_finished(&c);
+    assert_eq!(s.alert_first[SERVER], alert_code(ALERT_FATAL, 70));
+    assert_eq!(s.alert_first[CLIENT], 0);
+}
+
+/// First and last per direction; several alerts in one record count as
+/// several; the client's own alert stays in the client slot.
+#[test]
+fn first_and_last_alert_per_direction() {
+    let mut c = Conversation::new();
+    c.client(ClientHello::tls12().record())
+        .server(hs_record(&[&ServerHello::tls12().message()]))
+        .client(alert(ALERT_WARNING, 90))
+        .client(record(
+            CT_ALERT,
+            0x0303,
+            &[ALERT_WARNING, 0, ALERT_FATAL, 48],
+        ))
+        .close(CLIENT);
+    let s = all_ways_finished(&c);
+    assert_synced(&s);
+    assert_eq!(s.alert_first, [alert_code(ALERT_WARNING, 90), 0]);
+    assert_eq!(s.alert_last, [alert_code(ALERT_FATAL, 48), 0]);
+    assert_eq!(s.counters.alerts, 2);
+}
+
+/// An alert record with an odd byte keeps sync; the odd byte is not the
+/// start of the next pair.
+#[test]
+fn odd_alert_byte_is_dropped_and_sync_kept() {
+    let mut c = Conversation::new();
+    c.client(ClientHello::tls12().record())
+        .server(record(CT_ALERT, 0x0303, &[ALERT_FATAL, 40, 7]))
+        .server(alert(ALERT_WARNING, 0));
+    let s = all_ways(&c);
+    assert_synced(&s);
+    assert_eq!(s.alert_first[SERVER], alert_code(ALERT_FATAL, 40));
+    assert_eq!(s.alert_last[SERVER], alert_code(ALERT_WARNING, 0));
+    assert_eq!(s.counters.records[R_ALERT], 2);
+}
+
+/// Alerts after ChangeCipherSpec (TLS 1.2) are encrypted: counted, body not
+/// read.
+#[test]
+fn encrypted_alerts_are_not_read() {
+    let mut c = Conversation::new();
+    tls12_full(&mut c)
+        .server(alert(ALERT_FATAL, 40))
+        .client(encrypted_alert());
+    let s = all_ways_finished(&c);
+    assert_eq!(s.alert_first, [0, 0]);
+    assert_eq!(s.alert_last, [0, 0]);
+    assert_eq!(s.counters.alerts, 2);
 }

@@ -1017,3 +1017,41 @@ fn model_generator_covers_the_cases() {
     }
     assert_eq!(seen, [true; 12]);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Cleartext alerts after a ClientHello, from either side, however
+    /// segmented: each direction's first and last (level, description)
+    /// are kept.
+    #[test]
+    fn cleartext_alerts_first_and_last_per_direction(
+        alerts in proptest::collection::vec((dir(), 1u8..=2, any::<u8>()), 1..8),
+        max in max_seg(),
+        seed in any::<u64>(),
+        isn_c in isn(),
+        isn_s in isn(),
+    ) {
+        let mut conv = Conversation::new();
+        conv.client(ClientHello::tls12().record());
+        let mut first = [0u16; 2];
+        let mut last = [0u16; 2];
+        for (dir, level, desc) in &alerts {
+            conv.send(*dir, alert(*level, *desc));
+            let v = u16::from(*level) << 8 | u16::from(*desc);
+            if first[*dir] == 0 {
+                first[*dir] = v;
+            }
+            last[*dir] = v;
+        }
+        let isn = [isn_c, isn_s];
+        let unsplit = run_sends(&conv, isn);
+        prop_assert_eq!(unsplit.alert_first, first);
+        prop_assert_eq!(unsplit.alert_last, last);
+        prop_assert_eq!(unsplit.counters.alerts, alerts.len() as u32);
+        let mut rng = Rng::new(seed);
+        let mut d = Driver::new(&conv, isn);
+        d.run(&conv.plan_sizes(|_| 1 + rng.below(max)));
+        prop_assert_eq!(Observed::of(&d.state), Observed::of(&unsplit));
+    }
+}

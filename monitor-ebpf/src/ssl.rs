@@ -7,6 +7,12 @@
 //! * `hsmon_ssl_io_enter` (uprobe on `SSL_read`, `SSL_read_ex`, `SSL_write`,
 //!   `SSL_write_ex`): the thread is inside an SSL call (no return probe: the
 //!   next SSL call of the thread replaces the note).
+//! * `hsmon_ssl_reneg_enter` (uprobe on `SSL_renegotiate`,
+//!   `SSL_renegotiate_abbreviated`) and `hsmon_ssl_key_update_enter` (uprobe
+//!   on `SSL_key_update`): local renegotiation and key-update calls.
+//! * `hsmon_ssl_free_enter` (uprobe on `SSL_free`): forgets the `SSL*`.
+//! * `hsmon_ssl_get_error_enter` / `hsmon_ssl_get_error_return` (`SSL_get_error`):
+//!   the error the application saw after a failed handshake call.
 //! * `hsmon_sock_map` (`sock/inet_sock_set_state`): socket address to flow.
 //! * `hsmon_ssl_send` / `hsmon_ssl_recv` (`sock/sock_send_length`,
 //!   `sock/sock_recv_length`): a thread inside an SSL call names its socket.
@@ -27,8 +33,9 @@ use aya_ebpf::{
 use monitor_common::{
     flow::{Addr, FlowKey},
     ssl::{
-        ProcInfo, SockInfo, SslCall, SslState, CALL_HANDSHAKE, CALL_IO, SIDE_CLIENT, SIDE_SERVER,
-        SSL_STAT_ATTRIBUTED, SSL_STAT_COUNT, SSL_STAT_ENTRY, SSL_STAT_RETURN, SSL_STAT_SOCK_IO,
+        ProcInfo, SockInfo, SslCall, SslState, CALL_GET_ERROR, CALL_HANDSHAKE, CALL_IO,
+        SIDE_CLIENT, SIDE_SERVER, SSL_STAT_ATTRIBUTED, SSL_STAT_COUNT, SSL_STAT_ENTRY,
+        SSL_STAT_RETURN, SSL_STAT_SOCK_IO,
     },
 };
 
@@ -203,6 +210,113 @@ fn on_hs_return(ctx: &RetProbeContext) -> Option<()> {
     Some(())
 }
 
+/// The `PROCS` entry of the connection `ssl` is tied to, when it names the
+/// calling process.
+#[inline(always)]
+fn own_proc(ssl: u64) -> Option<*mut ProcInfo> {
+    let st = SSL_STATE.get_ptr(&ssl)?;
+    // SAFETY: a valid pointer into the map.
+    let st = unsafe { &*st };
+    if st.has_key == 0 {
+        return None;
+    }
+    let key = st.key;
+    let p = PROCS.get_ptr_mut(&key)?;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a valid pointer into the map.
+    if unsafe { (*p).tgid } != tgid {
+        return None; // the entry names the other end's process
+    }
+    Some(p)
+}
+
+/// Entry of `SSL_renegotiate` and `SSL_renegotiate_abbreviated`.
+#[uprobe]
+pub fn hsmon_ssl_reneg_enter(ctx: ProbeContext) -> u32 {
+    bump(SSL_STAT_ENTRY);
+    if let Some(p) = ctx.arg::<u64>(0).and_then(own_proc) {
+        // SAFETY: a valid pointer into the map.
+        let p = unsafe { &mut *p };
+        p.local_renegotiate_calls = p.local_renegotiate_calls.saturating_add(1);
+    }
+    0
+}
+
+/// Entry of `SSL_key_update`.
+#[uprobe]
+pub fn hsmon_ssl_key_update_enter(ctx: ProbeContext) -> u32 {
+    bump(SSL_STAT_ENTRY);
+    if let Some(p) = ctx.arg::<u64>(0).and_then(own_proc) {
+        // SAFETY: a valid pointer into the map.
+        let p = unsafe { &mut *p };
+        p.local_key_update_calls = p.local_key_update_calls.saturating_add(1);
+    }
+    0
+}
+
+/// Entry of `SSL_free`: the `SSL*` is gone (its address may be reused).
+#[uprobe]
+pub fn hsmon_ssl_free_enter(ctx: ProbeContext) -> u32 {
+    bump(SSL_STAT_ENTRY);
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        let _ = SSL_STATE.remove(&ssl);
+    }
+    0
+}
+
+/// Entry of `SSL_get_error`: noted only after a failed handshake call on
+/// the `SSL*` (so the return probe's common case is one lookup, a miss).
+#[uprobe]
+pub fn hsmon_ssl_get_error_enter(ctx: ProbeContext) -> u32 {
+    bump(SSL_STAT_ENTRY);
+    let Some(ssl) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    let Some(st) = SSL_STATE.get_ptr(&ssl) else {
+        return 0;
+    };
+    // SAFETY: a valid pointer into the map.
+    if unsafe { (*st).pending_failures } == 0 {
+        return 0;
+    }
+    let call = SslCall {
+        ssl,
+        kind: CALL_GET_ERROR,
+        depth: 0,
+        // SAFETY: helper call with the program's own context.
+        library: unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32,
+        _pad: 0,
+    };
+    let _ = SSL_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+    0
+}
+
+/// Return of `SSL_get_error`.
+#[uretprobe]
+pub fn hsmon_ssl_get_error_return(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = SSL_CALLS.get_ptr(&id) else {
+        return 0;
+    };
+    // SAFETY: a valid pointer into the map.
+    let call = unsafe { *call };
+    if call.kind != CALL_GET_ERROR {
+        return 0;
+    }
+    bump(SSL_STAT_RETURN);
+    let _ = SSL_CALLS.remove(&id);
+    let code = ctx.ret::<i64>() as i32;
+    if !(0..32).contains(&code) {
+        return 0;
+    }
+    if let Some(p) = own_proc(call.ssl) {
+        // SAFETY: a valid pointer into the map.
+        let p = unsafe { &mut *p };
+        p.ssl_errors |= 1u32 << (code as u32);
+    }
+    0
+}
+
 /// `sock/inet_sock_set_state`: established TCP sockets to flows.
 #[tracepoint]
 pub fn hsmon_sock_map(ctx: TracePointContext) -> u32 {
@@ -302,6 +416,10 @@ fn on_sock_io(ctx: &TracePointContext) -> Option<()> {
         handshake_failures: 0,
         side: sock.side,
         library: call.library,
+        local_renegotiate_calls: 0,
+        local_key_update_calls: 0,
+        ssl_errors: 0,
+        _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     let _ = PROCS.insert(&sock.key, &info, 0);

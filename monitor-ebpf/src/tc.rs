@@ -10,9 +10,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use monitor_common::{
-    flow::{FlowEvent, FlowKey, FlowValue, Stat, EVENT_LIMIT_HIT, MAX_PORTS},
-    tls::starts_with_client_hello,
-    tracker::{CapVerdict, CLIENT, EBPF_MAX_STEPS, SERVER},
+    flow::{FlowEvent, FlowKey, FlowValue, Stat, EVENT_FLOW_OPENED, EVENT_LIMIT_HIT, MAX_PORTS},
+    tls::could_start_client_hello,
+    tracker::{CapVerdict, CLIENT, DIR_NEW, EBPF_MAX_STEPS, SERVER},
 };
 
 use crate::{
@@ -118,6 +118,10 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
     };
     // SAFETY: a valid pointer into the map; the tracker only touches plain integers.
     let flow = unsafe { &mut *flow };
+    // No segment parsed yet in either direction: this is the flow's first
+    // (if both hooks race to create it, both say so; the agent dedupes).
+    let created =
+        flow.tracker.dirs[CLIENT].status == DIR_NEW && flow.tracker.dirs[SERVER].status == DIR_NEW;
     let dir = if sender_is_a == (flow.client_is_a != 0) {
         CLIENT
     } else {
@@ -128,6 +132,12 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
         count(Stat::TlsSegments);
         flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
         parse_payload(flow, dir, seg.seq, payload);
+        if created {
+            // After the first segment is parsed, so the event carries its
+            // ClientHello: a flow the LRU evicts before the agent's next
+            // sweep is still accounted (reported `evicted`).
+            flow_opened(flow, &key);
+        }
         if ingress && dir == CLIENT {
             // After the whole segment is parsed: the tracker counted the
             // renegotiation ClientHello at its record header.
@@ -163,16 +173,32 @@ fn reneg_cap_drops(flow: &mut FlowValue, key: &FlowKey) -> bool {
     }
 }
 
-/// Sends `EVENT_LIMIT_HIT` for the flow. Not inlined: once per flow, and
-/// kept out of `track`'s frame (the verifier caps the call chain at 512 bytes).
+/// Sends `EVENT_FLOW_OPENED` for a flow just created. Not inlined: once per
+/// flow, and kept out of `track`'s frame (the verifier caps the call chain
+/// at 512 bytes). One function per event kind: a shared function with the
+/// kind as an argument gets specialised by LLVM into clones that carry no
+/// BTF func info, which the verifier refuses ("missing btf func_info").
+#[inline(never)]
+fn flow_opened(flow: &FlowValue, key: &FlowKey) {
+    send_event(EVENT_FLOW_OPENED, flow, key);
+}
+
+/// Sends `EVENT_LIMIT_HIT` for the flow (see [`flow_opened`]).
 #[inline(never)]
 fn limit_hit(flow: &FlowValue, key: &FlowKey) {
+    send_event(EVENT_LIMIT_HIT, flow, key);
+}
+
+/// Sends an event of `kind` with the flow's state; a full ring buffer
+/// counts `EventsLost`.
+#[inline(always)]
+fn send_event(kind: u32, flow: &FlowValue, key: &FlowKey) {
     match EVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {
             let ev = entry.as_mut_ptr();
             // SAFETY: `ev` points at reserved ring-buffer memory of the right size.
             unsafe {
-                (*ev).kind = EVENT_LIMIT_HIT;
+                (*ev).kind = kind;
                 (*ev)._pad = 0;
                 (*ev).value = *flow;
                 (*ev).key = *key;
@@ -212,7 +238,15 @@ fn parse_payload(flow: &mut FlowValue, dir: usize, seq: u32, payload: SkbPayload
     }
 }
 
-/// Creates the flow when the payload starts with a ClientHello on a watched port.
+/// Creates the flow when the payload starts with a ClientHello on a watched
+/// port, or, for a segment shorter than a ClientHello's first 6 bytes, with
+/// bytes that could begin one (a client sending its ClientHello in pieces
+/// must not escape tracking; if the rest is not TLS the tracker marks the
+/// direction unsynced). Returns the flow (the other hook's, if it won the
+/// race). Keep the signature plain: BPF calls take at most 5 arguments, and
+/// the BTF bpf-linker emits for an `Option` of a tuple has a union member the
+/// kernel refuses ("Invalid member bits_offset"; without the object's BTF
+/// `bpf_loop` is refused too).
 #[inline(never)]
 fn new_flow(
     seg: &Segment,
@@ -220,11 +254,13 @@ fn new_flow(
     key: &FlowKey,
     sender_is_a: bool,
 ) -> Option<*mut FlowValue> {
-    if seg.payload_len < 6 {
-        return None;
-    }
-    let head: [u8; 6] = payload.ctx.load(seg.payload_off as usize).ok()?;
-    if !starts_with_client_hello(&head) || !port_watched(seg.dst_port) {
+    let head = first_six(payload)?;
+    let n = if seg.payload_len < 6 {
+        seg.payload_len as usize
+    } else {
+        6
+    };
+    if !could_start_client_hello(&head, n) || !port_watched(seg.dst_port) {
         return None;
     }
     let now = unsafe { bpf_ktime_get_ns() };
@@ -246,6 +282,23 @@ fn new_flow(
         count(Stat::FlowsCreated);
     }
     FLOWS.get_ptr_mut(key)
+}
+
+/// The payload's first 6 bytes; bytes past a shorter payload are zero.
+#[inline(always)]
+fn first_six(payload: &SkbPayload) -> Option<[u8; 6]> {
+    if payload.len >= 6 {
+        return payload.ctx.load(payload.off as usize).ok();
+    }
+    let mut head = [0u8; 6];
+    let mut i = 0;
+    while i < 5 {
+        if (i as u32) < payload.len {
+            head[i] = payload.ctx.load(payload.off as usize + i).ok()?;
+        }
+        i += 1;
+    }
+    Some(head)
 }
 
 /// Zeroes a `FlowValue` eight bytes at a time. (`write_bytes` becomes a call

@@ -13,6 +13,9 @@ pub const STATS_PATH: &str = "/v1/stats";
 pub const STATUS_PATH: &str = "/v1/status";
 /// `GET`: JSON array of [`crate::run::policy::PeerRecord`].
 pub const PEERS_PATH: &str = "/v1/peers";
+/// `GET`: the event backlog as JSON lines; `?follow=1` keeps streaming
+/// (README "Events").
+pub const EVENTS_PATH: &str = "/v1/events";
 
 /// What `GET /v1/stats` serves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

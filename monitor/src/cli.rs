@@ -38,6 +38,15 @@ pub enum Verb {
     Peers(crate::peers::Args),
     /// Check the policy file (`check [FILE]`) or print the defaults.
     Config(crate::config::Args),
+    /// Remove everything a stopped agent left pinned: links (programs
+    /// detached), maps (bans, counters), clsact qdiscs it added, the state file.
+    Cleanup(crate::cleanup::Args),
+    /// Print the agent's events (decisions, bans, reloads): the recent
+    /// backlog, or with --follow a live stream.
+    Events(crate::events::Args),
+    /// A live view of peers and connections by handshake and renegotiation
+    /// rate (q quits); plain frames with --once, --iterations or --json.
+    Top(crate::top::Args),
 }
 
 impl Verb {
@@ -51,7 +60,10 @@ impl Verb {
             Verb::Completions(args) => crate::docs::run_completions(args),
             Verb::Man(args) => crate::docs::run_man(args),
             Verb::Config(args) => crate::config::run(args),
+            Verb::Cleanup(args) => crate::cleanup::run(args),
             Verb::Peers(args) => crate::peers::run(args),
+            Verb::Events(args) => crate::events::run(args),
+            Verb::Top(args) => crate::top::run(args),
         }
     }
 }

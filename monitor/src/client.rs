@@ -1,5 +1,6 @@
 //! The CLI side of the control API: one HTTP/1 request over the agent's Unix
-//! socket (GET, or POST/DELETE with [`request`]).
+//! socket (GET, or POST/DELETE with [`request`]), or a streamed answer read
+//! line by line ([`stream_lines`], for `hsmon events --follow`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -21,6 +22,25 @@ fn unreachable(socket: &Path) -> String {
         "cannot reach the agent at {} (is `hsmon run` running?)",
         socket.display()
     )
+}
+
+/// The error for a socket this user may not open.
+fn forbidden(socket: &Path) -> String {
+    format!(
+        "permission denied opening the agent's control socket {}: only root and members of group hsmon (or the group `hsmon run --socket-group` names) may use it",
+        socket.display()
+    )
+}
+
+/// Connects to the agent's socket, explaining a refusal.
+async fn connect(socket: &Path) -> Result<UnixStream> {
+    match UnixStream::connect(socket).await {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(e).with_context(|| forbidden(socket))
+        }
+        Err(e) => Err(e).with_context(|| unreachable(socket)),
+    }
 }
 
 /// The agent answered, but not with 200: its status and the `error` message
@@ -67,9 +87,7 @@ async fn request_inner(
     path: &str,
     json: Option<Vec<u8>>,
 ) -> Result<Bytes> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .with_context(|| unreachable(socket))?;
+    let stream = connect(socket).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("starting an HTTP exchange with the agent")?;
@@ -105,6 +123,83 @@ async fn request_inner(
         .into());
     }
     Ok(body)
+}
+
+/// GETs `path` and hands each line of the answer (without its newline) to
+/// `on_line` as it arrives, until the agent ends the answer or `on_line`
+/// returns `false`. No overall timeout: a follow stream lasts as long as the
+/// agent; only connecting and the answer's head are bounded.
+pub async fn stream_lines(
+    socket: &Path,
+    path: &str,
+    mut on_line: impl FnMut(&str) -> Result<bool>,
+) -> Result<()> {
+    let head = async {
+        let stream = connect(socket).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("starting an HTTP exchange with the agent")?;
+        let conn = tokio::spawn(conn);
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(HOST, "hsmon")
+            .body(Full::new(Bytes::new()))
+            .context("building the request")?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .with_context(|| format!("asking the agent for {path}"))?;
+        anyhow::Ok((resp, conn))
+    };
+    let (resp, conn) = match tokio::time::timeout(TIMEOUT, head).await {
+        Ok(r) => r?,
+        Err(_) => bail!(
+            "the agent at {} did not answer within {} s",
+            socket.display(),
+            TIMEOUT.as_secs()
+        ),
+    };
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if status != StatusCode::OK {
+        let bytes = body
+            .collect()
+            .await
+            .with_context(|| format!("reading the agent's answer to {path}"))?
+            .to_bytes();
+        conn.abort();
+        return Err(ApiError {
+            path: path.to_owned(),
+            status,
+            message: error_message(&bytes),
+        }
+        .into());
+    }
+    let mut pending: Vec<u8> = Vec::new();
+    let result = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.with_context(|| format!("reading the agent's stream {path}"))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+                if !on_line(&text)? {
+                    return Ok(());
+                }
+            }
+        }
+        if !pending.is_empty() {
+            on_line(&String::from_utf8_lossy(&pending))?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    conn.abort();
+    result
 }
 
 /// The `error` field of a JSON error body, or the body itself (shortened).

@@ -19,24 +19,44 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/hsmon/hsmon.toml";
 
 /// The embedded defaults, as a file (also what an empty file means).
 pub const DEFAULT_CONFIG_TOML: &str = r#"# hsmon policy: defaults for a public web server.
-# Compute every decision but change nothing (report would_ban).
+# Compute every decision but change nothing (report would_ban / would_reset).
 dry_run = false
-# Never ban these prefixes (on top of loopback and this host's addresses).
+# Never ban or reset these prefixes (on top of loopback and this host's addresses).
 allow = []
 
 [limits]
-# Client-initiated renegotiations per connection (in the kernel; 0: no cap).
+# Per connection. Client-initiated renegotiations (enforced in the kernel;
+# 0: no cap).
 reneg_cap = 3
+# A connection whose first handshake has not completed this long after its
+# first ClientHello ("0s": off).
+handshake_timeout = "10s"
+# keyupdate_like records (both directions) per connection per second (0: off).
+keyupdates_per_second = 10
 
 [peer]
 # Per client address, over sliding windows (0 disables the rule).
 renegotiations_per_minute = 10
 handshakes_per_10s = 100
 
+[prefix]
+# Per client prefix (/v4_len, /v6_len): the per-peer windows of the prefix's
+# addresses summed (allowlisted addresses left out). 0 disables a rule: off
+# by default.
+v4_len = 24
+v6_len = 64
+renegotiations_per_minute = 0
+handshakes_per_10s = 0
+
 [action]
-# What crossing each [peer] threshold does: "alert" or "ban".
+# What each rule does: "alert", "reset" (the offending connection) or "ban"
+# (the peer; for the prefix rules the prefix).
 renegotiations_per_minute = "ban"
 handshakes_per_10s = "alert"
+prefix_renegotiations_per_minute = "ban"
+prefix_handshakes_per_10s = "ban"
+handshake_timeout = "reset"
+keyupdates_per_second = "reset"
 # The first ban's length; each repeat offence within 24h multiplies it by
 # ban_escalation, up to max_ban_ttl.
 ban_ttl = "10m"
@@ -50,8 +70,22 @@ max_ban_ttl = "24h"
 pub enum Action {
     /// Report a decision event only.
     Alert,
-    /// Ban the peer's address for the (escalated) TTL.
+    /// Reset the offending connection (`SOCK_DESTROY`).
+    Reset,
+    /// Ban the peer's address (for a prefix rule: the prefix) for the
+    /// (escalated) TTL.
     Ban,
+}
+
+impl Action {
+    /// The action's name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Alert => "alert",
+            Action::Reset => "reset",
+            Action::Ban => "ban",
+        }
+    }
 }
 
 /// The whole policy file.
@@ -67,16 +101,25 @@ pub struct Config {
     pub limits: Limits,
     /// `[peer]`.
     pub peer: PeerLimits,
+    /// `[prefix]`.
+    pub prefix: PrefixLimits,
     /// `[action]`.
     pub action: Actions,
 }
 
-/// `[limits]`: per-connection caps enforced in the kernel.
+/// `[limits]`: per-connection limits.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Client-initiated renegotiations per connection (0: no cap).
+    /// Client-initiated renegotiations per connection, enforced in the
+    /// kernel (0: no cap).
     pub reneg_cap: u32,
+    /// Longest time from a connection's first ClientHello to the end of its
+    /// first handshake (zero: off).
+    #[serde(deserialize_with = "duration_or_off")]
+    pub handshake_timeout: Duration,
+    /// `keyupdate_like` records per connection per second (0: off).
+    pub keyupdates_per_second: u32,
 }
 
 /// `[peer]`: per client address thresholds (0 disables a rule).
@@ -89,6 +132,23 @@ pub struct PeerLimits {
     pub handshakes_per_10s: u32,
 }
 
+/// `[prefix]`: per client prefix thresholds (0 disables a rule; both are 0
+/// by default).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefixLimits {
+    /// IPv4 prefix length the peers are grouped by (1..=32).
+    #[serde(deserialize_with = "v4_len")]
+    pub v4_len: u32,
+    /// IPv6 prefix length the peers are grouped by (1..=128).
+    #[serde(deserialize_with = "v6_len")]
+    pub v6_len: u32,
+    /// Client renegotiation attempts of the prefix in the last 60 s.
+    pub renegotiations_per_minute: u32,
+    /// New connections' first handshakes of the prefix in the last 10 s.
+    pub handshakes_per_10s: u32,
+}
+
 /// `[action]`: what each rule does, and how long bans last.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -97,6 +157,14 @@ pub struct Actions {
     pub renegotiations_per_minute: Action,
     /// Action of `handshakes_per_10s`.
     pub handshakes_per_10s: Action,
+    /// Action of `[prefix] renegotiations_per_minute`.
+    pub prefix_renegotiations_per_minute: Action,
+    /// Action of `[prefix] handshakes_per_10s`.
+    pub prefix_handshakes_per_10s: Action,
+    /// Action of `[limits] handshake_timeout`.
+    pub handshake_timeout: Action,
+    /// Action of `[limits] keyupdates_per_second`.
+    pub keyupdates_per_second: Action,
     /// The first ban's TTL.
     #[serde(deserialize_with = "ttl")]
     pub ban_ttl: Duration,
@@ -109,7 +177,22 @@ pub struct Actions {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { reneg_cap: 3 }
+        Limits {
+            reneg_cap: 3,
+            handshake_timeout: Duration::from_secs(10),
+            keyupdates_per_second: 10,
+        }
+    }
+}
+
+impl Default for PrefixLimits {
+    fn default() -> Self {
+        PrefixLimits {
+            v4_len: 24,
+            v6_len: 64,
+            renegotiations_per_minute: 0,
+            handshakes_per_10s: 0,
+        }
     }
 }
 
@@ -127,6 +210,10 @@ impl Default for Actions {
         Actions {
             renegotiations_per_minute: Action::Ban,
             handshakes_per_10s: Action::Alert,
+            prefix_renegotiations_per_minute: Action::Ban,
+            prefix_handshakes_per_10s: Action::Ban,
+            handshake_timeout: Action::Reset,
+            keyupdates_per_second: Action::Reset,
             ban_ttl: Duration::from_secs(600),
             ban_escalation: 4,
             max_ban_ttl: Duration::from_secs(24 * 3600),
@@ -147,6 +234,74 @@ fn ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         .map_err(|e| serde::de::Error::custom(format!("{raw:?} is not a duration: {e}")))?;
     crate::bans::check_ttl(ttl).map_err(serde::de::Error::custom)?;
     Ok(ttl)
+}
+
+/// The policy in force, as `hsmon status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct PolicySummary {
+    /// Where the policy came from: a file's path or "embedded defaults".
+    pub source: String,
+    /// Dry-run: decisions reported, nothing banned, reset or dropped.
+    pub dry_run: bool,
+    /// The rules that are on (limit above zero).
+    pub rules: Vec<RuleSummary>,
+    /// IPv4 prefix length of the prefix rules.
+    pub prefix_v4_len: u32,
+    /// IPv6 prefix length of the prefix rules.
+    pub prefix_v6_len: u32,
+    /// The first ban's TTL in seconds.
+    pub ban_ttl_s: u64,
+    /// Factor per repeat offence within 24 h.
+    pub ban_escalation: u32,
+    /// The longest ban in seconds.
+    pub max_ban_ttl_s: u64,
+}
+
+/// One rule that is on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct RuleSummary {
+    /// The rule's name (as in events).
+    pub rule: String,
+    /// Its limit in the rule's own unit (count per window; ms for
+    /// `handshake_timeout`).
+    pub limit: u64,
+    /// `alert`, `reset` or `ban`.
+    pub action: String,
+}
+
+/// The longest `handshake_timeout`.
+pub const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A duration such as `10s`; `0s` means off; at most
+/// [`MAX_HANDSHAKE_TIMEOUT`].
+fn duration_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let raw = String::deserialize(d)?;
+    let t = humantime::parse_duration(raw.trim())
+        .map_err(|e| serde::de::Error::custom(format!("{raw:?} is not a duration: {e}")))?;
+    if t > MAX_HANDSHAKE_TIMEOUT {
+        return Err(serde::de::Error::custom(format!(
+            "{raw:?} is longer than the 1h maximum (\"0s\" turns the rule off)"
+        )));
+    }
+    Ok(t)
+}
+
+fn prefix_len<'de, D: Deserializer<'de>>(d: D, max: u32) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n == 0 || n > max {
+        return Err(serde::de::Error::custom(format!(
+            "a prefix length must be between 1 and {max}, got {n}"
+        )));
+    }
+    Ok(n)
+}
+
+fn v4_len<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    prefix_len(d, 32)
+}
+
+fn v6_len<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    prefix_len(d, 128)
 }
 
 /// A policy file that did not parse: where and why.
@@ -280,6 +435,37 @@ mod tests {
         assert_eq!(c.action.handshakes_per_10s, Action::Ban);
         assert_eq!(c.action.ban_ttl, Duration::from_secs(3));
         assert_eq!(c.limits.reneg_cap, 3);
+        assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.prefix.handshakes_per_10s, 0);
+    }
+
+    #[test]
+    fn connection_and_prefix_rules_are_read() {
+        let c = Config::parse(
+            "[limits]\nhandshake_timeout = \"2s\"\nkeyupdates_per_second = 5\n[prefix]\nv4_len = 16\nv6_len = 48\nhandshakes_per_10s = 30\n[action]\nhandshake_timeout = \"ban\"\nkeyupdates_per_second = \"alert\"\nprefix_handshakes_per_10s = \"reset\"\n",
+            "x",
+        )
+        .expect("parses");
+        assert_eq!(c.limits.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.keyupdates_per_second, 5);
+        assert_eq!((c.prefix.v4_len, c.prefix.v6_len), (16, 48));
+        assert_eq!(c.prefix.handshakes_per_10s, 30);
+        assert_eq!(c.action.handshake_timeout, Action::Ban);
+        assert_eq!(c.action.keyupdates_per_second, Action::Alert);
+        assert_eq!(c.action.prefix_handshakes_per_10s, Action::Reset);
+        let off = Config::parse("[limits]\nhandshake_timeout = \"0s\"\n", "x").expect("off");
+        assert!(off.limits.handshake_timeout.is_zero());
+        for bad in [
+            "[limits]\nhandshake_timeout = \"2h\"\n",
+            "[limits]\nhandshake_timeout = \"soon\"\n",
+            "[prefix]\nv4_len = 0\n",
+            "[prefix]\nv4_len = 33\n",
+            "[prefix]\nv6_len = 129\n",
+            "[action]\nkeyupdates_per_second = \"drop\"\n",
+        ] {
+            let e = Config::parse(bad, "f").expect_err(bad);
+            assert_eq!(e.line, 2, "{bad}: {e}");
+        }
     }
 
     #[test]

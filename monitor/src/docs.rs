@@ -26,8 +26,11 @@ pub struct CompletionsArgs {
 #[derive(Debug, clap::Args)]
 pub struct ManArgs {
     /// Write the page of this verb (`hsmon-VERB(1)`) instead of hsmon(1).
-    #[arg(value_name = "VERB")]
+    #[arg(value_name = "VERB", conflicts_with = "list")]
     pub verb: Option<String>,
+    /// Print the verbs that have a page of their own, one per line.
+    #[arg(long)]
+    pub list: bool,
 }
 
 /// The completion script for `shell`.
@@ -47,11 +50,7 @@ pub fn man_page(verb: Option<&str>) -> Result<Vec<u8>> {
     let page = match verb {
         None => cmd,
         Some(v) => {
-            let names: Vec<String> = cmd
-                .get_subcommands()
-                .filter(|s| !s.is_hide_set())
-                .map(|s| s.get_name().to_owned())
-                .collect();
+            let names = verbs();
             cmd.find_subcommand(v)
                 .cloned()
                 .ok_or_else(|| anyhow!("no verb {v:?}; the verbs are: {}", names.join(", ")))?
@@ -64,6 +63,15 @@ pub fn man_page(verb: Option<&str>) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The verbs (visible subcommands) of `hsmon`, in definition order.
+pub fn verbs() -> Vec<String> {
+    Cli::command()
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .map(|s| s.get_name().to_owned())
+        .collect()
+}
+
 /// `hsmon completions SHELL`.
 pub fn run_completions(args: CompletionsArgs) -> Result<()> {
     write_stdout(&completions(args.shell))
@@ -71,6 +79,11 @@ pub fn run_completions(args: CompletionsArgs) -> Result<()> {
 
 /// `hsmon man [VERB]`.
 pub fn run_man(args: ManArgs) -> Result<()> {
+    if args.list {
+        let mut out = verbs().join("\n");
+        out.push('\n');
+        return write_stdout(out.as_bytes());
+    }
     write_stdout(&man_page(args.verb.as_deref())?)
 }
 

@@ -5,11 +5,13 @@
 pub mod api;
 pub mod bans;
 pub mod cidr;
+pub mod cleanup;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod conns;
 pub mod docs;
+pub mod events;
 pub mod logging;
 pub mod output;
 pub mod peers;
@@ -17,5 +19,6 @@ pub mod record;
 pub mod run;
 pub mod status;
 pub mod table;
+pub mod top;
 
 pub use run::loader::ebpf_object;

@@ -4,7 +4,10 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use monitor_common::flow::{addr_bytes, FlowKey, FlowValue};
-use monitor_common::tracker::{FF_CLOSED, FF_HRR_SEEN, FF_RESUMED, FF_UNSYNCED};
+use monitor_common::tracker::{
+    alert_description, alert_level, FlowState, CLIENT, FF_CLOSED, FF_HRR_SEEN, FF_RESUMED,
+    FF_UNSYNCED, SERVER,
+};
 use serde::{Deserialize, Serialize};
 
 /// Whether a connection is still open.
@@ -107,10 +110,148 @@ pub struct ConnRecord {
     /// Milliseconds since the last segment with payload.
     #[serde(default)]
     pub last_seen_ms_ago: u64,
+    /// Why handshakes failed: the cleartext alerts on the wire (first and
+    /// last of each direction) and, from the uprobes, the `SSL_get_error`
+    /// results the application saw after failed handshake calls.
+    #[serde(default)]
+    pub failure_reasons: Vec<FailureReason>,
     /// The process behind the connection, from the libssl uprobes; every
     /// field null when unknown.
     #[serde(flatten, default)]
     pub process: ProcessFields,
+}
+
+/// One entry of [`ConnRecord::failure_reasons`]; JSON
+/// `{"source":"alert","sender":"server","level":"fatal","description":"protocol_version"}`
+/// or `{"source":"ssl_get_error","error":"SSL_ERROR_SSL"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum FailureReason {
+    /// A cleartext alert record seen on the wire.
+    Alert {
+        /// `"client"` or `"server"`: who sent it.
+        sender: String,
+        /// `"warning"`, `"fatal"` (or `"level_N"`).
+        level: String,
+        /// RFC 8446/5246 name, e.g. `"handshake_failure"` (or `"alert_N"`).
+        description: String,
+    },
+    /// What `SSL_get_error` returned after a failed handshake call.
+    SslGetError {
+        /// `"SSL_ERROR_SSL"`, `"SSL_ERROR_SYSCALL"`, `"SSL_ERROR_ZERO_RETURN"`, ...
+        error: String,
+    },
+}
+
+impl FailureReason {
+    /// A short text for tables: `server:protocol_version`, `SSL_ERROR_SSL`.
+    pub fn short(&self) -> String {
+        match self {
+            FailureReason::Alert {
+                sender,
+                description,
+                ..
+            } => format!("{sender}:{description}"),
+            FailureReason::SslGetError { error } => error.clone(),
+        }
+    }
+}
+
+/// The wire half of [`ConnRecord::failure_reasons`]: each direction's first
+/// cleartext alert and, when it differs, its last.
+pub fn alert_reasons(t: &FlowState) -> Vec<FailureReason> {
+    let mut out = Vec::new();
+    for (dir, sender) in [(CLIENT, "client"), (SERVER, "server")] {
+        let first = t.alert_first[dir];
+        let last = t.alert_last[dir];
+        if first != 0 {
+            out.push(alert_reason(sender, first));
+        }
+        if last != 0 && last != first {
+            out.push(alert_reason(sender, last));
+        }
+    }
+    out
+}
+
+/// One alert (`level << 8 | description`) sent by `sender`.
+fn alert_reason(sender: &str, v: u16) -> FailureReason {
+    FailureReason::Alert {
+        sender: sender.to_owned(),
+        level: alert_level_name(alert_level(v)),
+        description: alert_description_name(alert_description(v)),
+    }
+}
+
+/// `"warning"`, `"fatal"`, else `"level_N"`.
+pub fn alert_level_name(level: u8) -> String {
+    match level {
+        1 => "warning".to_owned(),
+        2 => "fatal".to_owned(),
+        n => format!("level_{n}"),
+    }
+}
+
+/// The TLS alert description's name (RFC 5246, RFC 8446 and their
+/// registry), else `"alert_N"`.
+pub fn alert_description_name(desc: u8) -> String {
+    let name = match desc {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        21 => "decryption_failed",
+        22 => "record_overflow",
+        30 => "decompression_failure",
+        40 => "handshake_failure",
+        41 => "no_certificate",
+        42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        45 => "certificate_expired",
+        46 => "certificate_unknown",
+        47 => "illegal_parameter",
+        48 => "unknown_ca",
+        49 => "access_denied",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        60 => "export_restriction",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        86 => "inappropriate_fallback",
+        90 => "user_canceled",
+        100 => "no_renegotiation",
+        109 => "missing_extension",
+        110 => "unsupported_extension",
+        111 => "certificate_unobtainable",
+        112 => "unrecognized_name",
+        113 => "bad_certificate_status_response",
+        114 => "bad_certificate_hash_value",
+        115 => "unknown_psk_identity",
+        116 => "certificate_required",
+        120 => "no_application_protocol",
+        n => return format!("alert_{n}"),
+    };
+    name.to_owned()
+}
+
+/// `SSL_get_error` results that say why a handshake call failed, by name;
+/// the `SSL_ERROR_WANT_*` retries (and `SSL_ERROR_NONE`) are left out:
+/// they are not failures. Bit `n` of `mask` is result `n`.
+pub fn ssl_error_reasons(mask: u32) -> Vec<FailureReason> {
+    (0..32u32)
+        .filter(|n| mask & (1 << n) != 0)
+        .filter_map(|n| {
+            let name = match n {
+                1 => "SSL_ERROR_SSL".to_owned(),
+                5 => "SSL_ERROR_SYSCALL".to_owned(),
+                6 => "SSL_ERROR_ZERO_RETURN".to_owned(),
+                0 | 2 | 3 | 4 | 7..=12 => return None,
+                n => format!("SSL_ERROR_{n}"),
+            };
+            Some(FailureReason::SslGetError { error: name })
+        })
+        .collect()
 }
 
 /// Process attribution and handshake timing from the libssl uprobes (see
@@ -145,6 +286,17 @@ pub struct ProcessFields {
     /// Handshake calls that returned 0 or less with no later success.
     #[serde(default)]
     pub handshake_failures: Option<u32>,
+    /// Path of the cgroup `cgroup_id` names (relative to the cgroup v2
+    /// root, e.g. `/system.slice/nginx.service`); null when unknown.
+    #[serde(default)]
+    pub cgroup_path: Option<String>,
+    /// `SSL_renegotiate`/`SSL_renegotiate_abbreviated` calls the process
+    /// made on this connection.
+    #[serde(default)]
+    pub local_renegotiate_calls: Option<u32>,
+    /// `SSL_key_update` calls the process made on this connection.
+    #[serde(default)]
+    pub local_key_update_calls: Option<u32>,
 }
 
 impl ConnRecord {
@@ -195,6 +347,7 @@ impl ConnRecord {
             hello_retry: t.flags & FF_HRR_SEEN != 0,
             first_seen_ms_ago: ms_ago(now_ns, value.first_seen_ns),
             last_seen_ms_ago: ms_ago(now_ns, value.last_seen_ns),
+            failure_reasons: alert_reasons(t),
             process: ProcessFields::default(),
         }
     }
@@ -406,5 +559,62 @@ pub(crate) mod tests {
         let r: ConnRecord = serde_json::from_str(json).expect("parses");
         assert_eq!(r.client.to_string(), "[::1]:5");
         assert_eq!(r.retransmits, 0);
+    }
+
+    #[test]
+    fn wire_alerts_become_failure_reasons() {
+        let (key, mut value) = sample_flow();
+        value.tracker.alert_first = [0, 0x0246];
+        value.tracker.alert_last = [0, 0x0246];
+        let r = ConnRecord::from_flow(&key, &value, ConnState::Closed, 0);
+        assert_eq!(
+            r.failure_reasons,
+            vec![FailureReason::Alert {
+                sender: "server".into(),
+                level: "fatal".into(),
+                description: "protocol_version".into()
+            }]
+        );
+        let v = serde_json::to_value(&r).expect("ser");
+        assert_eq!(
+            v["failure_reasons"][0],
+            serde_json::json!({"source": "alert", "sender": "server", "level": "fatal",
+                "description": "protocol_version"})
+        );
+        // First and last differ: both, client first.
+        value.tracker.alert_first = [0x015a, 0x0230];
+        value.tracker.alert_last = [0x015a, 0x0100];
+        let r = ConnRecord::from_flow(&key, &value, ConnState::Closed, 0);
+        let short: Vec<String> = r.failure_reasons.iter().map(FailureReason::short).collect();
+        assert_eq!(
+            short,
+            [
+                "client:user_canceled",
+                "server:unknown_ca",
+                "server:close_notify"
+            ]
+        );
+        assert_eq!(alert_description_name(250), "alert_250");
+        assert_eq!(alert_level_name(9), "level_9");
+    }
+
+    #[test]
+    fn ssl_errors_by_name_without_retries() {
+        // SSL (1), WANT_READ (2), SYSCALL (5), WANT_CLIENT_HELLO_CB (11), 20.
+        let mask = (1 << 1) | (1 << 2) | (1 << 5) | (1 << 11) | (1 << 20);
+        let names: Vec<String> = ssl_error_reasons(mask)
+            .iter()
+            .map(FailureReason::short)
+            .collect();
+        assert_eq!(
+            names,
+            ["SSL_ERROR_SSL", "SSL_ERROR_SYSCALL", "SSL_ERROR_20"]
+        );
+        assert!(ssl_error_reasons(1 << 2 | 1 << 3 | 1).is_empty());
+        let v = serde_json::to_value(ssl_error_reasons(1 << 6)).expect("ser");
+        assert_eq!(
+            v,
+            serde_json::json!([{"source": "ssl_get_error", "error": "SSL_ERROR_ZERO_RETURN"}])
+        );
     }
 }

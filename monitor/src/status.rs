@@ -42,12 +42,43 @@ pub struct Status {
     pub hooks: Vec<Hook>,
     /// The tracepoint programs attached.
     pub tracepoints: Vec<TracepointHook>,
+    /// The files (libssl copies, static executables) the uprobes are
+    /// attached to now; empty without uprobes.
+    #[serde(default)]
+    pub libraries: Vec<Library>,
     /// Fill levels of the kernel maps.
     pub maps: MapFills,
     /// Ring-buffer event counts.
     pub events: EventCounts,
     /// Bans in force.
     pub bans_active: u64,
+    /// The policy in force: dry-run and the rules that are on.
+    pub policy: crate::config::PolicySummary,
+    /// State across restarts: the pin directory and what was restored.
+    #[serde(default)]
+    pub persistence: Persistence,
+}
+
+/// State across restarts, as `hsmon status` reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persistence {
+    /// The pin directory (`--pin-dir`).
+    pub pin_dir: String,
+    /// The state file (`--state-file`).
+    pub state_file: String,
+    /// Whether a clean stop leaves the programs attached and the maps pinned
+    /// (false with `--no-persist`).
+    pub persist_on_stop: bool,
+    /// Whether this agent continued a previous agent's pinned state.
+    pub restored: bool,
+    /// The pinned maps reused.
+    pub maps_reused: Vec<String>,
+    /// A previous agent's links taken over (program swapped in place).
+    pub links_taken_over: u64,
+    /// Bans found in the pinned maps at start.
+    pub bans_restored: u64,
+    /// The state file at start: `"restored"`, `"missing"`, or `"unusable: why"`.
+    pub state_file_status: String,
 }
 
 /// One TC program attached to one interface in one direction.
@@ -72,6 +103,16 @@ pub struct TracepointHook {
     pub tracepoint: String,
 }
 
+/// One file the libssl uprobes are attached to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Library {
+    /// The file as the agent reaches it (`/proc/PID/root/...` for a file
+    /// inside another mount namespace).
+    pub path: String,
+    /// Uprobes attached to it (functions the file lacks are skipped).
+    pub probes: u64,
+}
+
 /// How full one map is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fill {
@@ -90,6 +131,10 @@ pub struct MapFills {
     pub bans_v4: Fill,
     /// `BANS_V6`: IPv6 ban prefixes.
     pub bans_v6: Fill,
+    /// Kernel memory charged for every BPF map the agent holds (the sum of
+    /// their `memlock` in `/proc/self/fdinfo`), in bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 /// Ring-buffer event counts.
@@ -105,7 +150,7 @@ pub struct EventCounts {
 
 /// The top-level keys of `GET /v1/status`, as the README's "status JSON
 /// schema" lists them (the unit tests and the root tests check both).
-pub const STATUS_KEYS: [&str; 10] = [
+pub const STATUS_KEYS: [&str; 13] = [
     "version",
     "pid",
     "uptime_ms",
@@ -113,9 +158,12 @@ pub const STATUS_KEYS: [&str; 10] = [
     "metrics_addr",
     "hooks",
     "tracepoints",
+    "libraries",
     "maps",
     "events",
     "bans_active",
+    "policy",
+    "persistence",
 ];
 
 /// Fetches the status and prints it.
@@ -152,9 +200,35 @@ pub fn render(s: &Status) -> String {
     line("socket:", &s.socket);
     line("metrics:", s.metrics_addr.as_deref().unwrap_or("off"));
     line("flows:", &fill(s.maps.flows));
+    line(
+        "map memory:",
+        &format!("{:.1} MiB", s.maps.memory_bytes as f64 / (1024.0 * 1024.0)),
+    );
     line("bans (IPv4):", &fill(s.maps.bans_v4));
     line("bans (IPv6):", &fill(s.maps.bans_v6));
     line("bans active:", &s.bans_active.to_string());
+    line(
+        "pin dir:",
+        &format!(
+            "{} ({}{})",
+            s.persistence.pin_dir,
+            if s.persistence.restored {
+                "restored"
+            } else {
+                "fresh"
+            },
+            if s.persistence.persist_on_stop {
+                ", kept on stop"
+            } else {
+                ", removed on stop"
+            }
+        ),
+    );
+    line("dry-run:", if s.policy.dry_run { "on" } else { "off" });
+    line("policy:", &s.policy.source);
+    for r in &s.policy.rules {
+        line("", &format!("{} {} -> {}", r.rule, r.limit, r.action));
+    }
     line(
         "events:",
         &format!(
@@ -176,6 +250,18 @@ pub fn render(s: &Status) -> String {
         },
     );
     for more in tps.iter().skip(1) {
+        line("", more);
+    }
+    let libs: Vec<String> = s
+        .libraries
+        .iter()
+        .map(|l| format!("{} ({} probes)", l.path, l.probes))
+        .collect();
+    line(
+        "uprobes:",
+        libs.first().map(String::as_str).unwrap_or("none"),
+    );
+    for more in libs.iter().skip(1) {
         line("", more);
     }
     if s.hooks.is_empty() {
@@ -233,6 +319,10 @@ mod tests {
                 program: "hsmon_sock_state".into(),
                 tracepoint: "sock/inet_sock_set_state".into(),
             }],
+            libraries: vec![Library {
+                path: "/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
+                probes: 16,
+            }],
             maps: MapFills {
                 flows: Fill {
                     entries: 3,
@@ -246,6 +336,7 @@ mod tests {
                     entries: 0,
                     capacity: 65536,
                 },
+                memory_bytes: 48_548_864,
             },
             events: EventCounts {
                 read: 10,
@@ -253,6 +344,30 @@ mod tests {
                 bad: 0,
             },
             bans_active: 1,
+            policy: crate::config::PolicySummary {
+                source: "/etc/hsmon/hsmon.toml".into(),
+                dry_run: false,
+                rules: vec![crate::config::RuleSummary {
+                    rule: "handshake_timeout".into(),
+                    limit: 10_000,
+                    action: "reset".into(),
+                }],
+                prefix_v4_len: 24,
+                prefix_v6_len: 64,
+                ban_ttl_s: 600,
+                ban_escalation: 4,
+                max_ban_ttl_s: 86_400,
+            },
+            persistence: Persistence {
+                pin_dir: "/sys/fs/bpf/hsmon".into(),
+                state_file: "/run/hsmon/state.json".into(),
+                persist_on_stop: true,
+                restored: true,
+                maps_reused: vec!["FLOWS".into()],
+                links_taken_over: 3,
+                bans_restored: 1,
+                state_file_status: "restored".into(),
+            },
         }
     }
 
@@ -329,11 +444,17 @@ uptime:       1h 2m 3s
 socket:       /run/hsmon/hsmon.sock
 metrics:      127.0.0.1:9477
 flows:        3/65536 (0.0%)
+map memory:   46.3 MiB
 bans (IPv4):  1/65536 (0.0%)
 bans (IPv6):  0/65536 (0.0%)
 bans active:  1
+pin dir:      /sys/fs/bpf/hsmon (restored, kept on stop)
+dry-run:      off
+policy:       /etc/hsmon/hsmon.toml
+              handshake_timeout 10000 -> reset
 events:       10 read, 2 lost, 0 bad
 tracepoints:  sock/inet_sock_set_state (hsmon_sock_state)
+uprobes:      /usr/lib/x86_64-linux-gnu/libssl.so.3 (16 probes)
 hooks:
   IFACE  DIRECTION  MODE    PROGRAM
   eth0   ingress    tcx     hsmon_tc_ingress
@@ -347,6 +468,7 @@ hooks:
         let mut s = sample();
         s.hooks.clear();
         s.tracepoints.clear();
+        s.libraries.clear();
         s.metrics_addr = None;
         s.maps.flows = Fill {
             entries: 1,
@@ -356,6 +478,7 @@ hooks:
         assert!(t.contains("metrics:      off\n"), "{t}");
         assert!(t.contains("flows:        1/4 (25.0%)\n"), "{t}");
         assert!(t.contains("tracepoints:  none\n"), "{t}");
+        assert!(t.contains("uprobes:      none\n"), "{t}");
         assert!(t.ends_with("hooks:        none\n"), "{t}");
     }
 }

@@ -3,7 +3,7 @@
 use crate::record::ConnRecord;
 
 /// Column titles, in order.
-const HEADERS: [&str; 10] = [
+const HEADERS: [&str; 12] = [
     "CLIENT",
     "SERVER",
     "VER",
@@ -14,15 +14,17 @@ const HEADERS: [&str; 10] = [
     "KU",
     "STATE",
     "PROCESS",
+    "HS_MS",
+    "FAILURE",
 ];
 
 /// Columns whose values are right-aligned (counts).
-const NUMERIC: [bool; 10] = [
-    false, false, false, true, true, true, true, true, false, false,
+const NUMERIC: [bool; 12] = [
+    false, false, false, true, true, true, true, true, false, false, true, false,
 ];
 
 /// One table row for a connection; `-` where a value is unknown.
-fn row(c: &ConnRecord) -> [String; 10] {
+fn row(c: &ConnRecord) -> [String; 12] {
     let state = if c.unsynced {
         format!("{} (unsynced)", c.state.as_str())
     } else {
@@ -42,7 +44,25 @@ fn row(c: &ConnRecord) -> [String; 10] {
         c.keyupdate_like.to_string(),
         state,
         process(c),
+        c.process
+            .handshake_ms_max
+            .map(|ms| format!("{ms:.1}"))
+            .unwrap_or_else(|| "-".to_owned()),
+        failure(c),
     ]
+}
+
+/// The failure reasons, comma-separated (`server:protocol_version,SSL_ERROR_SSL`);
+/// `-` when there are none.
+fn failure(c: &ConnRecord) -> String {
+    if c.failure_reasons.is_empty() {
+        return "-".to_owned();
+    }
+    c.failure_reasons
+        .iter()
+        .map(crate::record::FailureReason::short)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `comm/pid` of the process behind the connection, `-` when unknown.
@@ -60,7 +80,7 @@ pub fn render(conns: &[ConnRecord]) -> String {
     if conns.is_empty() {
         return "no TLS connections tracked\n".to_owned();
     }
-    let rows: Vec<[String; 10]> = conns.iter().map(row).collect();
+    let rows: Vec<[String; 12]> = conns.iter().map(row).collect();
     crate::output::aligned_table(HEADERS, &rows, NUMERIC, "")
 }
 
@@ -93,6 +113,7 @@ mod tests {
             hello_retry: false,
             first_seen_ms_ago: 0,
             last_seen_ms_ago: 0,
+            failure_reasons: Vec::new(),
             process: Default::default(),
         }
     }
@@ -107,11 +128,22 @@ mod tests {
         b.unsynced = true;
         b.process.pid = Some(4242);
         b.process.comm = Some("nginx".to_owned());
+        b.process.handshake_ms_max = Some(52.5);
+        b.failure_reasons = vec![
+            crate::record::FailureReason::Alert {
+                sender: "server".to_owned(),
+                level: "fatal".to_owned(),
+                description: "protocol_version".to_owned(),
+            },
+            crate::record::FailureReason::SslGetError {
+                error: "SSL_ERROR_SSL".to_owned(),
+            },
+        ];
         let t = render(&[conn("127.0.0.1:40000", "127.0.0.1:14433", Some("1.3")), b]);
         let expected = "\
-CLIENT               SERVER             VER  HELLOS  HS  RENEG(C/S/REFUSED)  ALERTS  KU  STATE              PROCESS
-127.0.0.1:40000      127.0.0.1:14433    1.3       1   1               0/0/0       1   0  open               -
-[2001:db8::1]:51234  [2001:db8::2]:443  -       120   1           119/0/119       1   0  closed (unsynced)  nginx/4242
+CLIENT               SERVER             VER  HELLOS  HS  RENEG(C/S/REFUSED)  ALERTS  KU  STATE              PROCESS     HS_MS  FAILURE
+127.0.0.1:40000      127.0.0.1:14433    1.3       1   1               0/0/0       1   0  open               -               -  -
+[2001:db8::1]:51234  [2001:db8::2]:443  -       120   1           119/0/119       1   0  closed (unsynced)  nginx/4242   52.5  server:protocol_version,SSL_ERROR_SSL
 ";
         assert_eq!(t, expected);
     }

@@ -58,6 +58,7 @@ fn alert_rules_cover_the_agreed_alerts() {
     for alert in [
         "HsmonRenegotiationFlood",
         "HsmonEventsLost",
+        "HsmonBanStorm",
         "HsmonAgentDown",
     ] {
         assert!(
@@ -68,6 +69,7 @@ fn alert_rules_cover_the_agreed_alerts() {
     for metric in [
         "hsmon_renegotiations_total",
         "hsmon_events_lost_total",
+        "hsmon_bans_issued_total",
         "up{job=\"hsmon\"}",
     ] {
         assert!(rules.contains(metric), "{metric} not used");

@@ -4,6 +4,13 @@
 //! `hsmon run --iface IFACE --socket PATH` runs as root inside the server
 //! namespace (`ip netns exec`, see [`agent_cmd`]); it is ready when `hsmon conns --json --socket
 //! PATH` exits 0. It is stopped with SIGTERM, and SIGKILL after 5 s.
+//!
+//! Every agent keeps its pinned state ([`AgentState`]) on a bpf filesystem
+//! of its own, mounted in the test's directory (so concurrent tests never
+//! share pins, and `ip netns exec`'s private `/sys` does not hide them),
+//! with its own state file. Restarted agents share one [`AgentState`]; when
+//! the last holder drops it, `hsmon cleanup --force` runs and the bpffs is
+//! unmounted, which detaches whatever is left, also after `kill -9`.
 
 use crate::cmd;
 use crate::netns::NetPair;
@@ -13,6 +20,8 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long the agent may take to answer its first `conns`.
@@ -101,6 +110,177 @@ pub fn agent_cmd(net: &NetPair, bin: &Path) -> Command {
     }
 }
 
+/// Numbers the [`AgentState`]s of this test process.
+static SEQ: AtomicU32 = AtomicU32::new(0);
+/// Numbers the agents of this test process (their log file names).
+static AGENTS: AtomicU32 = AtomicU32::new(0);
+
+/// The state an agent leaves across restarts: a private bpffs mount with
+/// its pin directory, and its state file. Removed on drop (`hsmon cleanup
+/// --force` in the server namespace, then the bpffs is unmounted).
+#[derive(Debug)]
+pub struct AgentState {
+    mount: PathBuf,
+    /// `hsmon run --pin-dir`.
+    pub pin_dir: PathBuf,
+    /// `hsmon run --state-file`.
+    pub state_file: PathBuf,
+    server_ns: String,
+    bin: PathBuf,
+}
+
+impl AgentState {
+    /// Mounts a fresh bpffs under `dir` (unique per process and call).
+    pub fn new(net: &NetPair, dir: &Path) -> Result<Arc<Self>> {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let mount = dir.join(format!("bpffs-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&mount).with_context(|| format!("creating {}", mount.display()))?;
+        let mut c = Command::new("mount");
+        c.args(["-t", "bpf", "bpf"]).arg(&mount);
+        cmd::run_ok(&mut c, Duration::from_secs(10))
+            .with_context(|| format!("mounting a bpffs at {}", mount.display()))?;
+        Ok(Arc::new(Self {
+            pin_dir: mount.join("hsmon"),
+            state_file: dir.join(format!("hsmon-state-{}-{n}.json", std::process::id())),
+            mount,
+            server_ns: net.server_ns.clone(),
+            bin: hsmon_bin(),
+        }))
+    }
+
+    /// `--pin-dir DIR --state-file PATH` for `hsmon run` and `hsmon cleanup`.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--pin-dir".into(),
+            self.pin_dir.display().to_string(),
+            "--state-file".into(),
+            self.state_file.display().to_string(),
+        ]
+    }
+
+    /// The names of the entries under the pin directory (recursively,
+    /// relative to it), sorted.
+    pub fn pins(&self) -> Vec<String> {
+        fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    if let Ok(rel) = p.strip_prefix(base) {
+                        out.push(rel.display().to_string());
+                    }
+                    if p.is_dir() {
+                        walk(base, &p, out);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.pin_dir, &self.pin_dir, &mut out);
+        out.sort();
+        out
+    }
+
+    /// `hsmon cleanup ARGS --pin-dir .. --state-file .. --socket SOCKET` in
+    /// the server namespace; any exit status.
+    pub fn cleanup(&self, extra: &[&str], socket: &Path) -> Result<std::process::Output> {
+        let mut c = if Path::new("/var/run/netns").join(&self.server_ns).exists() {
+            crate::netns::ns_cmd(&self.server_ns, &self.bin.to_string_lossy())
+        } else {
+            Command::new(&self.bin)
+        };
+        c.arg("cleanup")
+            .args(self.args())
+            .arg("--socket")
+            .arg(socket)
+            .args(extra);
+        cmd::output_within(&mut c, Duration::from_secs(20))
+    }
+}
+
+/// The kernel's view of the programs an agent's pinned maps serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelLinks {
+    /// TCX links whose program uses the map.
+    pub tcx: usize,
+    /// Perf-event (tracepoint) links of `hsmon_sock_state` using the map.
+    pub sock_state: usize,
+}
+
+/// `bpftool ARGS -j`, parsed.
+fn bpftool_json(args: &[&str]) -> Result<serde_json::Value> {
+    let mut c = Command::new("bpftool");
+    c.args(args).arg("-j");
+    let out = cmd::run_ok(&mut c, Duration::from_secs(20))?;
+    serde_json::from_str(&out).with_context(|| format!("bpftool {args:?} printed {out:?}"))
+}
+
+impl AgentState {
+    /// The kernel id of the pinned `FLOWS` map (`bpftool map show pinned`).
+    pub fn flows_map_id(&self) -> Result<u64> {
+        let path = self.pin_dir.join("maps-v1/FLOWS");
+        let v = bpftool_json(&["map", "show", "pinned", &path.display().to_string()])?;
+        v["id"]
+            .as_u64()
+            .with_context(|| format!("no map id for {}: {v}", path.display()))
+    }
+}
+
+/// Counts, in the kernel's link table (`bpftool link show`), the links
+/// whose program uses the map `map_id`: TCX links and `hsmon_sock_state`
+/// perf-event links. bpftool 7.1 prints the TCX link type as its number (11).
+pub fn kernel_links(map_id: u64) -> Result<KernelLinks> {
+    let links = bpftool_json(&["link", "show"])?;
+    let mut out = KernelLinks {
+        tcx: 0,
+        sock_state: 0,
+    };
+    for l in links.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let Some(prog_id) = l["prog_id"].as_u64() else {
+            continue;
+        };
+        let is_tcx = l["type"] == "tcx" || l["type"] == 11;
+        let is_perf = l["type"] == "perf_event";
+        if !is_tcx && !is_perf {
+            continue;
+        }
+        // The program may go away between the two calls: skip it then.
+        let Ok(prog) = bpftool_json(&["prog", "show", "id", &prog_id.to_string()]) else {
+            continue;
+        };
+        let uses = prog["map_ids"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|i| i.as_u64() == Some(map_id)));
+        if !uses {
+            continue;
+        }
+        if is_tcx {
+            out.tcx += 1;
+        } else if prog["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("hsmon_sock_stat"))
+        {
+            out.sock_state += 1;
+        }
+    }
+    Ok(out)
+}
+
+impl Drop for AgentState {
+    fn drop(&mut self) {
+        let nowhere = self.mount.with_extension("nosock");
+        if let Err(e) = self.cleanup(&["--force"], &nowhere) {
+            eprintln!("hsmon cleanup for {}: {e:#}", self.pin_dir.display());
+        }
+        let mut c = Command::new("umount");
+        c.arg("-l").arg(&self.mount);
+        if let Err(e) = cmd::run_ok(&mut c, Duration::from_secs(10)) {
+            eprintln!("unmounting {}: {e:#}", self.mount.display());
+        }
+        let _ = std::fs::remove_dir(&self.mount);
+        let _ = std::fs::remove_file(&self.state_file);
+    }
+}
+
 /// A running `hsmon run` in the server namespace.
 #[derive(Debug)]
 pub struct Agent {
@@ -108,6 +288,8 @@ pub struct Agent {
     bin: PathBuf,
     /// The control socket.
     pub socket: PathBuf,
+    /// Its pinned state (shared with the agents that restart on it).
+    state: Arc<AgentState>,
 }
 
 impl Agent {
@@ -120,6 +302,17 @@ impl Agent {
     /// Like [`Agent::start`], with `extra` appended to `hsmon run`'s
     /// arguments (e.g. `--metrics-addr 127.0.0.1:9477`).
     pub fn start_with_args(net: &NetPair, dir: &Path, extra: &[String]) -> Result<Self> {
+        Self::start_with_state(net, dir, extra, AgentState::new(net, dir)?)
+    }
+
+    /// Like [`Agent::start_with_args`], on the pinned state `state` (a
+    /// restart: the agent takes over what a previous one left).
+    pub fn start_with_state(
+        net: &NetPair,
+        dir: &Path,
+        extra: &[String],
+        state: Arc<AgentState>,
+    ) -> Result<Self> {
         let bin = hsmon_bin();
         if !bin.is_file() {
             bail!(
@@ -134,14 +327,26 @@ impl Agent {
             .arg(&net.server_if)
             .arg("--socket")
             .arg(&socket)
+            .args(state.args())
             .args(extra);
         // The embedded policy caps renegotiations at 3 per connection; tests
         // that renegotiate more set their own cap (or none).
         if !extra.iter().any(|a| a == "--reneg-cap") {
             c.arg("--reneg-cap").arg("0");
         }
-        let proc = Proc::spawn("hsmon-agent", c, dir, false)?;
-        let mut agent = Self { proc, bin, socket };
+        let n = AGENTS.fetch_add(1, Ordering::Relaxed);
+        let name = if n == 0 {
+            "hsmon-agent".to_owned()
+        } else {
+            format!("hsmon-agent-{n}")
+        };
+        let proc = Proc::spawn(&name, c, dir, false)?;
+        let mut agent = Self {
+            proc,
+            bin,
+            socket,
+            state,
+        };
         agent.wait_ready(READY_TIMEOUT)?;
         Ok(agent)
     }
@@ -229,6 +434,21 @@ impl Agent {
     /// SIGTERM, SIGKILL after 5 s.
     pub fn stop(&mut self) {
         self.proc.stop(libc::SIGTERM, Duration::from_secs(5));
+    }
+
+    /// SIGKILL (no clean stop: whatever it pinned stays).
+    pub fn kill9(&mut self) {
+        self.proc.kill();
+    }
+
+    /// The agent's pinned state, to restart another agent on it.
+    pub fn state(&self) -> Arc<AgentState> {
+        self.state.clone()
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     /// The agent's command line, stdout and stderr (tails).

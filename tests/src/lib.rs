@@ -34,10 +34,13 @@
 //! - processes, namespaces and temporary files are removed on drop, also when
 //!   the test panics (set `HSMON_KEEP_TMP=1` to keep the temporary directory).
 
+pub mod bench;
 pub mod capture;
 pub mod cert;
 pub mod cmd;
+pub mod decisions;
 pub mod hsmon;
+pub mod loadgen;
 pub mod netns;
 pub mod nginx;
 pub mod openssl;
@@ -46,9 +49,14 @@ pub mod plain;
 pub mod process;
 pub mod prom;
 pub mod pyssl;
+pub mod rawpeer;
+pub mod rig;
 pub mod root;
 pub mod scenario;
+pub mod side_net;
+pub mod static_tls;
 pub mod test_run;
+pub mod tlsclient;
 pub mod truth;
 pub mod workdir;
 

@@ -90,6 +90,35 @@ impl Nginx {
         Ok(Self { proc, addr, conf })
     }
 
+    /// Like [`Nginx::start`] but with a master process (`master_process
+    /// on`): the started process is the master, and one worker process it
+    /// forks serves the connections.
+    pub fn start_with_master(
+        net: &NetPair,
+        dir: &Path,
+        cert: &TestCert,
+        addr: SocketAddr,
+        name: &str,
+    ) -> Result<Self> {
+        let prefix = dir.join(name);
+        std::fs::create_dir_all(&prefix)
+            .with_context(|| format!("creating {}", prefix.display()))?;
+        let conf = prefix.join("nginx.conf");
+        let text = config(&prefix, addr, cert).replace("master_process off;", "master_process on;");
+        std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
+        let mut c = net.server_cmd("nginx");
+        c.arg("-p").arg(&prefix).arg("-c").arg(&conf);
+        let mut proc = Proc::spawn(name, c, dir, false)?;
+        proc.wait_listening(&net.server_ns, addr, Duration::from_secs(15))
+            .with_context(|| {
+                format!(
+                    "nginx error.log:\n{}",
+                    crate::process::read_lossy(&prefix.join("error.log"))
+                )
+            })?;
+        Ok(Self { proc, addr, conf })
+    }
+
     /// nginx's own error log (info level).
     pub fn error_log(&self) -> String {
         self.conf

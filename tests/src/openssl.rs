@@ -145,12 +145,6 @@ impl SServer {
         self.command("r", timeout)
     }
 
-    /// Writes `k` (or `K`, asking the client to update too): a TLS 1.3
-    /// KeyUpdate from the server; returns `SSL_do_handshake`'s result.
-    pub fn key_update(&mut self, request_peer_update: bool, timeout: Duration) -> Result<i32> {
-        self.command(if request_peer_update { "K" } else { "k" }, timeout)
-    }
-
     fn command(&mut self, line: &str, timeout: Duration) -> Result<i32> {
         const ACK: &str = "SSL_do_handshake -> ";
         let before = self.stdout_count(ACK);

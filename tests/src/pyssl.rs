@@ -131,3 +131,41 @@ impl PyTlsServer {
         crate::openssl::count_lines(&self.proc.stdout(), "HANDSHAKE")
     }
 }
+
+/// A real ClientHello from Python's `ssl` (the system OpenSSL), made
+/// through memory BIOs (no socket): the bytes a client sends first, for
+/// tests that abort a handshake after it.
+pub fn client_hello_bytes() -> Result<Vec<u8>> {
+    const SCRIPT: &str = "import ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
+s = ctx.wrap_bio(i, o, server_hostname='hsmon.test')
+try:
+    s.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+sys.stdout.write(o.read().hex())
+";
+    let out = std::process::Command::new(python())
+        .arg("-c")
+        .arg(SCRIPT)
+        .output()
+        .context("running python3")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "python3 could not make a ClientHello: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let hex = String::from_utf8_lossy(&out.stdout);
+    let hex = hex.trim();
+    if hex.len() < 10 || !hex.len().is_multiple_of(2) {
+        anyhow::bail!("not a ClientHello: {hex:?}");
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).context("hex from python3"))
+        .collect()
+}

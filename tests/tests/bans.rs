@@ -280,3 +280,63 @@ fn allowlisted_and_bad_bans_are_refused() {
         Ok(())
     });
 }
+
+/// `hsmon bans load FILE`: 100,000 prefixes (both families) in one
+/// request, all listed afterwards; an allowlisted line is refused by name
+/// (exit status 1) without stopping the others; a bad line is an error
+/// naming FILE:LINE before anything is sent.
+#[test]
+fn a_ban_list_file_loads_in_one_request() {
+    with_scenario("bans_load", |sc| {
+        const PER_FAMILY: u32 = 50_000;
+        let mut text = String::from("# test ban list\n");
+        for i in 0..PER_FAMILY {
+            let v4 = std::net::Ipv4Addr::from(0x6440_0000u32 + i); // 100.64.0.0/10
+            let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, (i >> 16) as u16, i as u16);
+            text.push_str(&format!("{v4}\n{v6}\n"));
+        }
+        text.push_str("127.0.0.1  # allowlisted: refused\n");
+        let file = sc.dir.path().join("bans.txt");
+        std::fs::write(&file, &text).context("writing the ban list")?;
+        let path = file.display().to_string();
+
+        let started = Instant::now();
+        let (out, err) = hsmon_exit(
+            sc,
+            &["bans", "load", &path, "--ttl", "1h", "--reason", "feed"],
+            1,
+        )?;
+        let took = started.elapsed();
+        println!("100,000 bans loaded through `hsmon bans load` in {took:?}");
+        let want = format!(
+            "banned {} of {} prefixes",
+            2 * PER_FAMILY,
+            2 * PER_FAMILY + 1
+        );
+        assert!(out.starts_with(&want), "{out}");
+        assert!(
+            out.contains("refused 127.0.0.1/32: ") && out.contains("allowlisted"),
+            "{out}"
+        );
+        assert!(err.contains("1 of the bans were refused"), "{err}");
+
+        let bans = list(sc)?;
+        assert_eq!(bans.len(), 2 * PER_FAMILY as usize);
+        assert!(bans
+            .iter()
+            .all(|b| b.reason == "feed" && b.added_by == "manual"));
+        assert!(bans.iter().any(|b| b.cidr == "100.64.0.0/32"));
+        assert!(bans.iter().any(|b| b.cidr == "2001:db8:ffff::/128"));
+        assert!(bans.iter().all(|b| b.expires_in_ms > 3_500_000), "TTL 1h");
+
+        // A bad line: nothing is sent, the error names the line.
+        std::fs::write(&file, "192.0.2.1\nnot-an-address\n").context("writing")?;
+        let (_, err) = hsmon_exit(sc, &["bans", "load", &path], 1)?;
+        assert!(err.contains(&format!("{path}:2: ")), "{err}");
+        assert!(
+            !list(sc)?.iter().any(|b| b.cidr == "192.0.2.1/32"),
+            "nothing sent"
+        );
+        Ok(())
+    });
+}

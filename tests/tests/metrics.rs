@@ -50,6 +50,9 @@ const FAMILIES: &[&str] = &[
     "hsmon_kernel_flow_insert_errors",
     "hsmon_kernel_malformed_packets",
     "hsmon_peer_renegotiations",
+    "hsmon_drops",
+    "hsmon_bans_issued",
+    "hsmon_bans_active",
 ];
 
 fn addr(s: &str) -> Result<SocketAddr> {
@@ -128,6 +131,7 @@ fn prometheus_scrapes_client_renegotiations() {
         for alert in [
             "HsmonRenegotiationFlood",
             "HsmonEventsLost",
+            "HsmonBanStorm",
             "HsmonAgentDown",
         ] {
             ensure!(
@@ -135,6 +139,19 @@ fn prometheus_scrapes_client_renegotiations() {
                 "rule {alert} not loaded with health ok: {loaded:?}"
             );
         }
+
+        // Drops by reason: a manual ban of the client, whose SYNs to a port
+        // nothing listens on are then dropped at TC ingress.
+        let peer = sc.net.client_ip(false);
+        let agent = sc.agent().ok_or_else(|| anyhow!("no agent"))?;
+        agent.cli(&["bans", "add", &peer.to_string(), "--ttl", "1m"])?;
+        let mut knock = sc.net.client_cmd("bash");
+        knock.arg("-c").arg(format!(
+            "timeout 2 bash -c '</dev/tcp/{}/4499' 2>/dev/null; exit 0",
+            server.ip()
+        ));
+        tests::cmd::run_ok(&mut knock, Duration::from_secs(10))?;
+        std::thread::sleep(Duration::from_millis(600)); // the ban watch: 250 ms
 
         // The exposition itself.
         let r = http_get(
@@ -157,8 +174,11 @@ fn prometheus_scrapes_client_renegotiations() {
                 "no HELP for {family}:\n{text}"
             );
         }
-        let peer = sc.net.client_ip(false);
         for line in [
+            "hsmon_bans_issued_total{added_by=\"manual\"} 1".to_owned(),
+            "hsmon_bans_issued_total{added_by=\"policy\"} 0".to_owned(),
+            "hsmon_bans_active 1".to_owned(),
+            "hsmon_drops_total{reason=\"reneg_cap\"} 0".to_owned(),
             format!("{CLIENT_RENEGS} {RENEGS}"),
             format!("hsmon_handshakes_total{{kind=\"renegotiation\"}} {RENEGS}"),
             format!("hsmon_peer_renegotiations{{peer=\"{peer}\"}} {RENEGS}"),
@@ -170,6 +190,15 @@ fn prometheus_scrapes_client_renegotiations() {
                 "no line {line:?} in:\n{text}"
             );
         }
+        let ban_drops: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("hsmon_drops_total{reason=\"ban_manual\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no ban_manual drops line in:\n{text}"))?;
+        ensure!(
+            ban_drops >= 1.0,
+            "the banned client's SYNs were not counted: {ban_drops}"
+        );
         let other_peer_labels: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("peer=\"") && !l.starts_with("hsmon_peer_renegotiations{"))

@@ -10,10 +10,16 @@
 //! socket (SOCK_DESTROY) and the client's connection ends within a few
 //! seconds; `hsmon conns` shows the 4th attempt (`renegotiations_client` 4);
 //! a benign connection from the same client afterwards completes its
-//! handshake (the cap is per connection, not a ban).
+//! handshake (the cap is per connection, not a ban); the agent prints a
+//! `reneg_cap` decision with action `reset` for the connection.
+//!
+//! Dry-run (`--dry-run --reneg-cap 3`): the same loop of 5 renegotiations is
+//! all honoured (s_server sees 6 ClientHellos), nothing is dropped or reset,
+//! and the agent prints one `reneg_cap` decision with action `would_reset`.
 
 use anyhow::{ensure, Context};
 use std::time::{Duration, Instant};
+use tests::decisions::{decisions, wait_decision};
 use tests::openssl::{msg_count, SClientOpts, SServerOpts, TlsVersion};
 use tests::scenario::PER_CONN;
 
@@ -93,6 +99,14 @@ fn fourth_client_renegotiation_is_dropped_and_the_connection_reset() {
             agent_logs.contains("renegotiation cap exceeded: connection reset"),
             "no reset in the agent's log:\n{agent_logs}"
         );
+        let agent = sc.agent().context("agent")?;
+        let d = wait_decision(agent, "reneg_cap reset", Duration::from_secs(5), |d| {
+            d["rule"] == "reneg_cap"
+        })?;
+        ensure!(d["action"] == "reset", "{d}");
+        ensure!(d["counts"]["renegotiations_conn"] == 4, "{d}");
+        ensure!(d["connection"]["server"] == addr.to_string(), "{d}");
+        ensure!(d["peer"] == sc.net.client_ip(false).to_string(), "{d}");
 
         // A benign connection from the same client afterwards works.
         let mut benign = sc.s_client(&opts)?;
@@ -137,6 +151,67 @@ fn fourth_client_renegotiation_is_dropped_and_the_connection_reset() {
             .find(|(_, h)| h.renegotiations_client == 0)
             .context("hsmon lists the benign connection")?;
         ensure!(b.handshakes == 1, "benign: {b:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn dry_run_reports_would_reset_and_drops_nothing() {
+    const TRIES: usize = 5;
+    let args = vec![
+        "--reneg-cap".to_owned(),
+        CAP.to_string(),
+        "--dry-run".to_owned(),
+    ];
+    tests::scenario::with_scenario_agent_args("reneg-cap-dry", &args, |sc| {
+        let addr = sc.server_addr(false, PORT);
+        let mut srv = sc.s_server(
+            &SServerOpts::new(addr)
+                .version(TlsVersion::Tls12)
+                .client_renegotiation(true),
+        )?;
+        let mut c = sc.s_client(&SClientOpts::new(addr).version(TlsVersion::Tls12))?;
+        c.wait_established(PER_CONN)?;
+        for i in 0..TRIES {
+            c.renegotiate()?;
+            c.wait_handshakes(i + 2, PER_CONN)
+                .with_context(|| format!("renegotiation {}", i + 1))?;
+        }
+        c.send_data("still here")?;
+        srv.wait_stdout_count("still here", 1, PER_CONN)?;
+        ensure!(c.proc.is_running(), "dry-run: the connection was reset");
+        let out = srv.proc.stdout();
+        let hellos = msg_count(&out, "<<<", "ClientHello");
+        ensure!(
+            hellos == TRIES + 1,
+            "s_server saw {hellos} ClientHellos, want {}",
+            TRIES + 1
+        );
+        let agent = sc.agent().context("agent")?;
+        let d = wait_decision(
+            agent,
+            "reneg_cap would_reset",
+            Duration::from_secs(5),
+            |d| d["rule"] == "reneg_cap",
+        )?;
+        ensure!(d["action"] == "would_reset" && d["dry_run"] == true, "{d}");
+        let n = d["counts"]["renegotiations_conn"]
+            .as_u64()
+            .context("count")?;
+        ensure!(n > CAP as u64, "{d}");
+        // Once per connection, however far past the cap it goes.
+        std::thread::sleep(Duration::from_secs(2));
+        let all = decisions(agent)?;
+        ensure!(
+            all.iter().filter(|d| d["rule"] == "reneg_cap").count() == 1,
+            "{all:?}"
+        );
+        let stats = agent.stats_value()?;
+        ensure!(
+            stats["kernel"]["reneg_cap_drops"] == 0,
+            "dry-run dropped: {stats}"
+        );
+        c.close(PER_CONN)?;
         Ok(())
     });
 }

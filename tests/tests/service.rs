@@ -1,7 +1,8 @@
 //! Running hsmon as a service: `hsmon status` against a live agent, and the
 //! systemd notification protocol (`READY=1` after the hooks are attached,
 //! `WATCHDOG=1` at half `WATCHDOG_USEC`, `STOPPING=1`) received on a fake
-//! `NOTIFY_SOCKET`, plus SIGHUP not stopping the agent.
+//! `NOTIFY_SOCKET`, plus SIGHUP reloading the configuration without stopping
+//! the agent.
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
@@ -151,7 +152,7 @@ fn status_reports_hooks_maps_and_flows() {
             ensure!(table.contains(needle), "no {needle:?} in:\n{table}");
         }
 
-        // SIGHUP (systemd's ExecReload) does not stop the agent.
+        // SIGHUP (systemd's ExecReload) reloads and does not stop the agent.
         let pid = v["pid"]
             .as_u64()
             .and_then(|p| i32::try_from(p).ok())
@@ -166,10 +167,14 @@ fn status_reports_hooks_maps_and_flows() {
         let agent_logs = || sc.agent().map(|a| a.logs(200)).unwrap_or_default();
         let logged = tests::cmd::poll(Duration::from_secs(5), Duration::from_millis(100), || {
             agent_logs()
-                .contains("reload not implemented yet")
+                .contains("SIGHUP: configuration reloaded")
                 .then_some(())
         });
-        ensure!(logged.is_some(), "no SIGHUP note:\n{}", agent_logs());
+        ensure!(
+            logged.is_some(),
+            "no reload logged after SIGHUP:\n{}",
+            agent_logs()
+        );
         let after = status(&socket)?;
         ensure!(after["pid"] == v["pid"], "another agent answers: {after}");
 

@@ -7,6 +7,13 @@
 //! the server they spawned (`ip netns exec` execs, so that pid is the
 //! server's own).
 //!
+//! Target discovery: a server started after the agent with its own libssl
+//! copy (another inode, found by the periodic rescan) and a server linked
+//! statically against `libssl.a` (found through its ELF symbols) are both
+//! attributed within 5 s of their start. A libssl copy loaded with
+//! `LD_PRELOAD` under a name that is not `libssl*` is never probed: the
+//! tests use one to have an OpenSSL process the probes do not see.
+//!
 //! `uprobe_cost` measures (and prints, asserting nothing about time) probe
 //! hits per server-side handshake and the per-handshake cost with and
 //! without the uprobes.
@@ -17,11 +24,14 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tests::hsmon::Agent;
-use tests::openssl::{SClientOpts, SServerOpts};
+use tests::openssl::{SClientOpts, SServerOpts, TlsVersion};
 use tests::scenario::PER_CONN;
 use tests::Scenario;
 
 const LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+/// The file name of a libssl copy that discovery does not take for a
+/// libssl (it is loaded with `LD_PRELOAD`, matched by its SONAME).
+const UNPROBED_COPY: &str = "unprobed-ssl-copy.so";
 /// How long attribution may take to show in `hsmon conns`.
 const ATTRIBUTION: Duration = Duration::from_secs(5);
 
@@ -49,6 +59,109 @@ fn attributed(agent: &Agent, port: u16) -> Result<Value> {
     }
 }
 
+/// The first connection to `port` that `pred` accepts, polling `hsmon
+/// conns` for up to `within`.
+fn wait_conn(
+    agent: &Agent,
+    port: u16,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let conns = agent.conns_values()?;
+        if let Some(c) = conns
+            .iter()
+            .find(|c| server_port(c) == Some(port) && pred(c))
+        {
+            return Ok(c.clone());
+        }
+        if Instant::now() > deadline {
+            bail!("no connection to port {port} with {what} within {within:?}: {conns:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether `c["failure_reasons"]` holds `want`.
+fn has_reason(c: &Value, want: &Value) -> bool {
+    c["failure_reasons"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|r| r == want))
+}
+
+/// The cgroup v2 path of `pid` (`0::PATH` of `/proc/PID/cgroup`).
+fn cgroup_of(pid: u32) -> Result<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+        .with_context(|| format!("no cgroup2 line in /proc/{pid}/cgroup: {text:?}"))
+}
+
+/// The parent pid of `pid` (`/proc/PID/stat`, after the command name).
+fn ppid_of(pid: u32) -> Result<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(") ").context("no ')' in stat")?.1;
+    rest.split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no ppid in {stat:?}"))
+}
+
+/// A copy of the system libssl in `dir` under [`UNPROBED_COPY`]: a process
+/// started with `LD_PRELOAD=<it>` uses OpenSSL the probes never see.
+fn unprobed_libssl(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let copy = dir.join(UNPROBED_COPY);
+    if !copy.exists() {
+        std::fs::copy(LIBSSL, &copy).context("copying libssl")?;
+    }
+    Ok(copy)
+}
+
+/// Handshakes with `openssl s_client` (whose own libssl is an unprobed
+/// copy) to `addr`, one every 200 ms, until `hsmon conns` shows one
+/// attributed to `pid`; returns that connection. Gives up at `deadline`.
+fn handshake_until_attributed(
+    sc: &mut Scenario,
+    addr: SocketAddr,
+    pid: u32,
+    deadline: Instant,
+) -> Result<Value> {
+    let copy = unprobed_libssl(sc.dir.path())?;
+    let script = format!(
+        "echo | LD_PRELOAD={} timeout 10 openssl s_client -connect {addr} >/dev/null 2>&1",
+        copy.display()
+    );
+    sc.add_tls_port(addr.port());
+    for _ in 0..100 {
+        let status = Command::new("ip")
+            .args(["netns", "exec", &sc.net.client_ns, "sh", "-c", &script])
+            .status()
+            .context("running s_client")?;
+        if !status.success() {
+            bail!("s_client to {addr} failed: {status}");
+        }
+        let agent = sc.agent().context("no agent")?;
+        if let Some(c) = agent.conns_values()?.into_iter().find(|c| {
+            server_port(c) == Some(addr.port()) && c["pid"].as_u64() == Some(u64::from(pid))
+        }) {
+            return Ok(c);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no connection to {addr} attributed to pid {pid} in time: {:?}",
+                agent.conns_values()?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("no connection to {addr} attributed to pid {pid} after 100 handshakes")
+}
+
 /// `/proc/PID/comm` without its newline.
 fn comm_of(pid: u32) -> Result<String> {
     let c = std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -63,7 +176,15 @@ fn assert_server_process(c: &Value, pid: u32) -> Result<()> {
     assert_eq!(c["library"].as_str(), Some(LIBSSL), "{c}");
     assert_eq!(c["process_side"].as_str(), Some("server"), "{c}");
     assert!(c["cgroup_id"].as_u64().is_some(), "{c}");
+    assert_eq!(
+        c["cgroup_path"].as_str(),
+        Some(cgroup_of(pid)?.as_str()),
+        "{c}"
+    );
     assert_eq!(c["handshake_failures"].as_u64(), Some(0), "{c}");
+    assert_eq!(c["local_renegotiate_calls"].as_u64(), Some(0), "{c}");
+    assert_eq!(c["local_key_update_calls"].as_u64(), Some(0), "{c}");
+    assert_eq!(c["failure_reasons"], serde_json::json!([]), "{c}");
     Ok(())
 }
 
@@ -141,22 +262,19 @@ fn slow_sni_callback_shows_in_handshake_ms() {
     });
 }
 
-/// Handshakes in the cost measurement, per phase.
-const COST_HANDSHAKES: usize = 200;
-
 /// `n` sequential `openssl s_client` handshakes from the client namespace,
-/// each with the libssl copy in `lib_dir` (a different inode: the client's
-/// own calls hit no uprobe, so the counters see the server side only).
-/// Returns the wall time of all of them.
+/// each with the unprobed libssl copy `copy` preloaded (see
+/// [`unprobed_libssl`]: the client's own calls hit no uprobe, so the
+/// counters see the server side only). Returns the wall time of all of them.
 fn timed_handshakes(
     sc: &Scenario,
     addr: SocketAddr,
-    lib_dir: &std::path::Path,
+    copy: &std::path::Path,
     n: usize,
 ) -> Result<Duration> {
     let script = format!(
-        "for i in $(seq {n}); do echo | LD_LIBRARY_PATH={} openssl s_client -connect {addr} >/dev/null 2>&1 || exit 1; done",
-        lib_dir.display()
+        "for i in $(seq {n}); do echo | LD_PRELOAD={} openssl s_client -connect {addr} >/dev/null 2>&1 || exit 1; done",
+        copy.display()
     );
     let started = Instant::now();
     let status = Command::new("timeout")
@@ -193,9 +311,7 @@ fn without_uprobes_process_fields_are_null() {
     tests::with_scenario_no_agent("uprobes-off", |sc| {
         let addr = sc.server_addr(false, 4438);
         let _srv = sc.s_server(&SServerOpts::new(addr))?;
-        let lib_dir = sc.dir.path().join("unprobed-libssl");
-        std::fs::create_dir_all(&lib_dir).context("creating the libssl copy's directory")?;
-        std::fs::copy(LIBSSL, lib_dir.join("libssl.so.3")).context("copying libssl")?;
+        let lib_dir = unprobed_libssl(sc.dir.path())?;
         let dir = sc.dir.path().to_owned();
         let agent = Agent::start_with_args(&sc.net, &dir, &["--no-uprobes".to_owned()])?;
         timed_handshakes(sc, addr, &lib_dir, 3)?;
@@ -211,73 +327,303 @@ fn without_uprobes_process_fields_are_null() {
     });
 }
 
+/// Full handshakes `openssl s_time -new` (whose libssl is the unprobed
+/// copy `copy`) completes against `addr` in `secs` seconds: (connections,
+/// wall time).
+fn s_time(
+    sc: &Scenario,
+    addr: SocketAddr,
+    copy: &std::path::Path,
+    secs: u32,
+) -> Result<(u64, Duration)> {
+    let started = Instant::now();
+    let out = Command::new("timeout")
+        .args([
+            &(secs + 30).to_string(),
+            "ip",
+            "netns",
+            "exec",
+            &sc.net.client_ns,
+            "env",
+        ])
+        .arg(format!("LD_PRELOAD={}", copy.display()))
+        .args([
+            "openssl",
+            "s_time",
+            "-connect",
+            &addr.to_string(),
+            "-new",
+            "-time",
+        ])
+        .arg(secs.to_string())
+        .output()
+        .context("running openssl s_time")?;
+    let wall = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "1170 connections in 4 real seconds, 0 bytes read per connection"
+    let n = text
+        .lines()
+        .find(|l| l.contains("real seconds"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no connection count in s_time's output: {text}"))?;
+    Ok((n, wall))
+}
+
+/// Rounds of each phase in [`uprobe_cost`], alternating.
+const COST_ROUNDS: usize = 3;
+/// Seconds of `s_time` per round.
+const COST_SECS: u32 = 5;
+
 /// A benchmark, not a test: `cargo xtask bench` runs it (ignored in the
-/// test suite). Prints the wall time per handshake with and without the
-/// uprobes and the server-side probe hits per handshake.
+/// test suite). `openssl s_server` uses its own libssl copy, which is the
+/// only file the agent probes (`--uprobe-target`), so the counters see the
+/// server's handshakes and nothing else on the host; the client is
+/// `openssl s_time -new` (full handshakes in one process) with an unprobed
+/// copy. Prints the server-side probe hits per handshake and the time per
+/// handshake without and with the uprobes, in alternating rounds.
 #[test]
 #[ignore = "benchmark: run by `cargo xtask bench`"]
 fn uprobe_cost() {
     tests::with_scenario_no_agent("uprobes-cost", |sc| {
         let addr = sc.server_addr(false, 4436);
-        let _srv = sc.s_server(&SServerOpts::new(addr))?;
-        let lib_dir = sc.dir.path().join("unprobed-libssl");
+        let lib_dir = sc.dir.path().join("bench-libssl");
         std::fs::create_dir_all(&lib_dir).context("creating the libssl copy's directory")?;
-        std::fs::copy(LIBSSL, lib_dir.join("libssl.so.3")).context("copying libssl")?;
+        let lib = lib_dir.join("libssl.so.3");
+        std::fs::copy(LIBSSL, &lib).context("copying libssl")?;
+        let mut c = sc.net.server_cmd("env");
+        c.arg(format!("LD_LIBRARY_PATH={}", lib_dir.display()))
+            .args(["openssl", "s_server", "-accept", &addr.to_string(), "-cert"])
+            .arg(&sc.cert.cert)
+            .arg("-key")
+            .arg(&sc.cert.key);
+        // stdin stays open: on EOF s_server quits.
+        let mut srv = tests::process::Proc::spawn("bench_s_server", c, sc.dir.path(), true)?;
+        srv.wait_listening(&sc.net.server_ns, addr, Duration::from_secs(15))?;
+        let copy = unprobed_libssl(sc.dir.path())?;
         let dir = sc.dir.path().to_owned();
-
-        let without = {
-            let _agent = Agent::start_with_args(&sc.net, &dir, &["--no-uprobes".to_owned()])?;
-            timed_handshakes(sc, addr, &lib_dir, COST_HANDSHAKES)?
-        };
-        let (with, hits) = {
-            let agent = Agent::start_with_args(&sc.net, &dir, &[])?;
-            let names = ["ssl_probe_entries", "ssl_probe_returns", "ssl_sock_io"];
+        let names = [
+            "ssl_probe_entries",
+            "ssl_probe_returns",
+            "ssl_sock_io",
+            "ssl_flows_attributed",
+        ];
+        let (mut without, mut with) = ((0u64, Duration::ZERO), (0u64, Duration::ZERO));
+        let mut hits = [0u64; 4];
+        let rounds = cost_rounds();
+        for _ in 0..rounds {
+            {
+                let _agent = Agent::start_with_args(&sc.net, &dir, &["--no-uprobes".to_owned()])?;
+                let (n, t) = s_time(sc, addr, &copy, COST_SECS)?;
+                without = (without.0 + n, without.1 + t);
+            }
+            let agent = Agent::start_with_args(
+                &sc.net,
+                &dir,
+                &["--uprobe-target".to_owned(), lib.display().to_string()],
+            )?;
             let before: Vec<u64> = names
                 .iter()
                 .map(|n| kernel_stat(&agent, n))
                 .collect::<Result<_>>()?;
-            let t = timed_handshakes(sc, addr, &lib_dir, COST_HANDSHAKES)?;
-            let after: Vec<u64> = names
-                .iter()
-                .map(|n| kernel_stat(&agent, n))
-                .collect::<Result<_>>()?;
-            let hits: Vec<(&str, f64)> = names
-                .iter()
-                .zip(before.iter().zip(&after))
-                .map(|(n, (b, a))| (*n, (a - b) as f64 / COST_HANDSHAKES as f64))
-                .collect();
-            (t, hits)
-        };
-        let per = |d: Duration| d.as_secs_f64() * 1e6 / COST_HANDSHAKES as f64;
-        println!(
-            "uprobe cost over {COST_HANDSHAKES} sequential s_client handshakes against s_server:"
-        );
-        println!("  without uprobes: {:.0} us per handshake", per(without));
-        println!("  with uprobes:    {:.0} us per handshake", per(with));
-        println!(
-            "  difference:      {:+.0} us per handshake (process start-up dominates; rough)",
-            per(with) - per(without)
-        );
-        for (n, h) in &hits {
-            println!("  server-side {n} per handshake: {h:.1}");
+            let (n, t) = s_time(sc, addr, &copy, COST_SECS)?;
+            with = (with.0 + n, with.1 + t);
+            for (i, name) in names.iter().enumerate() {
+                hits[i] += kernel_stat(&agent, name)? - before[i];
+            }
         }
-        let entries = hits.first().map(|h| h.1).unwrap_or(0.0);
-        assert!(entries >= 1.0, "the server's probes fired: {hits:?}");
+        let per = |(n, d): (u64, Duration)| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+        println!(
+            "uprobe cost, openssl s_time -new against s_server, {rounds} round(s) of {COST_SECS} s each:"
+        );
+        println!(
+            "  without uprobes: {:.0} us per handshake ({} handshakes)",
+            per(without),
+            without.0
+        );
+        println!(
+            "  with uprobes:    {:.0} us per handshake ({} handshakes)",
+            per(with),
+            with.0
+        );
+        println!(
+            "  difference:      {:+.0} us per handshake ({:+.1}%)",
+            per(with) - per(without),
+            (per(with) / per(without) - 1.0) * 100.0
+        );
+        for (n, h) in names.iter().zip(hits) {
+            println!(
+                "  server-side {n} per handshake: {:.2}",
+                h as f64 / with.0.max(1) as f64
+            );
+        }
+        let (entry, ret) = measure_call_cost(sc, 1)?;
+        let h = |i: usize| hits[i] as f64 / with.0.max(1) as f64;
+        println!(
+            "  estimated probe CPU per server handshake: {:.0} us ({:.2} entry hits x {entry:.0} ns + {:.2} return hits x {ret:.0} ns; tracepoints not included)",
+            (h(0) * entry + h(1) * ret) / 1e3,
+            h(0),
+            h(1)
+        );
+        assert!(with.0 > 0 && without.0 > 0, "handshakes completed");
+        assert!(
+            hits[0] >= with.0,
+            "the server's probes fired on every handshake: {hits:?}"
+        );
         Ok(())
     });
 }
 
-/// A server whose libssl is not probed (a copy: another inode) leaves the
-/// connection to the probed client: `process_side` is `"client"`.
+/// A microbenchmark: `n` calls each of `SSL_free(NULL)` (one entry probe),
+/// `SSL_get_error` (an entry and a return probe) and `SSL_want` (not
+/// probed); prints the process CPU time per call of each.
+const CALL_COST_SOURCE: &str = r#"#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+static double cpu_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+int main(int argc, char **argv) {
+    long n = argc > 1 ? atol(argv[1]) : 100000;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL *ssl = SSL_new(ctx);
+    volatile long sink = 0;
+    double t0 = cpu_ns();
+    for (long i = 0; i < n; i++)
+        SSL_free(NULL);
+    double t1 = cpu_ns();
+    for (long i = 0; i < n; i++)
+        sink += SSL_get_error(ssl, 1);
+    double t2 = cpu_ns();
+    for (long i = 0; i < n; i++)
+        sink += SSL_want(ssl);
+    double t3 = cpu_ns();
+    printf("entry_ns %.1f entry_return_ns %.1f unprobed_ns %.1f\n", (t1 - t0) / n, (t2 - t1) / n,
+           (t3 - t2) / n);
+    return sink < 0;
+}
+"#;
+
+/// Runs the [`CALL_COST_SOURCE`] program `exe` (with the unprobed libssl
+/// copy `copy` preloaded): CPU ns per call of an entry-probed function, of
+/// an entry- and return-probed one, and of an unprobed one.
+fn call_cost(exe: &std::path::Path, copy: &std::path::Path) -> Result<[f64; 3]> {
+    let out = Command::new("env")
+        .arg(format!("LD_PRELOAD={}", copy.display()))
+        .arg(exe)
+        .arg("200000")
+        .output()
+        .context("running the call-cost program")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .skip(1)
+        .step_by(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    match v[..] {
+        [a, b, c] => Ok([a, b, c]),
+        _ => bail!("unexpected call-cost output: {text:?}"),
+    }
+}
+
+/// A benchmark: the CPU cost of one probe hit, from a program that calls
+/// probed libssl functions in a loop, without and with the uprobes (the
+/// agent probes only the program's preloaded libssl copy, which nothing
+/// else on the host uses). Load on the machine barely matters: the time
+/// is the process's own CPU time, and a uprobe runs on it.
+#[test]
+#[ignore = "benchmark: run by `cargo xtask bench`"]
+fn uprobe_call_cost() {
+    tests::with_scenario_no_agent("uprobes-call-cost", |sc| {
+        let (entry, ret) = measure_call_cost(sc, cost_rounds())?;
+        assert!(
+            entry > 0.0,
+            "the entry probe costs something: {entry} ns, return {ret} ns"
+        );
+        Ok(())
+    });
+}
+
+/// Builds and runs the [`CALL_COST_SOURCE`] program `rounds` times without
+/// and with the uprobes; prints the figures and returns the CPU ns of one
+/// entry probe hit and of one return probe hit.
+fn measure_call_cost(sc: &Scenario, rounds: usize) -> Result<(f64, f64)> {
+    let src = sc.dir.path().join("call_cost.c");
+    let exe = sc.dir.path().join("call_cost");
+    std::fs::write(&src, CALL_COST_SOURCE).context("writing call_cost.c")?;
+    let built = Command::new("gcc")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .args(["-lssl", "-lcrypto"])
+        .output()
+        .context("running gcc")?;
+    if !built.status.success() {
+        bail!("gcc: {}", String::from_utf8_lossy(&built.stderr));
+    }
+    let copy = unprobed_libssl(sc.dir.path())?;
+    let dir = sc.dir.path().to_owned();
+    let mut without = [0.0f64; 3];
+    let mut with = [0.0f64; 3];
+    for _ in 0..rounds {
+        let w = call_cost(&exe, &copy)?;
+        let agent = Agent::start_with_args(
+            &sc.net,
+            &dir,
+            &["--uprobe-target".to_owned(), copy.display().to_string()],
+        )?;
+        let p = call_cost(&exe, &copy)?;
+        drop(agent);
+        for i in 0..3 {
+            without[i] += w[i] / rounds as f64;
+            with[i] += p[i] / rounds as f64;
+        }
+    }
+    let entry = with[0] - without[0];
+    let ret = (with[1] - without[1]) - entry;
+    println!("uprobe cost per call (process CPU time, mean of {rounds} round(s) of 200000 calls):");
+    println!(
+        "  SSL_free(NULL), entry probe:          {:.0} ns -> {:.0} ns",
+        without[0], with[0]
+    );
+    println!(
+        "  SSL_get_error, entry + return probe:  {:.0} ns -> {:.0} ns",
+        without[1], with[1]
+    );
+    println!(
+        "  SSL_want, not probed:                 {:.0} ns -> {:.0} ns",
+        without[2], with[2]
+    );
+    println!("  one entry probe hit: {entry:.0} ns; one return probe hit: {ret:.0} ns");
+    Ok((entry, ret))
+}
+
+/// Rounds per phase: [`COST_ROUNDS`], 1 with `HSMON_BENCH_QUICK`.
+fn cost_rounds() -> usize {
+    if std::env::var_os("HSMON_BENCH_QUICK").is_some() {
+        1
+    } else {
+        COST_ROUNDS
+    }
+}
+
+/// A server whose libssl is not probed (a preloaded copy under another
+/// name) leaves the connection to the probed client: `process_side` is
+/// `"client"`.
 #[test]
 fn client_attributed_when_the_server_is_not_probed() {
     tests::with_scenario("uprobes-client-side", |sc| {
         let addr = sc.server_addr(false, 4437);
-        let lib_dir = sc.dir.path().join("unprobed-libssl");
-        std::fs::create_dir_all(&lib_dir).context("creating the libssl copy's directory")?;
-        std::fs::copy(LIBSSL, lib_dir.join("libssl.so.3")).context("copying libssl")?;
+        let copy = unprobed_libssl(sc.dir.path())?;
         let mut c = sc.net.server_cmd("env");
-        c.arg(format!("LD_LIBRARY_PATH={}", lib_dir.display()))
+        c.arg(format!("LD_PRELOAD={}", copy.display()))
             .arg("openssl")
             .arg("s_server")
             .arg("-accept")
@@ -317,6 +663,318 @@ fn client_attributed_when_the_server_is_not_probed() {
         // s_client handshakes inside SSL_read/SSL_write: nothing to time.
         assert!(conn["handshake_ms_last"].is_null(), "{conn}");
         client.close(PER_CONN)?;
+        Ok(())
+    });
+}
+
+/// nginx with a master process: the connection belongs to the worker, a
+/// child of the master the test started, which maps the system libssl.
+#[test]
+fn nginx_worker_attributed() {
+    tests::with_scenario("uprobes-nginx", |sc| {
+        let addr = sc.server_addr(false, 4440);
+        let mut ngx = tests::nginx::Nginx::start_with_master(
+            &sc.net,
+            sc.dir.path(),
+            &sc.cert,
+            addr,
+            "nginx",
+        )?;
+        sc.add_tls_port(addr.port());
+        sc.add_logs(&ngx.proc);
+        let master = ngx.proc.pid();
+        let wall = one_handshake(sc, &SClientOpts::new(addr))?;
+        let agent = sc.agent().context("no agent")?;
+        let c = attributed(agent, addr.port())?;
+        let pid = c["pid"].as_u64().context("pid")? as u32;
+        assert_ne!(pid, master, "the master does not serve connections: {c}");
+        assert_eq!(
+            ppid_of(pid)?,
+            master,
+            "pid {pid} is a worker of the master: {c}"
+        );
+        assert_eq!(c["comm"].as_str(), Some("nginx"), "{c}");
+        assert_server_process(&c, pid)?;
+        let ms = c["handshake_ms_max"].as_f64().context("handshake_ms_max")?;
+        assert!(
+            ms > 0.0 && ms <= wall.as_secs_f64() * 1e3,
+            "{ms} ms vs wall {wall:?}"
+        );
+        ngx.stop();
+        Ok(())
+    });
+}
+
+/// `r` on s_server's stdin: `SSL_renegotiate`, counted per connection.
+#[test]
+fn s_server_renegotiate_calls_counted() {
+    tests::with_scenario("uprobes-local-reneg", |sc| {
+        let addr = sc.server_addr(false, 4441);
+        let mut srv = sc.s_server(&SServerOpts::new(addr).version(TlsVersion::Tls12))?;
+        let pid = srv.proc.pid();
+        let mut client = sc.s_client(&SClientOpts::new(addr).version(TlsVersion::Tls12))?;
+        client.wait_established(PER_CONN)?;
+        for _ in 0..2 {
+            let n = srv.request_renegotiation(PER_CONN)?;
+            assert_eq!(n, 1, "the client renegotiated");
+        }
+        let agent = sc.agent().context("no agent")?;
+        let c = wait_conn(
+            agent,
+            addr.port(),
+            ATTRIBUTION,
+            "2 renegotiate calls",
+            |c| c["local_renegotiate_calls"].as_u64() == Some(2),
+        )?;
+        assert_eq!(c["pid"].as_u64(), Some(u64::from(pid)), "{c}");
+        assert_eq!(c["local_key_update_calls"].as_u64(), Some(0), "{c}");
+        assert_eq!(
+            c["renegotiations_server"].as_u64(),
+            Some(2),
+            "the wire agrees: {c}"
+        );
+        client.close(PER_CONN)?;
+        Ok(())
+    });
+}
+
+/// `k` on s_server's stdin (TLS 1.3): `SSL_key_update`, counted per
+/// connection.
+#[test]
+fn s_server_key_update_calls_counted() {
+    tests::with_scenario("uprobes-local-ku", |sc| {
+        let addr = sc.server_addr(false, 4442);
+        let mut srv = sc.s_server(&SServerOpts::new(addr).version(TlsVersion::Tls13))?;
+        let pid = srv.proc.pid();
+        let mut client = sc.s_client(&SClientOpts::new(addr).version(TlsVersion::Tls13))?;
+        client.wait_established(PER_CONN)?;
+        // `k`: s_server calls SSL_key_update and sends the KeyUpdate (its
+        // `SSL_do_handshake -> N` line is stdio-buffered, so the `-msg`
+        // line is what to wait for).
+        for n in 1..=3 {
+            srv.proc.write_line("k")?;
+            srv.proc
+                .wait_for(&format!("KeyUpdate {n} sent"), PER_CONN, |out, _| {
+                    tests::openssl::msg_count(out, ">>>", "KeyUpdate") >= n
+                })?;
+        }
+        let agent = sc.agent().context("no agent")?;
+        let c = wait_conn(agent, addr.port(), ATTRIBUTION, "3 key update calls", |c| {
+            c["local_key_update_calls"].as_u64() == Some(3)
+        })?;
+        assert_eq!(c["pid"].as_u64(), Some(u64::from(pid)), "{c}");
+        assert_eq!(c["local_renegotiate_calls"].as_u64(), Some(0), "{c}");
+        client.close(PER_CONN)?;
+        Ok(())
+    });
+}
+
+/// A client that sends its ClientHello and closes: s_server's `SSL_accept`
+/// fails, which counts a `handshake_failures`, and the error s_server
+/// reads with `SSL_get_error` is a failure reason.
+#[test]
+fn client_aborted_handshake_counts_a_failure() {
+    tests::with_scenario("uprobes-abort", |sc| {
+        let addr = sc.server_addr(false, 4443);
+        let srv = sc.s_server(&SServerOpts::new(addr))?;
+        let pid = srv.proc.pid();
+        let hello = tests::pyssl::client_hello_bytes()?;
+        tests::rawpeer::send_writes(&sc.net, addr, vec![hello], Duration::ZERO, PER_CONN)?;
+        let agent = sc.agent().context("no agent")?;
+        let c = wait_conn(
+            agent,
+            addr.port(),
+            ATTRIBUTION,
+            "a handshake failure",
+            |c| c["handshake_failures"].as_u64().is_some_and(|n| n >= 1),
+        )?;
+        assert_eq!(c["pid"].as_u64(), Some(u64::from(pid)), "{c}");
+        assert_eq!(c["handshake_failures"].as_u64(), Some(1), "{c}");
+        assert_eq!(c["handshakes"].as_u64(), Some(0), "{c}");
+        assert!(
+            c["handshake_ms_last"].is_null(),
+            "no handshake succeeded: {c}"
+        );
+        let seen: Vec<&Value> = c["failure_reasons"]
+            .as_array()
+            .context("failure_reasons")?
+            .iter()
+            .filter(|r| r["source"] == "ssl_get_error")
+            .collect();
+        assert!(
+            seen.iter()
+                .any(|r| r["error"] == "SSL_ERROR_SSL" || r["error"] == "SSL_ERROR_SYSCALL"),
+            "s_server's SSL_get_error after the failed SSL_accept: {c}"
+        );
+        Ok(())
+    });
+}
+
+/// A server started after the agent, with its own libssl copy (an inode
+/// nobody mapped at the agent's start): found by the rescan and
+/// attributed within 5 s of its start, `library` naming the copy.
+#[test]
+fn server_started_after_the_agent_attributed_within_5s() {
+    tests::with_scenario("uprobes-late", |sc| {
+        let addr = sc.server_addr(false, 4444);
+        let lib_dir = sc.dir.path().join("late-libssl");
+        std::fs::create_dir_all(&lib_dir).context("creating the libssl copy's directory")?;
+        let lib = lib_dir.join("libssl.so.3");
+        std::fs::copy(LIBSSL, &lib).context("copying libssl")?;
+        let mut c = sc.net.server_cmd("env");
+        c.arg(format!("LD_LIBRARY_PATH={}", lib_dir.display()))
+            .arg("openssl")
+            .arg("s_server")
+            .arg("-accept")
+            .arg(addr.to_string())
+            .arg("-cert")
+            .arg(&sc.cert.cert)
+            .arg("-key")
+            .arg(&sc.cert.key);
+        let started = Instant::now();
+        let mut srv = tests::process::Proc::spawn("late_s_server", c, sc.dir.path(), true)?;
+        sc.add_logs(&srv);
+        srv.wait_listening(&sc.net.server_ns, addr, Duration::from_secs(15))?;
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", srv.pid()))?;
+        assert!(
+            maps.contains(&lib.display().to_string()),
+            "s_server maps the copy"
+        );
+        let conn = handshake_until_attributed(sc, addr, srv.pid(), started + ATTRIBUTION)?;
+        let took = started.elapsed();
+        assert_eq!(
+            conn["library"].as_str(),
+            Some(lib.display().to_string().as_str()),
+            "{conn}"
+        );
+        assert_eq!(conn["process_side"].as_str(), Some("server"), "{conn}");
+        println!("late server attributed {took:?} after its start");
+        Ok(())
+    });
+}
+
+/// A server linked statically against `libssl.a` maps no libssl; its own
+/// executable carries the `SSL_*` functions. Found through its symbol
+/// table and attributed within 5 s of its start.
+#[test]
+fn static_openssl_binary_attributed_within_5s() {
+    tests::with_scenario("uprobes-static", |sc| {
+        let addr = sc.server_addr(false, 4445);
+        let exe = tests::static_tls::build(sc.dir.path())?;
+        let started = Instant::now();
+        let srv = tests::static_tls::StaticTlsServer::start(
+            &sc.net,
+            sc.dir.path(),
+            &sc.cert,
+            &exe,
+            addr,
+            "static_tls_server",
+        )?;
+        sc.add_logs(&srv.proc);
+        let pid = srv.proc.pid();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        assert!(
+            !maps.contains("libssl"),
+            "statically linked: no libssl mapped"
+        );
+        let conn = handshake_until_attributed(sc, addr, pid, started + ATTRIBUTION)?;
+        let took = started.elapsed();
+        assert_eq!(
+            conn["library"].as_str(),
+            Some(exe.display().to_string().as_str()),
+            "{conn}"
+        );
+        assert_eq!(
+            conn["comm"].as_str(),
+            Some(comm_of(pid)?.as_str()),
+            "{conn}"
+        );
+        assert_eq!(conn["process_side"].as_str(), Some("server"), "{conn}");
+        let agent = sc.agent().context("no agent")?;
+        let timed = wait_conn(agent, addr.port(), ATTRIBUTION, "a timed handshake", |c| {
+            c["pid"].as_u64() == Some(u64::from(pid)) && c["handshake_ms_max"].as_f64().is_some()
+        })?;
+        assert!(
+            timed["handshake_ms_max"]
+                .as_f64()
+                .is_some_and(|ms| ms > 0.0),
+            "{timed}"
+        );
+        println!("static server attributed {took:?} after its start");
+        Ok(())
+    });
+}
+
+/// Runs `openssl s_client` with `opts` to completion (it fails its
+/// handshake and exits).
+fn failing_client(sc: &mut Scenario, opts: &SClientOpts) -> Result<()> {
+    let mut c = sc.s_client(opts)?;
+    c.proc.close_stdin();
+    if c.proc.wait_exit(PER_CONN).is_none() {
+        c.proc.kill();
+        bail!("s_client still running after {PER_CONN:?}");
+    }
+    assert_eq!(c.handshakes_completed(), 0, "the handshake failed");
+    Ok(())
+}
+
+/// A client offering only TLS 1.2 to a TLS 1.3-only s_server: the server's
+/// cleartext `protocol_version` alert, and the `SSL_ERROR_SSL` s_server
+/// read after its failed `SSL_accept`.
+#[test]
+fn refused_version_failure_reasons() {
+    tests::with_scenario("uprobes-version", |sc| {
+        let addr = sc.server_addr(false, 4446);
+        let srv = sc.s_server(&SServerOpts::new(addr).version(TlsVersion::Tls13))?;
+        let pid = srv.proc.pid();
+        failing_client(sc, &SClientOpts::new(addr).version(TlsVersion::Tls12))?;
+        let agent = sc.agent().context("no agent")?;
+        let alert = serde_json::json!({"source": "alert", "sender": "server",
+            "level": "fatal", "description": "protocol_version"});
+        let error = serde_json::json!({"source": "ssl_get_error", "error": "SSL_ERROR_SSL"});
+        let c = wait_conn(
+            agent,
+            addr.port(),
+            ATTRIBUTION,
+            "both failure reasons",
+            |c| has_reason(c, &alert) && has_reason(c, &error),
+        )?;
+        assert_eq!(c["pid"].as_u64(), Some(u64::from(pid)), "{c}");
+        assert_eq!(c["handshake_failures"].as_u64(), Some(1), "{c}");
+        assert_eq!(
+            c["failure_reasons"].as_array().map(Vec::len),
+            Some(2),
+            "{c}"
+        );
+        Ok(())
+    });
+}
+
+/// A TLS 1.2 client that does not trust the server's (self-signed)
+/// certificate: its cleartext `unknown_ca` alert, and the `SSL_ERROR_SSL`
+/// s_server read after its failed `SSL_accept`.
+#[test]
+fn rejected_certificate_failure_reasons() {
+    tests::with_scenario("uprobes-cert", |sc| {
+        let addr = sc.server_addr(false, 4447);
+        let srv = sc.s_server(&SServerOpts::new(addr).version(TlsVersion::Tls12))?;
+        let pid = srv.proc.pid();
+        let mut opts = SClientOpts::new(addr).version(TlsVersion::Tls12);
+        opts.extra_args = vec!["-verify".into(), "1".into(), "-verify_return_error".into()];
+        failing_client(sc, &opts)?;
+        let agent = sc.agent().context("no agent")?;
+        let alert = serde_json::json!({"source": "alert", "sender": "client",
+            "level": "fatal", "description": "unknown_ca"});
+        let error = serde_json::json!({"source": "ssl_get_error", "error": "SSL_ERROR_SSL"});
+        let c = wait_conn(
+            agent,
+            addr.port(),
+            ATTRIBUTION,
+            "both failure reasons",
+            |c| has_reason(c, &alert) && has_reason(c, &error),
+        )?;
+        assert_eq!(c["pid"].as_u64(), Some(u64::from(pid)), "{c}");
+        assert_eq!(c["handshake_failures"].as_u64(), Some(1), "{c}");
         Ok(())
     });
 }

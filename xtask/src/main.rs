@@ -1,5 +1,5 @@
 //! `cargo xtask`: hsmon's developer commands: `setup`, `build`, `run`, `test`,
-//! `bench`.
+//! `bench`, `fuzz`.
 //!
 //! Every command first puts cargo's bin directory (where bpf-linker lives) on
 //! PATH, so the cargo builds it spawns find the BPF linker.
@@ -7,6 +7,8 @@
 mod apt;
 mod bench;
 mod build;
+mod deb;
+mod fuzz;
 mod run;
 mod setup;
 mod test_suite;
@@ -62,8 +64,31 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, then run the benchmarks as root and print their numbers.
-    Bench,
+    /// Set up, then run the benchmarks as root; prints a table and writes
+    /// target/bench/report.json and report.md.
+    Bench {
+        /// A short smoke run (fewer rounds, shorter loads).
+        #[arg(long)]
+        quick: bool,
+        /// Only these benchmarks (tc_cost, bench_memory, bench_ingest,
+        /// bench_bans, bench_nginx, bench_reneg, uprobe_cost).
+        #[arg(long)]
+        only: Vec<String>,
+    },
+    /// Build the Debian package (cargo-deb, installed when missing): the
+    /// binary, systemd unit, default config, alert rules, completions and
+    /// man pages; prints the .deb's path.
+    Deb,
+    /// Build the cargo-fuzz targets (tracker, config, api) and run each for a
+    /// while from its checked-in seeds; a crash fails with the saved input.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECS)]
+        secs: u64,
+        /// Only this target (tracker, config or api).
+        #[arg(long)]
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +109,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Build { release } => build::build(release).map(drop),
         Cmd::Run { args } => run::run(&args),
         Cmd::Test { no_root, args } => test_suite::test(test_suite::Options { no_root, args }),
-        Cmd::Bench => bench::bench(),
+        Cmd::Bench { quick, only } => bench::bench(bench::Options { quick, only }),
+        Cmd::Deb => deb::deb().map(drop),
+        Cmd::Fuzz { secs, target } => fuzz::fuzz(fuzz::Options { secs, target }),
     }
 }

@@ -38,6 +38,13 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     cmd.arg("run").args(args);
     let line = util::describe(&cmd);
+    if !args.iter().any(|a| a == "--no-persist") {
+        eprintln!(
+            "note: when hsmon stops, its programs stay attached and its maps (bans, counters) \
+             stay pinned under /sys/fs/bpf/hsmon (state: /run/hsmon/state.json) so protection \
+             continues; `target/release/hsmon cleanup` removes them, `-- --no-persist` leaves nothing"
+        );
+    }
     eprintln!("+ {line}");
     let err = cmd.exec();
     Err(err).with_context(|| format!("could not exec `{line}`"))

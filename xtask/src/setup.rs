@@ -34,6 +34,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "python3",
     "prometheus",
+    "nghttp2-client",
 ];
 /// Pid file of the nginx started by Debian's package (its default config).
 const PACKAGED_NGINX_PID: &str = "/run/nginx.pid";
@@ -67,6 +68,7 @@ pub fn setup(opts: Options) -> Result<Report> {
     if opts.test_deps {
         s.test_packages()?;
         s.packaged_nginx()?;
+        cargo_fuzz()?;
     }
     if !s.manual.is_empty() {
         bail!(
@@ -303,6 +305,56 @@ fn report_bpf_linker(version: &str) {
     } else {
         println!("ok: {version} (hsmon is tested with bpf-linker {BPF_LINKER_VERSION})");
     }
+}
+
+/// The cargo-fuzz release `cargo xtask fuzz` and the test gate's fuzz step use.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// cargo-fuzz (the fuzz targets' runner, `cargo fuzz`), installed with
+/// `cargo install` when missing (about a minute).
+pub fn cargo_fuzz() -> Result<()> {
+    if let Some(v) =
+        util::probe(Command::new("cargo-fuzz").arg("--version")).filter(|v| !v.is_empty())
+    {
+        println!("ok: {v}");
+        return Ok(());
+    }
+    println!("installing: cargo-fuzz {CARGO_FUZZ_VERSION} (cargo install, about a minute)");
+    let mut c = Command::new("cargo");
+    c.args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]);
+    // Outside the workspace, so its .cargo/config.toml plays no part.
+    if let Some(home) = std::env::var_os("HOME") {
+        c.current_dir(home);
+    }
+    util::run(&mut c).context("could not install cargo-fuzz")?;
+    Ok(())
+}
+
+/// cargo-deb (`cargo xtask deb`), installed with `cargo install` when
+/// missing (about 4 minutes on this project's 2-core machine).
+pub fn cargo_deb() -> Result<()> {
+    if let Some(v) =
+        util::probe(Command::new("cargo-deb").arg("--version")).filter(|v| !v.is_empty())
+    {
+        println!("ok: {v}");
+        return Ok(());
+    }
+    let version = crate::deb::CARGO_DEB_VERSION;
+    println!("installing: cargo-deb {version} (cargo install, a few minutes)");
+    let mut c = Command::new("cargo");
+    c.args(["install", "cargo-deb", "--version", version, "--locked"]);
+    // Outside the workspace, so its .cargo/config.toml plays no part.
+    if let Some(home) = std::env::var_os("HOME") {
+        c.current_dir(home);
+    }
+    util::run(&mut c).context("could not install cargo-deb")?;
+    Ok(())
 }
 
 /// `cargo install bpf-linker` against LLVM 22.

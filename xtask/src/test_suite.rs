@@ -93,6 +93,24 @@ pub fn test(opts: Options) -> Result<()> {
         ]),
         "see the failing unit or property tests above",
     )?;
+    // Bounded fuzzing: each cargo-fuzz target for HSMON_FUZZ_SECS (60)
+    // seconds; HSMON_FUZZ_SECS=0 skips the step, saying so.
+    println!("==> fuzz");
+    let fuzzed = crate::fuzz::gate_secs().and_then(|secs| {
+        if secs == 0 {
+            println!("SKIPPED: fuzz (HSMON_FUZZ_SECS=0)");
+            return Ok(false);
+        }
+        crate::fuzz::fuzz(crate::fuzz::Options { secs, target: None }).map(|()| true)
+    });
+    match fuzzed {
+        Ok(true) => p.passed.push("fuzz"),
+        Ok(false) => {}
+        Err(e) => {
+            p.summary("FAILED at fuzz");
+            return Err(e.context("step `fuzz` failed: see the crash above"));
+        }
+    }
     p.step(
         "release build",
         build::cargo().args(["build", "-p", "monitor", "--release"]),
@@ -136,10 +154,21 @@ pub fn test(opts: Options) -> Result<()> {
             hsmon.display()
         ));
     }
+    // The Debian package the `deb` root test installs and purges.
+    println!("==> deb package");
+    let deb = match crate::deb::deb() {
+        Ok(d) => d,
+        Err(e) => {
+            p.summary("FAILED at deb package");
+            return Err(e.context("step `deb package` failed (cargo xtask deb)"));
+        }
+    };
+    p.passed.push("deb package");
     p.step(
         "root integration tests",
         build::cargo()
             .env("HSMON_BIN", &hsmon)
+            .env("HSMON_DEB", &deb)
             .env("HSMON_REQUIRE_ROOT", "1")
             .args([
                 "test",

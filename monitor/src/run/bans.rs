@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use axum::extract::rejection::JsonRejection;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, MapData, MapError};
@@ -30,7 +31,10 @@ use monitor_common::ban::{
 use monitor_common::flow::addr_from_bytes;
 
 use super::state::{lock, Shared};
-use crate::bans::{check_reason, check_ttl, AddBan, BanRecord, ADDED_BY_MANUAL, BANS_PATH};
+use crate::bans::{
+    check_reason, check_ttl, AddBan, BanRecord, BulkAdd, BulkRefusal, BulkResult, ADDED_BY_MANUAL,
+    BANS_BULK_PATH, BANS_PATH, MAX_BULK,
+};
 use crate::cidr::{parse_ban_target, Cidr};
 use crate::record::monotonic_now_ns;
 
@@ -124,6 +128,46 @@ impl KernelBans {
     }
 }
 
+impl KernelBans {
+    /// Every entry of both tries, as the kernel holds them (a restarted
+    /// agent's starting point). Bounded: at most the tries' capacity, twice.
+    pub fn entries(&self) -> Result<Vec<(Cidr, BanValue)>> {
+        let limit = 2 * MAX_BANS_PER_FAMILY as usize;
+        let mut out = Vec::new();
+        for item in self.v4.iter().take(limit) {
+            let (key, value) = match item {
+                Ok(kv) => kv,
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {MAP_BANS_V4}")),
+            };
+            let addr = IpAddr::V4(Ipv4Addr::from(key.data().to_ne_bytes()));
+            if let Ok(c) = Cidr::new(addr, key.prefix_len()) {
+                out.push((c, value));
+            }
+        }
+        for item in self.v6.iter().take(limit) {
+            let (key, value) = match item {
+                Ok(kv) => kv,
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {MAP_BANS_V6}")),
+            };
+            let addr = IpAddr::V6(Ipv6Addr::from(monitor_common::flow::addr_bytes(
+                &key.data(),
+            )));
+            if let Ok(c) = Cidr::new(addr, key.prefix_len()) {
+                out.push((c, value));
+            }
+        }
+        out.sort_by_key(|(c, _)| *c);
+        out.dedup_by_key(|(c, _)| *c);
+        Ok(out)
+    }
+}
+
+/// The reason text of a ban found in the kernel maps that the state file
+/// does not describe.
+pub const RESTORED_REASON: &str = "restored";
+
 /// Whether a map error means "no such key".
 fn not_found(e: &MapError) -> bool {
     match e {
@@ -189,7 +233,54 @@ struct BanEntry {
 pub struct BanTable<M> {
     maps: M,
     allow: Vec<Cidr>,
-    bans: BTreeMap<Cidr, BanEntry>,
+    bans: BanEntries,
+}
+
+/// The agent's ban records by prefix, with the number of IPv4 ones kept up
+/// to date so the per-family limit costs no scan per ban (bulk loads of
+/// 100,000 bans stay linear). Reads go through `Deref`; only `insert` and
+/// `remove` change it.
+#[derive(Default)]
+struct BanEntries {
+    by_prefix: BTreeMap<Cidr, BanEntry>,
+    v4: usize,
+}
+
+impl std::ops::Deref for BanEntries {
+    type Target = BTreeMap<Cidr, BanEntry>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.by_prefix
+    }
+}
+
+impl BanEntries {
+    /// Adds or replaces the ban on `cidr`; returns the one it replaced.
+    fn insert(&mut self, cidr: Cidr, entry: BanEntry) -> Option<BanEntry> {
+        let previous = self.by_prefix.insert(cidr, entry);
+        if previous.is_none() && cidr.is_ipv4() {
+            self.v4 += 1;
+        }
+        previous
+    }
+
+    /// Removes the ban on `cidr`; returns it.
+    fn remove(&mut self, cidr: &Cidr) -> Option<BanEntry> {
+        let removed = self.by_prefix.remove(cidr);
+        if removed.is_some() && cidr.is_ipv4() {
+            self.v4 -= 1;
+        }
+        removed
+    }
+
+    /// Bans of the family of `cidr`.
+    fn family_len(&self, ipv4: bool) -> usize {
+        if ipv4 {
+            self.v4
+        } else {
+            self.by_prefix.len() - self.v4
+        }
+    }
 }
 
 impl<M: BanMaps> BanTable<M> {
@@ -200,13 +291,89 @@ impl<M: BanMaps> BanTable<M> {
         Ok(BanTable {
             maps,
             allow,
-            bans: BTreeMap::new(),
+            bans: BanEntries::default(),
         })
+    }
+
+    /// A table over maps a previous agent left (pinned): `kernel` are their
+    /// entries, `saved` the previous agent's records of them (state file).
+    /// Active entries are kept with the saved reason (or
+    /// [`RESTORED_REASON`]); ended ones and any that overlap the allowlist
+    /// are removed. With `readd`, saved bans missing from the maps (they were
+    /// recreated) are put back. `BAN_COUNT` is written last, so the kernel
+    /// never stops checking bans in between.
+    pub fn restore(
+        mut maps: M,
+        allow: Vec<Cidr>,
+        kernel: Vec<(Cidr, BanValue)>,
+        saved: &[crate::run::state_file::SavedBan],
+        readd: bool,
+        now_ns: u64,
+    ) -> Result<Self> {
+        let mut bans = BanEntries::default();
+        let saved_by_cidr: BTreeMap<Cidr, &crate::run::state_file::SavedBan> = saved
+            .iter()
+            .filter_map(|b| b.cidr.parse::<Cidr>().ok().map(|c| (c, b)))
+            .collect();
+        let mut candidates: Vec<(Cidr, BanValue, bool)> =
+            kernel.into_iter().map(|(c, v)| (c, v, true)).collect();
+        if readd {
+            let in_kernel: std::collections::HashSet<Cidr> =
+                candidates.iter().map(|(c, _, _)| *c).collect();
+            for (c, b) in &saved_by_cidr {
+                if !in_kernel.contains(c) {
+                    candidates.push((*c, BanValue::new(b.expires_ns, b.code), false));
+                }
+            }
+        }
+        for (cidr, value, in_kernel) in candidates {
+            let allowed = allow.iter().find(|a| a.overlaps(&cidr));
+            if !value.active(now_ns) || allowed.is_some() {
+                if let Some(a) = allowed {
+                    tracing::warn!(%cidr, allowed = %a, "a restored ban overlaps the allowlist: removed");
+                }
+                if in_kernel {
+                    maps.remove(&cidr)?;
+                }
+                continue;
+            }
+            if !in_kernel {
+                maps.insert(&cidr, &value)?;
+            }
+            let reason = match saved_by_cidr.get(&cidr) {
+                Some(b) => b.reason.clone(),
+                None => RESTORED_REASON.to_owned(),
+            };
+            tracing::info!(%cidr, reason, "ban restored");
+            bans.insert(cidr, BanEntry { value, reason });
+        }
+        let mut table = BanTable { maps, allow, bans };
+        table.write_count()?;
+        Ok(table)
+    }
+
+    /// The bans in the table, as the state file keeps them.
+    pub fn saved(&self) -> Vec<crate::run::state_file::SavedBan> {
+        self.bans
+            .iter()
+            .map(|(c, e)| crate::run::state_file::SavedBan {
+                cidr: c.to_string(),
+                reason: e.reason.clone(),
+                code: e.value.reason,
+                expires_ns: e.value.expires_ns,
+            })
+            .collect()
     }
 
     /// The allowlist.
     pub fn allowlist(&self) -> &[Cidr] {
         &self.allow
+    }
+
+    /// Replaces the allowlist (SIGHUP reload). Bans already in force stay;
+    /// only later `add`s are checked against the new list.
+    pub fn set_allowlist(&mut self, allow: Vec<Cidr>) {
+        self.allow = allow;
     }
 
     /// Number of bans in the maps (expired ones not yet swept included).
@@ -216,8 +383,7 @@ impl<M: BanMaps> BanTable<M> {
 
     /// Bans in the maps by family: (IPv4, IPv6).
     pub fn family_counts(&self) -> (usize, usize) {
-        let v4 = self.bans.keys().filter(|c| c.is_ipv4()).count();
-        (v4, self.bans.len() - v4)
+        (self.bans.family_len(true), self.bans.family_len(false))
     }
 
     /// No bans in the maps.
@@ -226,7 +392,8 @@ impl<M: BanMaps> BanTable<M> {
     }
 
     /// Bans `cidr` for `ttl` from `now_ns` (`CLOCK_MONOTONIC` ns), or replaces
-    /// the TTL and reason of the ban on exactly `cidr`.
+    /// the TTL and reason of the ban on exactly `cidr`; an operator's ban
+    /// (reason code `BAN_REASON_MANUAL`).
     pub fn add(
         &mut self,
         cidr: Cidr,
@@ -234,6 +401,60 @@ impl<M: BanMaps> BanTable<M> {
         reason: &str,
         now_ns: u64,
     ) -> Result<BanRecord, BanError> {
+        self.add_coded(cidr, ttl, reason, BAN_REASON_MANUAL, now_ns)
+    }
+
+    /// Like [`BanTable::add`], with the kernel's reason code `code`
+    /// (`BAN_REASON_*`: which drop counter counts the ban's drops).
+    pub fn add_coded(
+        &mut self,
+        cidr: Cidr,
+        ttl: Duration,
+        reason: &str,
+        code: u32,
+        now_ns: u64,
+    ) -> Result<BanRecord, BanError> {
+        let (record, replaced) = self.insert(cidr, ttl, reason, code, now_ns)?;
+        tracing::info!(
+            %cidr,
+            ttl = %humantime::format_duration(ttl),
+            reason,
+            replaced,
+            "ban added"
+        );
+        Ok(record)
+    }
+
+    /// [`BanTable::add`] of many manual bans at `now_ns`, logged once (not
+    /// once per ban); each refusal is returned with its ban's index.
+    pub fn add_many(
+        &mut self,
+        bans: impl IntoIterator<Item = (Cidr, Duration, String)>,
+        now_ns: u64,
+    ) -> (u64, Vec<(usize, BanError)>) {
+        let started = std::time::Instant::now();
+        let mut added = 0u64;
+        let mut refused = Vec::new();
+        for (i, (cidr, ttl, reason)) in bans.into_iter().enumerate() {
+            match self.insert(cidr, ttl, &reason, BAN_REASON_MANUAL, now_ns) {
+                Ok(_) => added += 1,
+                Err(e) => refused.push((i, e)),
+            }
+        }
+        tracing::info!(added, refused = refused.len(), took = ?started.elapsed(), "bans added in bulk");
+        (added, refused)
+    }
+
+    /// Checks and inserts one ban; returns its record and whether it
+    /// replaced a ban in force. Logs nothing.
+    fn insert(
+        &mut self,
+        cidr: Cidr,
+        ttl: Duration,
+        reason: &str,
+        code: u32,
+        now_ns: u64,
+    ) -> Result<(BanRecord, bool), BanError> {
         if cidr.prefix_len() == 0 {
             return Err(BanError::Invalid(format!(
                 "{cidr}: a /0 prefix would ban a whole address family"
@@ -250,11 +471,7 @@ impl<M: BanMaps> BanTable<M> {
         let existing = self.bans.contains_key(&cidr);
         let replaced = self.bans.get(&cidr).is_some_and(|e| e.value.active(now_ns));
         if !existing {
-            let same_family = self
-                .bans
-                .keys()
-                .filter(|c| c.is_ipv4() == cidr.is_ipv4())
-                .count();
+            let same_family = self.bans.family_len(cidr.is_ipv4());
             if same_family >= MAX_BANS_PER_FAMILY as usize {
                 return Err(BanError::Full {
                     cidr,
@@ -264,7 +481,7 @@ impl<M: BanMaps> BanTable<M> {
             }
         }
         let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
-        let value = BanValue::new(now_ns.saturating_add(ttl_ns), BAN_REASON_MANUAL);
+        let value = BanValue::new(now_ns.saturating_add(ttl_ns), code);
         self.maps.insert(&cidr, &value)?;
         let entry = BanEntry {
             value,
@@ -285,14 +502,7 @@ impl<M: BanMaps> BanTable<M> {
             }
             return Err(e.into());
         }
-        tracing::info!(
-            %cidr,
-            ttl = %humantime::format_duration(ttl),
-            reason,
-            replaced,
-            "ban added"
-        );
-        Ok(record(&cidr, &entry, now_ns))
+        Ok((record(&cidr, &entry, now_ns), replaced))
     }
 
     /// Removes the ban on exactly `cidr`; returns it as it was.
@@ -366,6 +576,7 @@ fn record(cidr: &Cidr, e: &BanEntry, now_ns: u64) -> BanRecord {
             .div_ceil(1_000_000),
         added_by: match e.value.reason {
             BAN_REASON_MANUAL => ADDED_BY_MANUAL.to_owned(),
+            monitor_common::ban::BAN_REASON_POLICY => "policy".to_owned(),
             other => format!("reason_{other}"),
         },
     }
@@ -437,11 +648,76 @@ fn host_addresses() -> Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-/// The routes `GET/POST /v1/bans` and `DELETE /v1/bans/{cidr}`.
+/// The routes `GET/POST /v1/bans`, `POST /v1/bans/bulk` and
+/// `DELETE /v1/bans/{cidr}`.
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route(BANS_PATH, get(list).post(add))
+        .route(
+            BANS_BULK_PATH,
+            post(add_bulk).layer(DefaultBodyLimit::max(BULK_BODY_LIMIT)),
+        )
         .route(&format!("{BANS_PATH}/{{*cidr}}"), delete(remove))
+}
+
+/// The largest `POST /v1/bans/bulk` body: [`MAX_BULK`] bans with long
+/// reasons (the default limit, 2 MB, holds about 30,000).
+const BULK_BODY_LIMIT: usize = 64 << 20;
+
+/// `POST /v1/bans/bulk`: every ban added like `POST /v1/bans`, under one
+/// lock; refusals are listed, not fatal.
+async fn add_bulk(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<BulkAdd>, JsonRejection>,
+) -> Response {
+    let req = match body {
+        Ok(Json(req)) => req,
+        Err(e) => return refusal(BanError::Invalid(format!("bad request body: {e}"))),
+    };
+    if req.bans.len() > MAX_BULK {
+        return refusal(BanError::Invalid(format!(
+            "{} bans in one request; at most {MAX_BULK}",
+            req.bans.len()
+        )));
+    }
+    blocking(move || {
+        // Bad prefixes are refused here; the rest go to the table in one go.
+        let mut refused: Vec<(usize, BulkRefusal)> = Vec::new();
+        let mut good = Vec::with_capacity(req.bans.len());
+        let mut index = Vec::with_capacity(req.bans.len());
+        for (i, ban) in req.bans.iter().enumerate() {
+            match parse_ban_target(&ban.cidr) {
+                Ok(cidr) => {
+                    good.push((cidr, Duration::from_millis(ban.ttl_ms), ban.reason.clone()));
+                    index.push(i);
+                }
+                Err(e) => refused.push((
+                    i,
+                    BulkRefusal {
+                        cidr: ban.cidr.clone(),
+                        error: e,
+                    },
+                )),
+            }
+        }
+        let (added, table_refused) = lock(&shared.bans).add_many(good, monotonic_now_ns());
+        for (j, e) in table_refused {
+            let i = index[j];
+            refused.push((
+                i,
+                BulkRefusal {
+                    cidr: req.bans[i].cidr.clone(),
+                    error: format!("{:#}", anyhow::Error::new(e)),
+                },
+            ));
+        }
+        refused.sort_by_key(|(i, _)| *i);
+        Ok(BulkResult {
+            added,
+            refused: refused.into_iter().map(|(_, r)| r).collect(),
+        })
+    })
+    .await
 }
 
 /// `GET /v1/bans`.
@@ -558,6 +834,47 @@ mod tests {
     }
 
     #[test]
+    fn many_bans_at_once_with_refusals_by_index() {
+        let mut t = table();
+        let ttl = Duration::from_secs(60);
+        let bans = vec![
+            (c("192.0.2.1"), ttl, String::new()),
+            (c("10.200.0.1"), ttl, String::new()), // allowlisted
+            (c("2001:db8::/48"), ttl, "feed".to_owned()),
+            (c("192.0.2.2"), Duration::ZERO, String::new()), // bad TTL
+        ];
+        let (added, refused) = t.add_many(bans, 100 * S);
+        assert_eq!(added, 2);
+        let idx: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
+        assert_eq!(idx, [1, 3]);
+        assert!(matches!(refused[0].1, BanError::Allowlisted { .. }));
+        assert!(matches!(refused[1].1, BanError::Invalid(_)));
+        assert_eq!(t.maps.count, 2);
+        assert_eq!(t.family_counts(), (1, 1));
+        assert_eq!(t.list(100 * S)[0].added_by, "manual");
+    }
+
+    #[test]
+    fn family_counts_follow_adds_replaces_removes_and_expiry() {
+        let mut t = table();
+        let ttl = Duration::from_secs(5);
+        for i in 0..300u32 {
+            let v4 = format!("198.51.{}.{}", i / 250, i % 250);
+            t.add(c(&v4), ttl, "", 100 * S).expect("add v4");
+        }
+        t.add(c("2001:db8::1"), ttl, "", 100 * S).expect("add v6");
+        t.add(c("198.51.0.7"), ttl, "replace", 100 * S)
+            .expect("replace");
+        assert_eq!(t.family_counts(), (300, 1));
+        t.remove(&c("198.51.0.7"), 101 * S).expect("remove");
+        assert_eq!(t.family_counts(), (299, 1));
+        t.add(c("2001:db8::2"), Duration::from_secs(60), "", 101 * S)
+            .expect("add v6");
+        assert_eq!(t.sweep(110 * S).expect("sweep"), 300);
+        assert_eq!(t.family_counts(), (0, 1));
+    }
+
+    #[test]
     fn add_list_remove_keeps_the_count() {
         let mut t = table();
         let r = t
@@ -652,6 +969,55 @@ mod tests {
         assert_eq!(t.sweep(20 * S).expect("sweep"), 1);
         assert_eq!(t.maps.count, 0);
         assert!(t.maps.entries.is_empty());
+    }
+
+    #[test]
+    fn restore_keeps_active_bans_with_their_saved_reasons() {
+        use crate::run::state_file::SavedBan;
+        let kernel = vec![
+            (c("10.200.0.2"), BanValue::new(20 * S, BAN_REASON_MANUAL)),
+            (c("10.9.0.0/16"), BanValue::new(30 * S, BAN_REASON_MANUAL)),
+            (c("10.8.0.1"), BanValue::new(5 * S, BAN_REASON_MANUAL)),
+            (c("10.200.0.1"), BanValue::new(50 * S, BAN_REASON_MANUAL)),
+        ];
+        let saved = vec![
+            SavedBan {
+                cidr: "10.200.0.2/32".into(),
+                reason: "flood".into(),
+                code: 1,
+                expires_ns: 20 * S,
+            },
+            SavedBan {
+                cidr: "10.7.0.1/32".into(),
+                reason: "lost map".into(),
+                code: 1,
+                expires_ns: 40 * S,
+            },
+        ];
+        let allow = vec![c("127.0.0.0/8"), c("10.200.0.1")];
+        let mut maps = FakeMaps::default();
+        for (cidr, v) in &kernel {
+            maps.entries.insert(*cidr, *v);
+        }
+        let t = BanTable::restore(maps, allow.clone(), kernel.clone(), &saved, false, 10 * S)
+            .expect("restore");
+        let l = t.list(10 * S);
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert_eq!(l[0].cidr, c("10.9.0.0/16"));
+        assert_eq!(l[0].reason, RESTORED_REASON);
+        assert_eq!(l[1].cidr, c("10.200.0.2"));
+        assert_eq!(l[1].reason, "flood");
+        assert_eq!(t.maps.count, 2);
+        // The expired and the allowlisted entries left the maps.
+        assert_eq!(t.maps.entries.len(), 2);
+        // With re-adding (the maps were recreated), the state file's other
+        // ban comes back into the maps.
+        let t = BanTable::restore(FakeMaps::default(), allow, Vec::new(), &saved, true, 10 * S)
+            .expect("restore");
+        assert_eq!(t.list(10 * S).len(), 2);
+        assert_eq!(t.maps.entries.len(), 2);
+        assert_eq!(t.maps.count, 2);
+        assert_eq!(t.saved().len(), 2);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use monitor_common::flow::{
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use super::policy::{ConnRef, Counts, Decision, Rule};
 use super::state::{lock, Shared};
 use crate::record::socket_addr;
 
@@ -61,7 +62,8 @@ pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result<
         let resets = handle(&shared, &mut batch);
         if !resets.is_empty() {
             // A netlink round trip each: off the async workers.
-            tokio::task::spawn_blocking(move || reset_all(&resets));
+            let s = shared.clone();
+            tokio::task::spawn_blocking(move || reset_all(&s, &resets));
         }
         if more {
             tokio::task::yield_now().await;
@@ -86,6 +88,7 @@ fn handle(shared: &Shared, batch: &mut Vec<Option<FlowEvent>>) -> Vec<LimitHit> 
                 table.on_closed(ev.key, ev.value);
             }
             Some(ev) if ev.kind == EVENT_FLOW_OPENED => {
+                table.on_opened(ev.key, ev.value);
                 let a = socket_addr(&addr_bytes(&ev.key.addr_a), ev.key.port_a);
                 let b = socket_addr(&addr_bytes(&ev.key.addr_b), ev.key.port_b);
                 let (client, server) = if ev.value.client_is_a != 0 {
@@ -142,29 +145,64 @@ impl LimitHit {
 }
 
 /// Resets (`SOCK_DESTROY`) the server-side socket of each connection, logging
-/// each with its 4-tuple.
-pub fn reset_all(hits: &[LimitHit]) {
+/// each with its 4-tuple, and reports each as a `reneg_cap` decision (stdout
+/// and the event stream).
+pub fn reset_all(shared: &Shared, hits: &[LimitHit]) {
+    let mut decisions = Vec::with_capacity(hits.len());
     for hit in hits {
         let conn = super::sock_destroy::Conn {
             local: hit.server,
             remote: hit.client,
         };
         let (client, server, renegs) = (hit.client, hit.server, hit.renegotiations_client);
-        match super::sock_destroy::destroy(&conn) {
-            Ok(super::sock_destroy::Outcome::Destroyed) => tracing::warn!(
-                %client, %server, renegotiations_client = renegs,
-                "renegotiation cap exceeded: connection reset"
-            ),
-            Ok(super::sock_destroy::Outcome::Gone) => tracing::info!(
-                %client, %server, renegotiations_client = renegs,
-                "renegotiation cap exceeded: connection already closed, nothing to reset"
-            ),
-            Err(e) => tracing::warn!(
-                %client, %server, renegotiations_client = renegs,
-                "renegotiation cap exceeded: resetting the connection failed: {e:#}"
-            ),
-        }
+        let action = match super::sock_destroy::destroy(&conn) {
+            Ok(super::sock_destroy::Outcome::Destroyed) => {
+                tracing::warn!(
+                    %client, %server, renegotiations_client = renegs,
+                    "renegotiation cap exceeded: connection reset"
+                );
+                "reset"
+            }
+            Ok(super::sock_destroy::Outcome::Gone) => {
+                tracing::info!(
+                    %client, %server, renegotiations_client = renegs,
+                    "renegotiation cap exceeded: connection already closed, nothing to reset"
+                );
+                "already_closed"
+            }
+            Err(e) => {
+                tracing::warn!(
+                    %client, %server, renegotiations_client = renegs,
+                    "renegotiation cap exceeded: resetting the connection failed: {e:#}"
+                );
+                "reset_failed"
+            }
+        };
+        decisions.push(cap_decision(
+            hit,
+            action,
+            lock(&shared.policy).peer_counts(client.ip()),
+        ));
     }
+    super::policy::print_decisions(&decisions);
+    for d in &decisions {
+        shared.events.decision(d);
+    }
+}
+
+/// The `reneg_cap` decision for a connection the kernel stopped.
+fn cap_decision(hit: &LimitHit, action: &'static str, peer: Counts) -> Decision {
+    let mut d = Decision::new(Rule::RenegCap, hit.client.ip(), false);
+    d.connection = Some(ConnRef {
+        client: hit.client,
+        server: hit.server,
+    });
+    d.counts = Counts {
+        renegotiations_conn: Some(u64::from(hit.renegotiations_client)),
+        ..peer
+    };
+    d.action = action;
+    d
 }
 
 #[cfg(test)]
@@ -196,6 +234,26 @@ mod tests {
         flipped.value.client_is_a ^= 1;
         let hit2 = LimitHit::of(&flipped);
         assert_eq!((hit2.client, hit2.server), (hit.server, hit.client));
+    }
+
+    #[test]
+    fn cap_resets_are_decisions() {
+        let (key, mut value) = sample_flow();
+        value.tracker.counters.renegotiations_client = 4;
+        let hit = LimitHit::of_flow(&key, &value);
+        let peer = Counts {
+            renegotiations_1m: 4,
+            ..Counts::default()
+        };
+        let d = cap_decision(&hit, "reset", peer);
+        let v = serde_json::to_value(&d).expect("json");
+        assert_eq!(v["rule"], "reneg_cap");
+        assert_eq!(v["action"], "reset");
+        assert_eq!(v["peer"], hit.client.ip().to_string());
+        assert_eq!(v["connection"]["server"], hit.server.to_string());
+        assert_eq!(v["counts"]["renegotiations_conn"], 4);
+        assert_eq!(v["counts"]["renegotiations_1m"], 4);
+        assert_eq!(v["dry_run"], false);
     }
 
     #[test]

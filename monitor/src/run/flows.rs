@@ -10,7 +10,10 @@
 //! A live flow that disappears from the map without having closed was evicted
 //! by the LRU map (it was full): it is kept like a closed flow, with the state
 //! of the last sweep, reported as `evicted` and counted, never dropped
-//! silently.
+//! silently. A flow created and evicted between two sweeps is known from its
+//! `EVENT_FLOW_OPENED` (with the state after its first segment); only if
+//! that event was lost too (the ring buffer was full, `events_lost`) does
+//! the agent not see it.
 //!
 //! Every flow that leaves the live set (closed or evicted) has its counts
 //! taken into [`Departed`] once, so the Prometheus totals
@@ -189,6 +192,18 @@ impl<S: FlowStore> FlowTable<S> {
         }
     }
 
+    /// Takes in a flow the kernel just created (`EVENT_FLOW_OPENED`): it
+    /// joins the live set the next sweep compares against, so a flow the
+    /// full LRU map evicts before that sweep is still reported `evicted`.
+    /// A flow already known (live, or departed) is left alone.
+    pub fn on_opened(&mut self, key: FlowKey, value: FlowValue) {
+        let id = (key, value.first_seen_ns);
+        if self.closed.ids.contains(&id) || self.departed.remembers(&id) {
+            return;
+        }
+        self.last_live.entry(id).or_insert(value);
+    }
+
     /// Takes in a flow that ended (from an `EVENT_FLOW_CLOSED` or a sweep):
     /// keeps its final state and deletes it from the store, unless the store
     /// already holds a newer connection with the same 4-tuple.
@@ -239,7 +254,10 @@ impl<S: FlowStore> FlowTable<S> {
         let previous = std::mem::replace(&mut self.last_live, now_live);
         for ((key, first_seen), value) in previous {
             let id = (key, first_seen);
-            if !self.last_live.contains_key(&id) && !self.closed.ids.contains(&id) {
+            if !self.last_live.contains_key(&id)
+                && !self.closed.ids.contains(&id)
+                && !self.departed.remembers(&id)
+            {
                 self.stats.evicted += 1;
                 tracing::debug!("flow evicted from the full flow map: {key:?}");
                 self.departed.record(id, FlowCounts::of(&value));
@@ -396,6 +414,45 @@ mod tests {
         // Nothing is counted twice on later sweeps.
         table.sweep().expect("sweep");
         assert_eq!(table.stats().evicted, 1);
+    }
+
+    #[test]
+    fn a_flow_opened_and_evicted_between_sweeps_is_reported_evicted() {
+        let mut table = FlowTable::new(MemStore::default(), 10);
+        table.sweep().expect("sweep");
+        // Opened (the event arrives) and evicted before the next sweep: the
+        // store never shows it.
+        let (k1, v1) = flow(1, 100);
+        table.on_opened(k1, v1);
+        // Opened and closed before the sweep: closed, not evicted.
+        let (k2, mut v2) = flow(2, 200);
+        table.on_opened(k2, v2);
+        v2.tracker.flags |= FF_CLOSED;
+        table.on_closed(k2, v2);
+        // Opened and still live at the sweep: live.
+        let (k3, v3) = flow(3, 300);
+        table.on_opened(k3, v3);
+        table.store.0.insert(k3, v3);
+        assert_eq!(table.sweep().expect("sweep").len(), 1);
+        assert_eq!(table.stats().evicted, 1);
+        let departed = table.take_departed();
+        assert!(
+            departed.iter().any(|(k, _)| *k == k1),
+            "evicted flow departed"
+        );
+        // A late open event of a departed flow does not bring it back.
+        table.on_opened(k1, v1);
+        table.on_opened(k2, v2);
+        table.sweep().expect("sweep");
+        assert_eq!(table.stats().evicted, 1);
+        let conns = table.conns(1_000).expect("conns");
+        let states: Vec<(u16, ConnState)> = conns
+            .iter()
+            .map(|c| (c.client.port().min(c.server.port()), c.state))
+            .collect();
+        assert!(states.contains(&(1, ConnState::Evicted)), "{states:?}");
+        assert!(states.contains(&(2, ConnState::Closed)), "{states:?}");
+        assert!(states.contains(&(3, ConnState::Open)), "{states:?}");
     }
 
     #[test]

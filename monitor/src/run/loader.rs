@@ -12,6 +12,10 @@ pub const PROG_TC_EGRESS: &str = "hsmon_tc_egress";
 pub const PROG_SOCK_STATE: &str = "hsmon_sock_state";
 /// Name of the flow map, whose size `--flow-map-size` sets.
 pub const MAP_FLOWS: &str = "FLOWS";
+/// Name of the event ring buffer, whose size `--events-ring-size` sets.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// The event ring buffer's default size in bytes (the object's own).
+pub const DEFAULT_EVENTS_RING_SIZE: u32 = 256 * 1024;
 
 /// The eBPF object `build.rs` built, embedded in the binary (empty when built
 /// with `AYA_BUILD_SKIP=1`).
@@ -19,20 +23,36 @@ pub fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hsmon-ebpf"))
 }
 
-/// Creates the object's maps (with `FLOWS` sized to `flow_map_size`) and
-/// prepares its programs; nothing is attached yet.
-pub fn load(flow_map_size: u32) -> Result<Ebpf> {
+/// Creates the object's maps (with `FLOWS` sized to `flow_map_size` entries
+/// and `EVENTS` to `events_ring_size` bytes) and prepares its programs;
+/// nothing is attached yet.
+pub fn load(flow_map_size: u32, events_ring_size: u32) -> Result<Ebpf> {
+    load_pinned(flow_map_size, events_ring_size, &[])
+}
+
+/// Like [`load`], with the maps named in `pins` reused from (or created and
+/// pinned at) their paths: an existing pin is taken as it is, so the caller
+/// checks beforehand that it fits (`pins::PinDir::prepare_maps`).
+pub fn load_pinned(
+    flow_map_size: u32,
+    events_ring_size: u32,
+    pins: &[(&'static str, std::path::PathBuf)],
+) -> Result<Ebpf> {
     if ebpf_object().is_empty() {
         anyhow::bail!(
             "this hsmon was built with AYA_BUILD_SKIP=1 and carries no eBPF object: rebuild without it"
         );
     }
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(MAP_FLOWS, flow_map_size)
-        .load(ebpf_object())
-        .context(
-            "loading the eBPF object (hsmon run needs root: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)",
-        )
+        .map_max_entries(MAP_EVENTS, events_ring_size);
+    for (name, path) in pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader.load(ebpf_object()).context(
+        "loading the eBPF object (hsmon run needs root: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)",
+    )
 }
 
 /// Starts forwarding the programs' `aya-log` messages to our log; `None`

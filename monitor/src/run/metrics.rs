@@ -186,6 +186,11 @@ impl Departed {
         }
     }
 
+    /// Is `id` one of the remembered departed flows?
+    pub fn remembers(&self, id: &FlowId) -> bool {
+        self.seen.contains_key(id)
+    }
+
     /// Takes in a flow that left the live set with `counts`; returns whether
     /// it was new (not a repeat of a remembered flow).
     pub fn record(&mut self, id: FlowId, counts: FlowCounts) -> bool {
@@ -260,6 +265,51 @@ pub struct Snapshot {
     pub events_bad: u64,
     /// Capacity of the kernel's flow map.
     pub flow_map_capacity: u32,
+    /// Bans that entered the ban maps, by origin (`manual`, `policy`).
+    pub bans_issued: BTreeMap<String, u64>,
+    /// Bans in force now.
+    pub bans_active: usize,
+}
+
+/// The drop reasons of the kernel's `STATS` slots, from [`Stat::ALL`]:
+/// every `ban_drops_ORIGIN` slot is reason `ban_ORIGIN`, every other
+/// `NAME_drops` slot is reason `NAME`; `ban_drops` (all bans) is not a
+/// reason of its own, but what it counts beyond its origins is
+/// `ban_other`. Returns (reason, slot names summed).
+pub fn drop_reasons() -> Vec<(String, Vec<&'static str>)> {
+    let mut out = Vec::new();
+    for stat in Stat::ALL {
+        let name = stat.name();
+        if let Some(origin) = name.strip_prefix("ban_drops_") {
+            out.push((format!("ban_{origin}"), vec![name]));
+        } else if name != "ban_drops" {
+            if let Some(reason) = name.strip_suffix("_drops") {
+                out.push((reason.to_owned(), vec![name]));
+            }
+        }
+    }
+    out
+}
+
+/// `hsmon_drops_total{reason}`'s values from the kernel counters by name.
+pub fn drops_by_reason(kernel: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
+    let get = |n: &str| kernel.get(n).copied().unwrap_or(0);
+    let mut out: Vec<(String, u64)> = drop_reasons()
+        .into_iter()
+        .map(|(reason, slots)| (reason, slots.iter().map(|s| get(s)).sum()))
+        .collect();
+    if Stat::ALL.iter().any(|s| s.name() == "ban_drops") {
+        let by_origin: u64 = out
+            .iter()
+            .filter(|(r, _)| r.starts_with("ban_"))
+            .map(|(_, n)| *n)
+            .sum();
+        out.push((
+            "ban_other".to_owned(),
+            get("ban_drops").saturating_sub(by_origin),
+        ));
+    }
+    out
 }
 
 /// HELP text of a kernel `STATS` counter, by name.
@@ -392,6 +442,35 @@ impl Snapshot {
         for (name, value) in &self.kernel {
             r.register(format!("kernel_{name}"), kernel_help(name), counter(*value));
         }
+        let drops = drops_by_reason(&self.kernel);
+        let drop_pairs: Vec<(&str, &str, u64)> = drops
+            .iter()
+            .map(|(reason, n)| ("reason", reason.as_str(), *n))
+            .collect();
+        r.register(
+            "drops",
+            "Packets the TC ingress program dropped, by reason: ban_ORIGIN (a ban's packets, by who added it), ban_other, reneg_cap (segments of a connection over the renegotiation cap), and every other NAME_drops kernel counter",
+            labelled(&drop_pairs),
+        );
+        let issued = Family::<Vec<(String, String)>, Counter>::default();
+        for origin in ["manual", "policy"] {
+            let _ = issued.get_or_create(&vec![("added_by".to_owned(), origin.to_owned())]);
+        }
+        for (origin, n) in &self.bans_issued {
+            issued
+                .get_or_create(&vec![("added_by".to_owned(), origin.clone())])
+                .inc_by(*n);
+        }
+        r.register(
+            "bans_issued",
+            "Bans that entered the kernel's ban maps (or had their TTL renewed), by origin: manual (hsmon bans add) or policy",
+            issued,
+        );
+        r.register(
+            "bans_active",
+            "Bans in force in the kernel's ban maps",
+            gauge(self.bans_active),
+        );
         let peers = Family::<Vec<(String, String)>, Gauge>::default();
         for (ip, n) in &self.flows.top_peers {
             peers
@@ -419,12 +498,17 @@ impl Snapshot {
     pub fn take(shared: &Shared, flow_map_capacity: u32) -> Result<Self> {
         let kernel = lock(&shared.stats).read()?;
         let flows = lock(&shared.table).metrics(TOP_PEERS)?;
+        let bans_active = lock(&shared.bans)
+            .list(crate::record::monotonic_now_ns())
+            .len();
         Ok(Snapshot {
             flows,
             kernel,
             events_read: shared.events_read.load(Ordering::Relaxed),
             events_bad: shared.events_bad.load(Ordering::Relaxed),
             flow_map_capacity,
+            bans_issued: shared.events.bans_issued(),
+            bans_active,
         })
     }
 }
@@ -632,7 +716,12 @@ mod tests {
         snap.flows.top_peers = vec![(IpAddr::from([10, 200, 0, 2]), 3)];
         snap.kernel.insert("segments".into(), 42);
         snap.kernel.insert("events_lost".into(), 1);
-        snap.kernel.insert("stat_9".into(), 5);
+        snap.kernel.insert("stat_99".into(), 5);
+        snap.kernel.insert("ban_drops".into(), 10);
+        snap.kernel.insert("ban_drops_manual".into(), 4);
+        snap.kernel.insert("reneg_cap_drops".into(), 2);
+        snap.bans_issued.insert("policy".into(), 3);
+        snap.bans_active = 1;
         let text = snap.encode().expect("encode");
         for line in [
             "hsmon_handshakes_total{kind=\"full\"} 1",
@@ -654,7 +743,12 @@ mod tests {
             "hsmon_events_read_total 7",
             "hsmon_kernel_segments_total 42",
             "hsmon_kernel_events_lost_total 1",
-            "hsmon_kernel_stat_9_total 5",
+            "hsmon_kernel_stat_99_total 5",
+            "hsmon_drops_total{reason=\"ban_manual\"} 4",
+            "hsmon_drops_total{reason=\"reneg_cap\"} 2",
+            "hsmon_bans_issued_total{added_by=\"policy\"} 3",
+            "hsmon_bans_issued_total{added_by=\"manual\"} 0",
+            "hsmon_bans_active 1",
             "hsmon_peer_renegotiations{peer=\"10.200.0.2\"} 3",
         ] {
             assert!(
@@ -678,6 +772,9 @@ mod tests {
             "events_lost",
             "kernel_segments",
             "peer_renegotiations",
+            "drops",
+            "bans_issued",
+            "bans_active",
         ] {
             let help = format!("# HELP hsmon_{family} ");
             assert!(
@@ -693,6 +790,40 @@ mod tests {
             .filter(|l| l.contains("peer=") && !l.starts_with("hsmon_peer_renegotiations{"))
             .collect();
         assert!(with_peer.is_empty(), "{with_peer:?}");
+    }
+
+    #[test]
+    fn drop_reasons_come_from_the_stat_slots() {
+        let reasons: Vec<String> = drop_reasons().into_iter().map(|(r, _)| r).collect();
+        assert!(reasons.contains(&"ban_manual".to_owned()), "{reasons:?}");
+        assert!(reasons.contains(&"reneg_cap".to_owned()), "{reasons:?}");
+        assert!(!reasons.contains(&"ban".to_owned()), "{reasons:?}");
+        // Every slot named *_drops* but the total is a reason.
+        for stat in Stat::ALL {
+            let n = stat.name();
+            if n.contains("_drops") && n != "ban_drops" {
+                let reason = n
+                    .strip_prefix("ban_drops_")
+                    .map(|o| format!("ban_{o}"))
+                    .unwrap_or_else(|| n.trim_end_matches("_drops").to_owned());
+                assert!(
+                    reasons.contains(&reason),
+                    "{n} has no reason in {reasons:?}"
+                );
+            }
+        }
+        let kernel = BTreeMap::from([
+            ("ban_drops".to_owned(), 10),
+            ("ban_drops_manual".to_owned(), 4),
+        ]);
+        let d = drops_by_reason(&kernel);
+        let other = d.iter().find(|(r, _)| r == "ban_other").map(|(_, n)| *n);
+        let by_origin: u64 = d
+            .iter()
+            .filter(|(r, _)| r.starts_with("ban_") && r != "ban_other")
+            .map(|(_, n)| *n)
+            .sum();
+        assert_eq!(other, Some(10 - by_origin));
     }
 
     #[test]

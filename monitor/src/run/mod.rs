@@ -1,10 +1,13 @@
 //! `hsmon run`: the agent. Loads and attaches the eBPF programs, keeps the
-//! flow table (sweep + ring-buffer reader), serves the control API, and on
-//! SIGINT/SIGTERM detaches everything and removes what it created.
+//! flow table (sweep + ring-buffer reader), serves the control API. Its
+//! maps and links are pinned (see `persist.rs`): on SIGINT/SIGTERM it leaves them
+//! (protection continues; `hsmon cleanup` removes them), or with
+//! `--no-persist` detaches everything and removes what it created.
 
 mod attach;
 mod bans;
 mod ebpf_log;
+mod event_bus;
 mod events;
 mod flows;
 mod ifaces;
@@ -14,10 +17,14 @@ pub mod metrics;
 mod netlink;
 mod notify;
 mod over_cap;
+mod persist;
+mod pins;
 pub mod policy;
+mod reload;
 mod server;
 mod sock_destroy;
 mod state;
+pub mod state_file;
 mod status;
 mod system;
 mod uprobes;
@@ -30,8 +37,9 @@ use monitor_common::flow::MAX_PORTS;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::cli::SocketArg;
-use attach::Attachments;
 use flows::{FlowTable, DEFAULT_KEEP_CLOSED};
+pub use persist::remove_all;
+pub use pins::DEFAULT_PIN_DIR;
 use state::Shared;
 
 /// How often live flows are re-read and closed ones collected.
@@ -55,6 +63,12 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
     pub flow_map_size: u32,
+    /// Size in bytes of the kernel's event ring buffer: a power of two, at
+    /// least one page (4096). Events that do not fit are counted as
+    /// `events_lost`; the flow counters stay exact (the sweep reads them).
+    #[arg(long, value_name = "BYTES", default_value_t = loader::DEFAULT_EVENTS_RING_SIZE,
+          value_parser = parse_ring_size)]
+    pub events_ring_size: u32,
     /// How many closed flows to keep for `hsmon conns`.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_KEEP_CLOSED)]
     pub keep_closed: usize,
@@ -82,6 +96,17 @@ pub struct Args {
     /// handshake timing (wire counting is unchanged).
     #[arg(long)]
     pub no_uprobes: bool,
+    /// Probe only this file (repeatable; a libssl or an executable carrying
+    /// OpenSSL): no discovery, no rescans.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_uprobes")]
+    pub uprobe_target: Vec<std::path::PathBuf>,
+    /// Members of this group may use the control socket (besides root): the
+    /// socket file gets it when the group exists.
+    #[arg(long, value_name = "GROUP", default_value = server::DEFAULT_SOCKET_GROUP)]
+    pub socket_group: String,
+    /// Pinned state across restarts (`--pin-dir`, `--state-file`, `--no-persist`).
+    #[command(flatten)]
+    pub persist: persist::PersistArgs,
 }
 
 /// A port filter from `--ports`.
@@ -112,6 +137,20 @@ fn parse_ports(s: &str) -> Result<PortList, String> {
     Ok(PortList(ports))
 }
 
+/// Parses `--events-ring-size`: a power of two from 4096 (one page) to 1 GiB.
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size in bytes"))?;
+    if !n.is_power_of_two() || !(4096..=(1 << 30)).contains(&n) {
+        return Err(format!(
+            "{n} is not a power of two between 4096 and 1073741824"
+        ));
+    }
+    Ok(n)
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(args: Args) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -119,7 +158,11 @@ pub fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(agent(args))
+    let outcome = rt.block_on(agent(args));
+    // Blocking work still running (a uprobe rescan reading ELF files, a
+    // sweep) must not hold the exit up: everything hsmon owns is released.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    outcome
 }
 
 /// SIGINT and SIGTERM, registered before anything is attached so a signal
@@ -129,6 +172,8 @@ struct Signals {
     int: Signal,
     term: Signal,
     hup: Signal,
+    /// What SIGHUP does once the agent is up (before: log and carry on).
+    reload: Option<reload::Reloader>,
 }
 
 impl Signals {
@@ -137,18 +182,22 @@ impl Signals {
             int: signal(SignalKind::interrupt()).context("handling SIGINT")?,
             term: signal(SignalKind::terminate()).context("handling SIGTERM")?,
             hup: signal(SignalKind::hangup()).context("handling SIGHUP")?,
+            reload: None,
         })
     }
 
-    /// Waits for SIGINT or SIGTERM; returns its name. SIGHUP is logged and
-    /// otherwise ignored until configuration reload exists.
+    /// Waits for SIGINT or SIGTERM; returns its name. SIGHUP reloads the
+    /// configuration (`reload`) and waits on.
     async fn recv(&mut self) -> &'static str {
         loop {
             tokio::select! {
                 _ = self.int.recv() => return "SIGINT",
                 _ = self.term.recv() => return "SIGTERM",
                 _ = self.hup.recv() => {
-                    tracing::warn!("SIGHUP: reload not implemented yet; carrying on unchanged");
+                    match self.reload.as_mut() {
+                        Some(r) => r.reload(),
+                        None => tracing::warn!("SIGHUP during start-up: nothing reloaded"),
+                    }
                 }
             }
         }
@@ -156,14 +205,13 @@ impl Signals {
 }
 
 /// The renegotiation cap the kernel enforces: none in dry-run, where nothing
-/// may be dropped. (The cap is then not reported either: `would_reset`
-/// events are not implemented yet; the policy's per-peer rules still report
-/// `would_ban`.)
+/// may be dropped (the policy then reports `would_reset` for a connection
+/// over the cap).
 fn kernel_reneg_cap(configured: u32, dry_run: bool) -> u32 {
     if dry_run && configured != 0 {
         tracing::warn!(
             configured,
-            "dry-run: the renegotiation cap is not enforced in the kernel (and not reported)"
+            "dry-run: the renegotiation cap is not enforced in the kernel (the policy reports would_reset)"
         );
         return 0;
     }
@@ -173,7 +221,8 @@ fn kernel_reneg_cap(configured: u32, dry_run: bool) -> u32 {
 async fn agent(args: Args) -> Result<()> {
     let started = std::time::Instant::now();
     let (policy_config, policy_source) = crate::config::Config::resolve(args.config.as_deref())?;
-    let policy_settings = policy::Settings::from_config(&policy_config, args.dry_run);
+    let mut policy_settings = policy::Settings::from_config(&policy_config, args.dry_run);
+    policy_settings.reneg_cap = args.reneg_cap.unwrap_or(policy_config.limits.reneg_cap);
     let reneg_cap = kernel_reneg_cap(
         args.reneg_cap.unwrap_or(policy_config.limits.reneg_cap),
         policy_settings.dry_run,
@@ -189,7 +238,8 @@ async fn agent(args: Args) -> Result<()> {
         None => None,
     };
 
-    let mut ebpf = loader::load(args.flow_map_size)?;
+    let mut persistence = persist::Persistence::open(&args.persist)?;
+    let mut ebpf = persistence.load(args.flow_map_size, args.events_ring_size)?;
     let logger = loader::ebpf_logger(&mut ebpf);
     let ports = args.ports.map(|p| p.0).unwrap_or_default();
     let mut config = maps::tracker_config(&ports);
@@ -203,7 +253,7 @@ async fn agent(args: Args) -> Result<()> {
         allowlist = %allow.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
         "addresses that are never banned"
     );
-    let ban_table = bans::BanTable::new(bans::KernelBans::take(&mut ebpf)?, allow)?;
+    let ban_table = persistence.ban_table(&mut ebpf, allow)?;
     loader::load_programs(&mut ebpf)?;
 
     let shared = Arc::new(Shared::new(
@@ -212,17 +262,30 @@ async fn agent(args: Args) -> Result<()> {
         ban_table,
     ));
     *state::lock(&shared.policy) = policy::Policy::new(policy_settings);
+    state::lock(&shared.policy).import_history(&persistence.history());
+    signals.reload = Some(reload::Reloader::new(
+        &mut ebpf,
+        shared.clone(),
+        reload::Overrides {
+            config: args.config.clone(),
+            dry_run: args.dry_run,
+            reneg_cap: args.reneg_cap,
+            allow: args.allow.clone(),
+        },
+    )?);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(logger) = logger {
         tasks.spawn(ebpf_log::forward(logger));
     }
     tasks.spawn(events::read_events(kernel_maps.events, shared.clone()));
 
-    let mut attachments = Attachments::attach(&mut ebpf, &ifaces)?;
+    let mut attachments = persistence.attach(&mut ebpf, &ifaces)?;
+    let state_writer = persistence.writer(&args.socket.socket.display().to_string(), &attachments);
+    tasks.spawn(persist::save_loop(shared.clone(), state_writer.clone()));
     let mut tracepoints = attachments.tracepoints().to_vec();
     if args.no_uprobes {
         tracing::info!("--no-uprobes: libssl uprobes not attached");
-    } else if let Some(u) = uprobes::Uprobes::attach_or_warn(&mut ebpf) {
+    } else if let Some(u) = uprobes::Uprobes::attach_or_warn(&mut ebpf, &args.uprobe_target) {
         tracepoints.extend(u.tracepoints().iter().cloned());
         if shared.uprobes.set(u).is_err() {
             tracing::warn!("the libssl uprobes were already set");
@@ -230,11 +293,12 @@ async fn agent(args: Args) -> Result<()> {
     }
     tasks.spawn(sweep(shared.clone(), notify::Watchdog::from_env()));
     tasks.spawn(bans::sweep(shared.clone()));
+    tasks.spawn(event_bus::watch_bans(shared.clone()));
     if let Some(listener) = metrics_listener {
         tasks.spawn(metrics::serve(listener, shared.clone(), args.flow_map_size));
     }
 
-    let (listener, socket_file) = server::bind(&args.socket.socket)?;
+    let (listener, socket_file) = server::bind(&args.socket.socket, &args.socket_group)?;
     let info = status::AgentInfo {
         started,
         socket: args.socket.socket.display().to_string(),
@@ -242,6 +306,8 @@ async fn agent(args: Args) -> Result<()> {
         flow_map_capacity: args.flow_map_size,
         hooks: attachments.hooks().to_vec(),
         tracepoints,
+        policy_source: policy_source.clone(),
+        persist: persistence.info(),
     };
     if shared.info.set(info).is_err() {
         tracing::warn!("the agent's status facts were already set");
@@ -263,7 +329,21 @@ async fn agent(args: Args) -> Result<()> {
         ifaces.len(),
         args.socket.socket.display()
     ));
+    shared.events.publish(
+        event_bus::Kind::AgentStarted,
+        serde_json::json!({
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "interfaces": ifaces.len(),
+            "reneg_cap": reneg_cap,
+        }),
+    );
 
+    // From here on the object is only kept alive; the uprobe rescans attach through it.
+    let ebpf = Arc::new(std::sync::Mutex::new(ebpf));
+    if shared.uprobes.get().is_some() {
+        tasks.spawn(uprobes::rescan_every(ebpf.clone(), shared.clone()));
+    }
     let outcome = tokio::select! {
         sig = signals.recv() => {
             tracing::info!("{sig}: stopping");
@@ -281,6 +361,9 @@ async fn agent(args: Args) -> Result<()> {
         },
     };
 
+    shared
+        .events
+        .publish(event_bus::Kind::AgentStopping, serde_json::Value::Null);
     notify::stopping();
     let _ = stop_tx.send(());
     if !server.is_finished()
@@ -291,9 +374,17 @@ async fn agent(args: Args) -> Result<()> {
         server.abort();
     }
     tasks.shutdown().await;
-    attachments.detach();
+    persistence.stop(&mut attachments, &shared, &state_writer);
     drop(socket_file);
     drop(ebpf);
+    // The uprobes (one perf event per probe and file) detach when the last
+    // reference to the shared state goes; time it, it can take a while.
+    let detaching = std::time::Instant::now();
+    drop(shared);
+    tracing::debug!(
+        "shared state (uprobes included) released in {:.2} s",
+        detaching.elapsed().as_secs_f64()
+    );
     if outcome.is_ok() {
         tracing::info!("hsmon stopped");
     }
@@ -338,6 +429,17 @@ mod tests {
         assert_eq!(kernel_reneg_cap(3, true), 0);
         assert_eq!(kernel_reneg_cap(3, false), 3);
         assert_eq!(kernel_reneg_cap(0, false), 0);
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert_eq!(parse_ring_size("262144"), Ok(262_144));
+        assert!(parse_ring_size("4095").is_err());
+        assert!(parse_ring_size("6000").is_err());
+        assert!(parse_ring_size("2048").is_err());
+        assert!(parse_ring_size("-1").is_err());
+        assert!(parse_ring_size("big").is_err());
     }
 
     #[test]

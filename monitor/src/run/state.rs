@@ -33,6 +33,8 @@ pub struct Shared {
     pub over_cap: Mutex<super::over_cap::OverCap>,
     /// The libssl uprobes' maps, set once when they are attached.
     pub uprobes: OnceLock<super::uprobes::Uprobes>,
+    /// Decisions and transitions for `GET /v1/events` (`hsmon events`).
+    pub events: super::event_bus::EventBus,
 }
 
 /// Locks `m`, carrying on with the data if another thread panicked holding it
@@ -60,6 +62,7 @@ impl Shared {
                 super::policy::Settings::from_config(&crate::config::Config::default(), false),
             )),
             over_cap: Mutex::new(super::over_cap::OverCap::default()),
+            events: super::event_bus::EventBus::new(),
         }
     }
 
@@ -105,9 +108,17 @@ impl Shared {
         let decisions = {
             let mut policy = lock(&self.policy);
             let mut bans = lock(&self.bans);
-            policy.step(monotonic_now_ns(), &live, &departed, &mut *bans)
+            policy.step(
+                monotonic_now_ns(),
+                &live,
+                &departed,
+                &mut super::policy::AgentEnforcer { bans: &mut *bans },
+            )
         };
         super::policy::print_decisions(&decisions);
+        for d in &decisions {
+            self.events.decision(d);
+        }
         let due = lock(&self.over_cap).due(&live);
         if !due.is_empty() {
             tracing::warn!(
@@ -118,7 +129,7 @@ impl Shared {
                 .iter()
                 .map(|(k, v)| super::events::LimitHit::of_flow(k, v))
                 .collect();
-            super::events::reset_all(&hits);
+            super::events::reset_all(self, &hits);
         }
         Ok(())
     }

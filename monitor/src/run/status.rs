@@ -31,6 +31,10 @@ pub struct AgentInfo {
     pub hooks: Vec<Hook>,
     /// The tracepoints attached.
     pub tracepoints: Vec<TracepointHook>,
+    /// Where the policy came from (a path or "embedded defaults").
+    pub policy_source: String,
+    /// State across restarts.
+    pub persist: super::persist::PersistInfo,
 }
 
 impl Shared {
@@ -52,6 +56,11 @@ impl Shared {
             metrics_addr: info.metrics_addr.clone(),
             hooks: info.hooks.clone(),
             tracepoints: info.tracepoints.clone(),
+            libraries: self
+                .uprobes
+                .get()
+                .map(|u| u.libraries())
+                .unwrap_or_default(),
             maps: MapFills {
                 flows: Fill {
                     entries: flows as u64,
@@ -65,6 +74,7 @@ impl Shared {
                     entries: v6 as u64,
                     capacity: per_family,
                 },
+                memory_bytes: bpf_map_memory(),
             },
             events: EventCounts {
                 read: self.events_read.load(Ordering::Relaxed),
@@ -72,8 +82,52 @@ impl Shared {
                 bad: self.events_bad.load(Ordering::Relaxed),
             },
             bans_active: (v4 + v6) as u64,
+            policy: lock(&self.policy).settings().summary(&info.policy_source),
+            persistence: crate::status::Persistence {
+                pin_dir: info.persist.pin_dir.clone(),
+                state_file: info.persist.state_file.clone(),
+                persist_on_stop: info.persist.persist_on_stop,
+                restored: info.persist.restored(),
+                maps_reused: info.persist.maps_reused.clone(),
+                links_taken_over: info.persist.links_taken_over as u64,
+                bans_restored: info.persist.bans_restored as u64,
+                state_file_status: info.persist.state_file_status.clone(),
+            },
         })
     }
+}
+
+/// Kernel memory charged for the BPF maps this process holds: the sum of
+/// `memlock` over the map fds in `/proc/self/fdinfo`, each map once (by
+/// `map_id`). 0 when `/proc` cannot be read.
+fn bpf_map_memory() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return 0;
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if let Some((id, memlock)) = map_fdinfo(&text) {
+            if seen.insert(id) {
+                total = total.saturating_add(memlock);
+            }
+        }
+    }
+    total
+}
+
+/// `(map_id, memlock)` of an fdinfo text that describes a BPF map.
+fn map_fdinfo(text: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    field("map_type:")?;
+    Some((field("map_id:")?, field("memlock:")?))
 }
 
 /// `GET /v1/status`: 200 with [`Status`], 503 before start-up finished, 500
@@ -100,4 +154,20 @@ fn internal(msg: String) -> Response {
         Json(serde_json::json!({ "error": msg })),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_memory_from_fdinfo() {
+        let map = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t9\n\
+                   key_size:\t36\nvalue_size:\t176\nmax_entries:\t65536\nmap_flags:\t0x0\n\
+                   map_extra:\t0x0\nmemlock:\t18350080\nmap_id:\t42\nfrozen:\t0\n";
+        assert_eq!(map_fdinfo(map), Some((42, 18_350_080)));
+        let prog = "pos:\t0\nflags:\t02000002\nprog_type:\t3\nprog_jited:\t1\nmemlock:\t4096\nprog_id:\t7\n";
+        assert_eq!(map_fdinfo(prog), None);
+        assert_eq!(map_fdinfo("pos:\t0\nflags:\t02\n"), None);
+    }
 }

@@ -1,0 +1,147 @@
+//! The per-connection rules, fed by the flow sweep: `handshake_timeout` (the
+//! first handshake not done long after the first ClientHello),
+//! `keyupdates_per_second` (`keyupdate_like` records added between two
+//! sweeps, over at least one second), and in dry-run `reneg_cap` (the kernel
+//! does not enforce the cap then, so the agent notices a connection over it
+//! and reports `would_reset`). Each rule fires at most once per connection.
+
+use std::collections::{HashMap, HashSet};
+
+use monitor_common::flow::{FlowKey, FlowValue};
+use monitor_common::tracker::{FF_CLOSED, FF_FIRST_HS_DONE, FF_UNSYNCED};
+
+use super::{endpoints, ConnRef, Counts, Rule, Settings, SEC};
+
+type FlowId = (FlowKey, u64);
+
+const FIRED_TIMEOUT: u8 = 1;
+const FIRED_KEYUPDATES: u8 = 2;
+const FIRED_CAP: u8 = 4;
+
+/// What is remembered of one live connection.
+#[derive(Clone, Copy, Debug, Default)]
+struct Watch {
+    /// `keyupdate_like` at the last sweep.
+    keyupdates: u32,
+    /// When that was read (monotonic ns).
+    at: u64,
+    /// `FIRED_*` bits.
+    fired: u8,
+}
+
+/// A connection that broke a per-connection rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnHit {
+    /// The rule.
+    pub rule: Rule,
+    /// The connection.
+    pub conn: ConnRef,
+    /// Its counts (the per-connection fields only).
+    pub counts: Counts,
+}
+
+/// The live connections' watch state.
+#[derive(Debug, Default)]
+pub struct Conns {
+    watch: HashMap<FlowId, Watch>,
+}
+
+impl Conns {
+    /// Checks the live flows, and the flows that departed since the last
+    /// sweep (only the dry-run cap applies to those: they cannot be reset);
+    /// forgets flows no longer live.
+    pub fn check(
+        &mut self,
+        now: u64,
+        live: &[(FlowKey, FlowValue)],
+        departed: &[&(FlowKey, FlowValue)],
+        s: &Settings,
+    ) -> Vec<ConnHit> {
+        let mut hits = Vec::new();
+        let mut live_ids = HashSet::with_capacity(live.len());
+        for (k, v) in live {
+            let id = (*k, v.first_seen_ns);
+            live_ids.insert(id);
+            let w = self.watch.entry(id).or_insert(Watch {
+                keyupdates: 0,
+                at: v.first_seen_ns.min(now),
+                fired: 0,
+            });
+            let t = &v.tracker;
+            let age = now.saturating_sub(v.first_seen_ns);
+            let timeout = u64::try_from(s.handshake_timeout.as_nanos()).unwrap_or(u64::MAX);
+            if timeout > 0
+                && w.fired & FIRED_TIMEOUT == 0
+                && t.flags & (FF_FIRST_HS_DONE | FF_CLOSED | FF_UNSYNCED) == 0
+                && age > timeout
+            {
+                w.fired |= FIRED_TIMEOUT;
+                hits.push(ConnHit {
+                    rule: Rule::HandshakeTimeout,
+                    conn: endpoints(k, v),
+                    counts: Counts {
+                        handshake_ms: Some(age / 1_000_000),
+                        ..Counts::default()
+                    },
+                });
+            }
+            let ku = t.counters.keyupdate_like;
+            let grown = u64::from(ku.saturating_sub(w.keyupdates));
+            let span = now.saturating_sub(w.at).max(SEC);
+            let limit = u64::from(s.keyupdates_per_second);
+            // More than `limit` per second over the span (at least 1 s).
+            if limit > 0
+                && w.fired & FIRED_KEYUPDATES == 0
+                && u128::from(grown) * u128::from(SEC) > u128::from(limit) * u128::from(span)
+            {
+                w.fired |= FIRED_KEYUPDATES;
+                hits.push(ConnHit {
+                    rule: Rule::KeyupdatesPerSecond,
+                    conn: endpoints(k, v),
+                    counts: Counts {
+                        keyupdates_1s: Some(grown * SEC / span),
+                        ..Counts::default()
+                    },
+                });
+            }
+            w.keyupdates = ku;
+            w.at = now;
+            if let Some(hit) = over_cap(k, v, w, s) {
+                hits.push(hit);
+            }
+        }
+        for (k, v) in departed {
+            let id = (*k, v.first_seen_ns);
+            let mut w = self.watch.remove(&id).unwrap_or_default();
+            if let Some(hit) = over_cap(k, v, &mut w, s) {
+                hits.push(hit);
+            }
+        }
+        self.watch.retain(|id, _| live_ids.contains(id));
+        hits
+    }
+
+    /// Connections watched now.
+    #[cfg(test)]
+    pub fn watched(&self) -> usize {
+        self.watch.len()
+    }
+}
+
+/// In dry-run only (otherwise the kernel enforces the cap): the flow's
+/// client went over the renegotiation cap.
+fn over_cap(k: &FlowKey, v: &FlowValue, w: &mut Watch, s: &Settings) -> Option<ConnHit> {
+    let renegs = v.tracker.counters.renegotiations_client;
+    if !s.dry_run || s.reneg_cap == 0 || renegs <= s.reneg_cap || w.fired & FIRED_CAP != 0 {
+        return None;
+    }
+    w.fired |= FIRED_CAP;
+    Some(ConnHit {
+        rule: Rule::RenegCap,
+        conn: endpoints(k, v),
+        counts: Counts {
+            renegotiations_conn: Some(u64::from(renegs)),
+            ..Counts::default()
+        },
+    })
+}

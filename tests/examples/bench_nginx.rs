@@ -1,0 +1,367 @@
+//! A real TLS server (nginx) over veth: handshake rate and bulk throughput
+//! with hsmon off and on, in alternating rounds; then bcc's `sslsniff` as a
+//! peer on the same handshake run (`cargo xtask bench` runs this as root;
+//! prints `BENCH_ROW` lines, see [`tests::bench`]).
+//!
+//! - handshake rate: `openssl s_time -new` (a new TLS connection and full
+//!   handshake each time, nothing fetched) from the client namespace for a
+//!   fixed time; connections counted by s_time, divided by the wall time.
+//! - throughput: `wrk -t1 -c4` fetching a 1 MiB file over keep-alive HTTPS
+//!   connections (`Transfer/sec`).
+//! - hsmon on: `hsmon run` on the server's veth (TC programs, tracepoints,
+//!   libssl uprobes, `--reneg-cap 3`), started afresh for each "on" round.
+//!   Its uprobes fire in every process using libssl, the load tools included.
+//! - hsmon on without uprobes (`--no-uprobes`): the TC programs and the
+//!   tracepoint alone, as a third arm of the same rounds, to tell the two
+//!   costs apart. The arms' order rotates every round.
+
+use anyhow::{bail, Context, Result};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tests::bench::{self, AbSamples, Goal, Row};
+use tests::cert::TestCert;
+use tests::cmd;
+use tests::hsmon::Agent;
+use tests::netns::NetPair;
+use tests::process::Proc;
+use tests::workdir::WorkDir;
+
+const SECTION: &str = "nginx";
+const SSLSNIFF: &str = "/usr/sbin/sslsniff-bpfcc";
+
+fn nginx_config(prefix: &Path, addr: SocketAddr, cert: &TestCert) -> String {
+    let p = prefix.display();
+    format!(
+        "daemon off;
+master_process off;
+worker_processes 1;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {p}/client_body;
+    proxy_temp_path {p}/proxy;
+    fastcgi_temp_path {p}/fastcgi;
+    uwsgi_temp_path {p}/uwsgi;
+    scgi_temp_path {p}/scgi;
+    server {{
+        listen {addr} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        keepalive_requests 1000000;
+        location = /big {{ root {p}/www; }}
+        location / {{ return 200 \"hello\\n\"; }}
+    }}
+}}
+",
+        cert = cert.cert.display(),
+        key = cert.key.display(),
+    )
+}
+
+fn start_nginx(net: &NetPair, dir: &Path, cert: &TestCert, addr: SocketAddr) -> Result<Proc> {
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("www"))?;
+    std::fs::write(prefix.join("www/big"), vec![b'x'; 1 << 20])?;
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(&conf, nginx_config(&prefix, addr, cert))?;
+    let mut c = net.server_cmd("nginx");
+    c.arg("-p").arg(&prefix).arg("-c").arg(&conf);
+    let mut proc = Proc::spawn("nginx", c, dir, false)?;
+    proc.wait_listening(&net.server_ns, addr, Duration::from_secs(15))?;
+    Ok(proc)
+}
+
+/// Handshakes per second of `openssl s_time -new` for `secs` seconds.
+fn handshake_rate(net: &NetPair, addr: SocketAddr, secs: u64) -> Result<f64> {
+    let mut c = net.client_cmd("openssl");
+    c.args(["s_time", "-connect", &addr.to_string(), "-new", "-time"])
+        .arg(secs.to_string());
+    let out = cmd::run_ok(&mut c, Duration::from_secs(secs + 30))?;
+    // "1234 connections in 4.50s; 274.22 connections/user sec, ..."
+    let n: f64 = out
+        .lines()
+        .find_map(|l| {
+            let (n, rest) = l.split_once(' ')?;
+            rest.starts_with("connections in").then(|| n.parse().ok())?
+        })
+        .with_context(|| format!("no connection count in s_time's output: {out}"))?;
+    if n < 1.0 {
+        bail!("s_time made no connection: {out}");
+    }
+    // s_time starts connections for `secs` seconds of wall-clock time.
+    Ok(n / secs as f64)
+}
+
+/// MiB/s of `wrk` fetching the 1 MiB file for `secs` seconds.
+fn throughput(net: &NetPair, addr: SocketAddr, secs: u64) -> Result<f64> {
+    let mut c = net.client_cmd("wrk");
+    c.args(["-t1", "-c4", "-d"])
+        .arg(format!("{secs}s"))
+        .arg(format!("https://{addr}/big"));
+    let out = cmd::run_ok(&mut c, Duration::from_secs(secs + 30))?;
+    let line = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Transfer/sec:"))
+        .with_context(|| format!("no Transfer/sec in wrk's output: {out}"))?
+        .trim();
+    let (num, unit) = line.split_at(
+        line.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(line.len()),
+    );
+    let v: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("wrk: {line:?}"))?;
+    let mib = match unit.trim() {
+        "B" => v / 1_048_576.0,
+        "KB" => v / 1024.0,
+        "MB" => v,
+        "GB" => v * 1024.0,
+        u => bail!("wrk: unknown unit {u:?} in {line:?}"),
+    };
+    if out.contains("Non-2xx") || out.contains("Socket errors") {
+        eprintln!("wrk reported errors:\n{out}");
+    }
+    Ok(mib)
+}
+
+fn agent_args() -> Vec<String> {
+    ["--reneg-cap", "3", "--metrics-addr", "off"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// A running `sslsniff-bpfcc` (uprobes on every process's libssl).
+fn start_sslsniff(dir: &Path) -> Result<Proc> {
+    if !Path::new(SSLSNIFF).exists() {
+        bail!("{SSLSNIFF} is missing (Debian package bpfcc-tools)");
+    }
+    let mut c = std::process::Command::new(SSLSNIFF);
+    // Only the first 16 bytes of each buffer, to keep its output small.
+    c.args(["--max-buffer-size", "16"]);
+    let mut p = Proc::spawn("sslsniff", c, dir, false)?;
+    p.wait_for(
+        "sslsniff's header line",
+        Duration::from_secs(60),
+        |out, _| out.contains("FUNC"),
+    )
+    .map_err(|e| {
+        let err = p.stderr();
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        let first = lines.first().copied().unwrap_or("");
+        let last = lines.last().copied().unwrap_or("");
+        if lines.is_empty() {
+            e
+        } else {
+            anyhow::anyhow!("sslsniff-bpfcc cannot run on this kernel: {first} ... {last}")
+        }
+    })?;
+    Ok(p)
+}
+
+fn main() -> Result<()> {
+    let rounds: u32 = bench::scale(5, 2);
+    let secs = bench::scale(4, 2);
+    let dir = WorkDir::new("bench-nginx")?;
+    let net = NetPair::create()?;
+    let cert = TestCert::generate(dir.path())?;
+    let addr = net.server_addr(false, 8443);
+    let _nginx = start_nginx(&net, dir.path(), &cert, addr)?;
+    // Warm up (first connections pay for page-ins).
+    handshake_rate(&net, addr, 1)?;
+
+    // Arms: 0 hsmon off, 1 hsmon on, 2 hsmon on without its uprobes (TC
+    // programs and tracepoints only); the order rotates every round.
+    let mut h_arm: [Vec<f64>; 3] = Default::default();
+    let mut t_arm: [Vec<f64>; 3] = Default::default();
+    // The agent's own CPU (share of one core) during the handshake runs.
+    let mut cpu_arm: [Vec<f64>; 3] = Default::default();
+    let mut bulk_err: Option<anyhow::Error> = None;
+    for r in 0..rounds {
+        for k in 0..3u32 {
+            let arm = ((r + k) % 3) as usize;
+            let agent = match arm {
+                0 => None,
+                1 => Some(Agent::start_with_args(&net, dir.path(), &agent_args())?),
+                _ => {
+                    let mut a = agent_args();
+                    a.push("--no-uprobes".into());
+                    Some(Agent::start_with_args(&net, dir.path(), &a)?)
+                }
+            };
+            let cpu0 = match &agent {
+                Some(a) => Some(bench::cpu_time(a.pid())?),
+                None => None,
+            };
+            h_arm[arm].push(handshake_rate(&net, addr, secs)?);
+            if let (Some(a), Some(c0)) = (&agent, cpu0) {
+                let used = (bench::cpu_time(a.pid())? - c0).as_secs_f64();
+                cpu_arm[arm].push(used / secs as f64 * 100.0);
+            }
+            if bulk_err.is_none() {
+                match throughput(&net, addr, secs) {
+                    Ok(t) => t_arm[arm].push(t),
+                    Err(e) => bulk_err = Some(e),
+                }
+            }
+            drop(agent);
+        }
+    }
+    let pair = |v: &[Vec<f64>; 3], b: usize| AbSamples {
+        a: v[0].clone(),
+        b: v[b].clone(),
+    };
+    for (arm, what) in [(1, "hsmon on"), (2, "hsmon on without uprobes")] {
+        Row::new(
+            SECTION,
+            &format!("agent CPU during the handshake run, {what}"),
+            bench::median(&cpu_arm[arm]),
+            "% of a core",
+            &format!(
+                "utime+stime of hsmon run over each {secs}s s_time run (2 cores in all); rounds {:?}",
+                cpu_arm[arm].iter().map(|x| x.round()).collect::<Vec<_>>()
+            ),
+        )
+        .emit();
+    }
+    let hs = pair(&h_arm, 1);
+    let bulk = pair(&t_arm, 1);
+    let hs_tc = pair(&h_arm, 2);
+    let bulk_tc = pair(&t_arm, 2);
+    Row::new(
+        SECTION,
+        "handshake rate, hsmon without uprobes / off",
+        hs_tc.ratio(),
+        "ratio",
+        &format!(
+            "hsmon run --no-uprobes (TC programs + tracepoint only), same rounds; {}",
+            hs_tc.describe("off", "on, no uprobes", "handshakes/s")
+        ),
+    )
+    .emit();
+    if bulk_err.is_none() {
+        Row::new(
+            SECTION,
+            "bulk throughput, hsmon without uprobes / off",
+            bulk_tc.ratio(),
+            "ratio",
+            &format!(
+                "hsmon run --no-uprobes, same rounds; {}",
+                bulk_tc.describe("off", "on, no uprobes", "MiB/s")
+            ),
+        )
+        .emit();
+    }
+    Row::new(
+        SECTION,
+        "handshake rate, hsmon on / off",
+        hs.ratio(),
+        "ratio",
+        &format!(
+            "openssl s_time -new for {secs}s per round, TLS 1.3, nginx 1 worker, arms rotated (off, on, on without uprobes); {}",
+            hs.describe("off", "on", "handshakes/s")
+        ),
+    )
+    .target(Goal::AtLeast, 0.99)
+    .emit();
+    Row::new(
+        SECTION,
+        "handshake rate, hsmon off",
+        hs.a_median(),
+        "handshakes/s",
+        "median",
+    )
+    .emit();
+    Row::new(
+        SECTION,
+        "handshake rate, hsmon on",
+        hs.b_median(),
+        "handshakes/s",
+        "median",
+    )
+    .emit();
+    match bulk_err {
+        Some(e) => bench::emit_error(SECTION, "bulk throughput (wrk)", &e),
+        None => {
+            Row::new(
+                SECTION,
+                "bulk throughput, hsmon on / off",
+                bulk.ratio(),
+                "ratio",
+                &format!(
+                    "wrk -t1 -c4 for {secs}s per round, GET of a 1 MiB file over keep-alive HTTPS; {}",
+                    bulk.describe("off", "on", "MiB/s")
+                ),
+            )
+            .target(Goal::AtLeast, 0.99)
+            .emit();
+            Row::new(
+                SECTION,
+                "bulk throughput, hsmon off",
+                bulk.a_median(),
+                "MiB/s",
+                "median",
+            )
+            .emit();
+            Row::new(
+                SECTION,
+                "bulk throughput, hsmon on",
+                bulk.b_median(),
+                "MiB/s",
+                "median",
+            )
+            .emit();
+        }
+    }
+
+    // bcc's sslsniff on the same handshake run, next to hsmon's uprobes.
+    let sniff_rounds: u32 = bench::scale(3, 1);
+    let mut sniff = AbSamples::default();
+    let mut sniff_err = None;
+    for r in 0..sniff_rounds {
+        let order = if r.is_multiple_of(2) {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for on in order {
+            if on {
+                match start_sslsniff(dir.path()) {
+                    Ok(mut p) => {
+                        sniff.b.push(handshake_rate(&net, addr, secs)?);
+                        p.stop(libc::SIGINT, Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        sniff_err = Some(e);
+                        break;
+                    }
+                }
+            } else {
+                sniff.a.push(handshake_rate(&net, addr, secs)?);
+            }
+        }
+        if sniff_err.is_some() {
+            break;
+        }
+    }
+    match sniff_err {
+        Some(e) => bench::emit_error(SECTION, "bcc sslsniff: handshake rate on / off", &e),
+        None => Row::new(
+            SECTION,
+            "bcc sslsniff: handshake rate on / off",
+            sniff.ratio(),
+            "ratio",
+            &format!(
+                "sslsniff-bpfcc --max-buffer-size 16 running, same s_time run; {}",
+                sniff.describe("off", "sslsniff", "handshakes/s")
+            ),
+        )
+        .emit(),
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! Load for the load tests: an nginx sized for many connections, a Python
+//! asyncio client that holds thousands of TLS connections open, and
+//! `h2load` (nghttp2-client) for a handshake flood. Everything runs in the
+//! test's namespaces and is stopped when dropped (the processes are
+//! [`Proc`]s; the namespaces' drop kills anything left).
+
+use crate::cert::TestCert;
+use crate::netns::NetPair;
+use crate::process::Proc;
+use crate::pyssl::python;
+use anyhow::{bail, Context, Result};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// nginx config for `conns` concurrent TLS connections: one worker, the
+/// file limit raised, idle and handshake timeouts long enough to hold them.
+pub fn nginx_config(prefix: &Path, addr: SocketAddr, cert: &TestCert, conns: usize) -> String {
+    let p = prefix.display();
+    format!(
+        "daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections {wc}; }}
+http {{
+    access_log {p}/access.log;
+    client_body_temp_path {p}/client_body;
+    proxy_temp_path {p}/proxy;
+    fastcgi_temp_path {p}/fastcgi;
+    uwsgi_temp_path {p}/uwsgi;
+    scgi_temp_path {p}/scgi;
+    client_header_timeout 300s;
+    keepalive_timeout 300s;
+    server {{
+        listen {addr} ssl backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location / {{ return 200 \"ok\\n\"; }}
+    }}
+}}
+",
+        nofile = conns * 4 + 1024,
+        wc = conns * 2 + 1024,
+        cert = cert.cert.display(),
+        key = cert.key.display(),
+    )
+}
+
+/// Starts nginx (config [`nginx_config`]) in the server namespace and waits
+/// until it listens.
+pub fn start_nginx(
+    net: &NetPair,
+    dir: &Path,
+    cert: &TestCert,
+    addr: SocketAddr,
+    conns: usize,
+) -> Result<Proc> {
+    let prefix = dir.join("nginx-load");
+    std::fs::create_dir_all(&prefix).with_context(|| format!("creating {}", prefix.display()))?;
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(&conf, nginx_config(&prefix, addr, cert, conns))
+        .with_context(|| format!("writing {}", conf.display()))?;
+    let mut c = net.server_cmd("nginx");
+    c.arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(prefix.join("error.log"));
+    let mut proc = Proc::spawn("nginx-load", c, dir, false)?;
+    proc.wait_listening(&net.server_ns, addr, Duration::from_secs(15))
+        .with_context(|| {
+            format!(
+                "nginx error.log:\n{}",
+                crate::process::read_lossy(&prefix.join("error.log"))
+            )
+        })?;
+    Ok(proc)
+}
+
+/// The holding client: opens N TLS connections (at most C handshakes in
+/// flight), prints `OPENED ok=N failed=M`, waits for a line on stdin,
+/// closes them all and prints `CLOSED`.
+pub const HOLD_SCRIPT: &str = r#"import asyncio, resource, ssl, sys
+
+host, port, n, conc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+want = n + 1024
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if soft < want:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+
+async def main():
+    sem = asyncio.Semaphore(conc)
+    writers = []
+    failed = [0]
+    async def one():
+        async with sem:
+            try:
+                _, w = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, ssl=ctx), 60)
+                writers.append(w)
+            except Exception as e:
+                failed[0] += 1
+                if failed[0] <= 5:
+                    print("FAIL", repr(e), flush=True)
+    await asyncio.gather(*(one() for _ in range(n)))
+    print("OPENED ok=%d failed=%d" % (len(writers), failed[0]), flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)
+    for w in writers:
+        w.close()
+    for w in writers:
+        try:
+            await asyncio.wait_for(w.wait_closed(), 5)
+        except Exception:
+            pass
+    print("CLOSED", len(writers), flush=True)
+
+asyncio.run(main())
+"#;
+
+/// Starts the holding client for `n` connections, `conc` handshakes at a time.
+pub fn start_holder(
+    net: &NetPair,
+    dir: &Path,
+    addr: SocketAddr,
+    n: usize,
+    conc: usize,
+) -> Result<Proc> {
+    let script = dir.join("hold_many.py");
+    std::fs::write(&script, HOLD_SCRIPT)
+        .with_context(|| format!("writing {}", script.display()))?;
+    let mut c = net.client_cmd(python());
+    c.arg(&script)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(n.to_string())
+        .arg(conc.to_string());
+    Proc::spawn("holder", c, dir, true)
+}
+
+/// `ok` and `failed` of the holder's `OPENED ok=N failed=M` line.
+pub fn opened_counts(stdout: &str) -> Option<(usize, usize)> {
+    let line = stdout.lines().find(|l| l.starts_with("OPENED "))?;
+    let mut ok = None;
+    let mut failed = None;
+    for part in line.split_whitespace() {
+        if let Some(v) = part.strip_prefix("ok=") {
+            ok = v.parse().ok();
+        } else if let Some(v) = part.strip_prefix("failed=") {
+            failed = v.parse().ok();
+        }
+    }
+    Some((ok?, failed?))
+}
+
+/// What h2load reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2loadResult {
+    /// Requests succeeded (one per connection here).
+    pub succeeded: u64,
+    /// Requests failed.
+    pub failed: u64,
+    /// Requests errored.
+    pub errored: u64,
+}
+
+/// Parses h2load's `requests: N total, N started, N done, N succeeded, N
+/// failed, N errored, N timeout` line.
+pub fn parse_h2load(out: &str) -> Option<H2loadResult> {
+    let line = out.lines().find(|l| l.starts_with("requests:"))?;
+    let field = |name: &str| -> Option<u64> {
+        line.split(',')
+            .find(|p| p.trim().ends_with(name))?
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
+    };
+    Some(H2loadResult {
+        succeeded: field("succeeded")?,
+        failed: field("failed")?,
+        errored: field("errored")?,
+    })
+}
+
+/// Runs h2load from the client namespace: `conns` HTTP/1.1 connections of
+/// one request each, `rate` new connections every 100 ms (so 10 x `rate`
+/// handshakes per second); waits at most `timeout`.
+pub fn h2load_flood(
+    net: &NetPair,
+    dir: &Path,
+    addr: SocketAddr,
+    conns: u64,
+    rate: u64,
+    timeout: Duration,
+) -> Result<(H2loadResult, String)> {
+    let mut c = net.client_cmd("h2load");
+    c.arg("--h1")
+        .arg("-n")
+        .arg(conns.to_string())
+        .arg("-c")
+        .arg(conns.to_string())
+        .arg("-r")
+        .arg(rate.to_string())
+        .arg("--rate-period=100ms")
+        .arg("-t")
+        .arg("1")
+        .arg(format!("https://{addr}/"));
+    let mut p = Proc::spawn("h2load", c, dir, false)?;
+    if p.wait_exit(timeout).is_none() {
+        bail!("h2load did not finish within {timeout:?}\n{}", p.logs(20));
+    }
+    let out = p.stdout();
+    let r = parse_h2load(&out)
+        .with_context(|| format!("no requests line in h2load's output\n{}", p.logs(40)))?;
+    Ok((r, out))
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn parses_h2load_and_holder_lines() {
+        let out = "finished in 2.00s, 500.00 req/s, 1KB/s\n\
+                   requests: 1000 total, 1000 started, 1000 done, 998 succeeded, 2 failed, 0 errored, 0 timeout\n";
+        assert_eq!(
+            parse_h2load(out),
+            Some(H2loadResult {
+                succeeded: 998,
+                failed: 2,
+                errored: 0
+            })
+        );
+        assert_eq!(parse_h2load("nothing"), None);
+        assert_eq!(opened_counts("x\nOPENED ok=10 failed=0\n"), Some((10, 0)));
+    }
+}
