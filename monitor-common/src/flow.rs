@@ -204,10 +204,16 @@ pub enum Stat {
     /// Of the ban drops, the packets of bans the policy added
     /// (`crate::ban::BAN_REASON_POLICY`).
     BanDropsPolicy = 10,
+    /// Runs of the TC ingress program (every packet it saw).
+    TcIngressRuns = 11,
+    /// Runs of the TC egress program.
+    TcEgressRuns = 12,
+    /// Runs of the `sock/inet_sock_set_state` tracepoint program.
+    SockStateRuns = 13,
 }
 
 /// Number of `STATS` slots.
-pub const STAT_COUNT: u32 = 11;
+pub const STAT_COUNT: u32 = 14;
 
 impl Stat {
     /// Every slot, in index order.
@@ -223,6 +229,9 @@ impl Stat {
         Stat::BanDropsManual,
         Stat::RenegCapDrops,
         Stat::BanDropsPolicy,
+        Stat::TcIngressRuns,
+        Stat::TcEgressRuns,
+        Stat::SockStateRuns,
     ];
 
     /// The slot's name in `/v1/stats` and in metric names (`hsmon_kernel_<name>_total`).
@@ -239,6 +248,9 @@ impl Stat {
             Stat::BanDropsManual => "ban_drops_manual",
             Stat::RenegCapDrops => "reneg_cap_drops",
             Stat::BanDropsPolicy => "ban_drops_policy",
+            Stat::TcIngressRuns => "tc_ingress_runs",
+            Stat::TcEgressRuns => "tc_egress_runs",
+            Stat::SockStateRuns => "sock_state_runs",
         }
     }
 
@@ -258,6 +270,9 @@ impl Stat {
                 "Client segments dropped at TC ingress because their connection went over the renegotiation cap"
             }
             Stat::BanDropsPolicy => "Packets dropped by bans the policy added (a rule with action ban)",
+            Stat::TcIngressRuns => "Runs of the TC ingress program (every packet it saw)",
+            Stat::TcEgressRuns => "Runs of the TC egress program (every packet it saw)",
+            Stat::SockStateRuns => "Runs of the sock/inet_sock_set_state tracepoint program",
         }
     }
 }

@@ -27,6 +27,7 @@ pub(crate) const IPPROTO_TCP: u16 = 6;
 /// Finishes the flow of a TCP socket entering `TCP_CLOSE`.
 #[tracepoint]
 pub fn hsmon_sock_state(ctx: TracePointContext) -> u32 {
+    count(Stat::SockStateRuns);
     let _ = on_state(&ctx);
     0
 }

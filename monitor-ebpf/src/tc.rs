@@ -55,6 +55,7 @@ extern "C" fn step_cb(_index: u64, ctx: *mut c_void) -> c_long {
 /// (`TrackerConfig::reneg_cap`: this host is the server, the cap protects it).
 #[classifier]
 pub fn hsmon_tc_ingress(ctx: TcContext) -> i32 {
+    count(Stat::TcIngressRuns);
     if crate::ban::any() && crate::ban::banned(&ctx) {
         return TC_ACT_SHOT;
     }
@@ -67,6 +68,7 @@ pub fn hsmon_tc_ingress(ctx: TcContext) -> i32 {
 /// Egress hook: segments leaving this host. Never drops.
 #[classifier]
 pub fn hsmon_tc_egress(ctx: TcContext) -> i32 {
+    count(Stat::TcEgressRuns);
     track(&ctx, false);
     TC_ACT_UNSPEC
 }

@@ -17,6 +17,9 @@ pub struct Cli {
 }
 
 /// The verbs `hsmon` understands.
+// Parsed once per process and moved out at once: the size of the `run`
+// variant costs nothing worth a `Box` and its clap plumbing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Verb {
     /// Run the agent: load and attach the eBPF programs, track TLS flows and

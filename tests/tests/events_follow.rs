@@ -69,7 +69,13 @@ fn follow_streams_bans_decisions_and_the_end() {
     ) {
         panic!("writing {}: {e}", config.display());
     }
-    let args = vec!["--config".to_owned(), config.display().to_string()];
+    let events_file = dir.join("decisions.jsonl");
+    let args = vec![
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--events-file".to_owned(),
+        events_file.display().to_string(),
+    ];
     with_scenario_agent_args("events-follow", &args, |sc| {
         let socket = sc.agent().context("no agent")?.socket.clone();
         let mut c = Command::new(hsmon_bin());
@@ -133,6 +139,21 @@ fn follow_streams_bans_decisions_and_the_end() {
         ensure!(
             decision["rule"] == "handshakes_per_10s" && decision["action"] == "alert",
             "{decision}"
+        );
+        // --events-file: the same decision, as the stdout line.
+        let written = std::fs::read_to_string(&events_file)
+            .with_context(|| format!("reading {}", events_file.display()))?;
+        let lines: Vec<Value> = written
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("the events file is not JSON lines:\n{written}"))?;
+        ensure!(
+            lines.iter().any(|v| v["rule"] == "handshakes_per_10s"
+                && v["peer"] == client.as_str()
+                && v["action"] == "alert"
+                && v["dry_run"] == false),
+            "no decision in the events file:\n{written}"
         );
 
         // The backlog without --follow: the same events, then exit.

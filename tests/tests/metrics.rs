@@ -51,6 +51,7 @@ const FAMILIES: &[&str] = &[
     "hsmon_kernel_malformed_packets",
     "hsmon_peer_renegotiations",
     "hsmon_drops",
+    "hsmon_program_runs",
     "hsmon_bans_issued",
     "hsmon_bans_active",
 ];
@@ -199,6 +200,17 @@ fn prometheus_scrapes_client_renegotiations() {
             ban_drops >= 1.0,
             "the banned client's SYNs were not counted: {ban_drops}"
         );
+        // Every packet crossed the ingress program (the server's veth has
+        // both hooks), and the socket-state tracepoint ran for each connection.
+        for program in ["hsmon_tc_ingress", "hsmon_tc_egress", "hsmon_sock_state"] {
+            let prefix = format!("hsmon_program_runs_total{{program=\"{program}\"}} ");
+            let runs: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| anyhow!("no {prefix:?} line in:\n{text}"))?;
+            ensure!(runs >= RENEGS as f64, "{program} ran only {runs} times");
+        }
         let other_peer_labels: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("peer=\"") && !l.starts_with("hsmon_peer_renegotiations{"))

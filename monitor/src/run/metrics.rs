@@ -312,6 +312,26 @@ pub fn drops_by_reason(kernel: &BTreeMap<String, u64>) -> Vec<(String, u64)> {
     out
 }
 
+/// The run counters behind `hsmon_program_runs_total{program}`: (counter
+/// name in `STATS` or the uprobes' `SSL_STATS`, the `program` label).
+/// Uprobe programs are counted together (entries, returns).
+pub const PROGRAM_RUNS: [(&str, &str); 5] = [
+    ("tc_ingress_runs", "hsmon_tc_ingress"),
+    ("tc_egress_runs", "hsmon_tc_egress"),
+    ("sock_state_runs", "hsmon_sock_state"),
+    ("ssl_probe_entries", "libssl_uprobes"),
+    ("ssl_probe_returns", "libssl_uretprobes"),
+];
+
+/// `hsmon_program_runs_total{program}`'s values from the counters by name
+/// (the uprobe rows only when the uprobes are attached).
+pub fn program_runs(kernel: &BTreeMap<String, u64>) -> Vec<(&'static str, u64)> {
+    PROGRAM_RUNS
+        .iter()
+        .filter_map(|(slot, program)| kernel.get(*slot).map(|n| (*program, *n)))
+        .collect()
+}
+
 /// HELP text of a kernel `STATS` counter, by name.
 fn kernel_help(name: &str) -> String {
     match Stat::ALL.iter().find(|s| s.name() == name) {
@@ -452,6 +472,15 @@ impl Snapshot {
             "Packets the TC ingress program dropped, by reason: ban_ORIGIN (a ban's packets, by who added it), ban_other, reneg_cap (segments of a connection over the renegotiation cap), and every other NAME_drops kernel counter",
             labelled(&drop_pairs),
         );
+        let runs: Vec<(&str, &str, u64)> = program_runs(&self.kernel)
+            .into_iter()
+            .map(|(program, n)| ("program", program, n))
+            .collect();
+        r.register(
+            "program_runs",
+            "Runs of each hsmon eBPF program, counted by the program itself (the libssl uprobes together: entries and returns)",
+            labelled(&runs),
+        );
         let issued = Family::<Vec<(String, String)>, Counter>::default();
         for origin in ["manual", "policy"] {
             let _ = issued.get_or_create(&vec![("added_by".to_owned(), origin.to_owned())]);
@@ -496,7 +525,10 @@ impl Snapshot {
 
     /// Reads everything a scrape shows (blocking: map syscalls).
     pub fn take(shared: &Shared, flow_map_capacity: u32) -> Result<Self> {
-        let kernel = lock(&shared.stats).read()?;
+        let mut kernel = lock(&shared.stats).read()?;
+        if let Some(u) = shared.uprobes.get() {
+            kernel.extend(u.stats_by_name()?);
+        }
         let flows = lock(&shared.table).metrics(TOP_PEERS)?;
         let bans_active = lock(&shared.bans)
             .list(crate::record::monotonic_now_ns())
@@ -790,6 +822,34 @@ mod tests {
             .filter(|l| l.contains("peer=") && !l.starts_with("hsmon_peer_renegotiations{"))
             .collect();
         assert!(with_peer.is_empty(), "{with_peer:?}");
+    }
+
+    #[test]
+    fn program_runs_name_the_programs_and_skip_absent_counters() {
+        // Every STATS slot the table names exists (a renamed slot must fail here).
+        for (slot, _) in PROGRAM_RUNS.iter().take(3) {
+            assert!(Stat::ALL.iter().any(|s| s.name() == *slot), "{slot}");
+        }
+        let kernel = BTreeMap::from([
+            ("tc_ingress_runs".to_owned(), 7),
+            ("tc_egress_runs".to_owned(), 5),
+            ("sock_state_runs".to_owned(), 2),
+            ("segments".to_owned(), 99),
+        ]);
+        assert_eq!(
+            program_runs(&kernel),
+            [
+                ("hsmon_tc_ingress", 7),
+                ("hsmon_tc_egress", 5),
+                ("hsmon_sock_state", 2)
+            ]
+        );
+        let mut with_uprobes = kernel.clone();
+        with_uprobes.insert("ssl_probe_entries".to_owned(), 40);
+        with_uprobes.insert("ssl_probe_returns".to_owned(), 9);
+        let runs = program_runs(&with_uprobes);
+        assert!(runs.contains(&("libssl_uprobes", 40)), "{runs:?}");
+        assert!(runs.contains(&("libssl_uretprobes", 9)), "{runs:?}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod attach;
 mod bans;
+mod decision_log;
 mod ebpf_log;
 mod event_bus;
 mod events;
@@ -92,6 +93,10 @@ pub struct Args {
     /// Compute every policy decision but change nothing (`would_ban`).
     #[arg(long)]
     pub dry_run: bool,
+    /// Also append every policy decision (the JSON lines printed on stdout)
+    /// to this file; SIGHUP reopens it (for logrotate).
+    #[arg(long, value_name = "PATH")]
+    pub events_file: Option<std::path::PathBuf>,
     /// Attach no libssl uprobes: connections get no process attribution or
     /// handshake timing (wire counting is unchanged).
     #[arg(long)]
@@ -194,6 +199,7 @@ impl Signals {
                 _ = self.int.recv() => return "SIGINT",
                 _ = self.term.recv() => return "SIGTERM",
                 _ = self.hup.recv() => {
+                    decision_log::reopen();
                     match self.reload.as_mut() {
                         Some(r) => r.reload(),
                         None => tracing::warn!("SIGHUP during start-up: nothing reloaded"),
@@ -238,6 +244,9 @@ async fn agent(args: Args) -> Result<()> {
         None => None,
     };
 
+    if let Some(path) = &args.events_file {
+        decision_log::open(path)?;
+    }
     let mut persistence = persist::Persistence::open(&args.persist)?;
     let mut ebpf = persistence.load(args.flow_map_size, args.events_ring_size)?;
     let logger = loader::ebpf_logger(&mut ebpf);

@@ -886,6 +886,7 @@ pub fn print_decisions(decisions: &[Decision]) {
     if let Err(e) = crate::output::write_stdout(out.as_bytes()) {
         tracing::warn!("writing decisions: {e:#}");
     }
+    super::decision_log::append(out.as_bytes());
 }
 
 #[cfg(test)]
