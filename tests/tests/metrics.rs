@@ -248,6 +248,9 @@ fn metrics_addr_busy_off_and_default() {
             .args(["--iface", &net.server_if])
             .arg("--socket")
             .arg(dir.join("busy.sock"))
+            .arg("--no-persist")
+            .arg("--state-file")
+            .arg(dir.join("busy.state.json"))
             .args(["--metrics-addr", METRICS]);
         let out = tests::cmd::output_within(&mut c, Duration::from_secs(30))?;
         let stderr = String::from_utf8_lossy(&out.stderr);

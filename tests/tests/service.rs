@@ -236,6 +236,11 @@ fn start_agent(
         .arg("--socket")
         .arg(dir.join(format!("{name}.sock")))
         .args(["--metrics-addr", "off"])
+        // Nothing of this agent may outlive the test: no pins kept on stop,
+        // and its state file in the test's directory, not /run/hsmon.
+        .arg("--no-persist")
+        .arg("--state-file")
+        .arg(dir.join(format!("{name}.state.json")))
         .env("NOTIFY_SOCKET", notify)
         .env_remove("WATCHDOG_PID");
     match watchdog_usec {
