@@ -106,24 +106,25 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
         off: seg.payload_off,
         len: seg.payload_len,
     };
-    let flow = match FLOWS.get_ptr_mut(&key) {
-        Some(flow) => flow,
+    let (flow, created) = match FLOWS.get_ptr_mut(&key) {
+        Some(flow) => (flow, false),
         None => {
             if !has_payload {
                 return false;
             }
             match new_flow(&seg, &payload, &key, sender_is_a) {
-                Some(flow) => flow,
+                // No segment parsed yet in either direction: this is the
+                // flow's first (if both hooks race to create it, both say
+                // so; the agent dedupes). Checked only here, off the path of
+                // segments of known flows.
+                // SAFETY: a valid pointer into the map.
+                Some(flow) => (flow, unsafe { just_created(&*flow) }),
                 None => return false,
             }
         }
     };
     // SAFETY: a valid pointer into the map; the tracker only touches plain integers.
     let flow = unsafe { &mut *flow };
-    // No segment parsed yet in either direction: this is the flow's first
-    // (if both hooks race to create it, both say so; the agent dedupes).
-    let created =
-        flow.tracker.dirs[CLIENT].status == DIR_NEW && flow.tracker.dirs[SERVER].status == DIR_NEW;
     let dir = if sender_is_a == (flow.client_is_a != 0) {
         CLIENT
     } else {
@@ -150,6 +151,12 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
         flow.tracker.on_close(dir);
     }
     drop
+}
+
+/// Has no segment of `flow` been parsed yet, in either direction?
+#[inline(always)]
+fn just_created(flow: &FlowValue) -> bool {
+    flow.tracker.dirs[CLIENT].status == DIR_NEW && flow.tracker.dirs[SERVER].status == DIR_NEW
 }
 
 /// Applies the renegotiation cap after a client segment with payload:
