@@ -164,8 +164,10 @@ pub fn opened_counts(stdout: &str) -> Option<(usize, usize)> {
 }
 
 /// What h2load reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct H2loadResult {
+    /// Seconds the run took (`finished in N.NNs`).
+    pub secs: f64,
     /// Requests succeeded (one per connection here).
     pub succeeded: u64,
     /// Requests failed.
@@ -177,6 +179,14 @@ pub struct H2loadResult {
 /// Parses h2load's `requests: N total, N started, N done, N succeeded, N
 /// failed, N errored, N timeout` line.
 pub fn parse_h2load(out: &str) -> Option<H2loadResult> {
+    let secs = out
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))?
+        .split(|c: char| c == 's' || c == ',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
     let line = out.lines().find(|l| l.starts_with("requests:"))?;
     let field = |name: &str| -> Option<u64> {
         line.split(',')
@@ -185,42 +195,52 @@ pub fn parse_h2load(out: &str) -> Option<H2loadResult> {
             .find_map(|w| w.parse().ok())
     };
     Some(H2loadResult {
+        secs,
         succeeded: field("succeeded")?,
         failed: field("failed")?,
         errored: field("errored")?,
     })
 }
 
-/// Runs h2load from the client namespace: `conns` HTTP/1.1 connections of
-/// one request each, `rate` new connections every 100 ms (so 10 x `rate`
-/// handshakes per second); waits at most `timeout`.
-pub fn h2load_flood(
+/// Runs h2load from the client namespace as a closed loop: `clients`
+/// clients, each sending one request per connection (`Connection: close`,
+/// so the server closes and the client reconnects at once) until `requests`
+/// requests are done: as many handshakes per second as the machine sustains.
+/// Waits at most `timeout`.
+pub fn h2load_closed_loop(
     net: &NetPair,
     dir: &Path,
     addr: SocketAddr,
-    conns: u64,
-    rate: u64,
+    requests: u64,
+    clients: u64,
     timeout: Duration,
 ) -> Result<(H2loadResult, String)> {
     let mut c = net.client_cmd("h2load");
     c.arg("--h1")
         .arg("-n")
-        .arg(conns.to_string())
+        .arg(requests.to_string())
         .arg("-c")
-        .arg(conns.to_string())
-        .arg("-r")
-        .arg(rate.to_string())
-        .arg("--rate-period=100ms")
+        .arg(clients.to_string())
         .arg("-t")
         .arg("1")
+        .args(["-H", "Connection: close"])
         .arg(format!("https://{addr}/"));
+    run_h2load(c, dir, timeout)
+}
+
+/// Spawns the prepared h2load command, waits for it and parses its summary.
+fn run_h2load(
+    c: std::process::Command,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<(H2loadResult, String)> {
     let mut p = Proc::spawn("h2load", c, dir, false)?;
     if p.wait_exit(timeout).is_none() {
         bail!("h2load did not finish within {timeout:?}\n{}", p.logs(20));
     }
     let out = p.stdout();
     let r = parse_h2load(&out)
-        .with_context(|| format!("no requests line in h2load's output\n{}", p.logs(40)))?;
+        .with_context(|| format!("no summary in h2load's output\n{}", p.logs(40)))?;
     Ok((r, out))
 }
 
@@ -235,6 +255,7 @@ mod unit {
         assert_eq!(
             parse_h2load(out),
             Some(H2loadResult {
+                secs: 2.0,
                 succeeded: 998,
                 failed: 2,
                 errored: 0
