@@ -188,6 +188,21 @@ impl Scenario {
         Ok(c)
     }
 
+    /// A TLS 1.2 `s_server` on `port` (IPv4) that honours client-initiated
+    /// renegotiation, and an `s_client` connected to it with its handshake
+    /// done (within `wait`): the start of every renegotiation scenario.
+    pub fn renegotiating_pair(&mut self, port: u16, wait: Duration) -> Result<(SServer, SClient)> {
+        let addr = self.server_addr(false, port);
+        let srv = self.s_server(
+            &SServerOpts::new(addr)
+                .version(TlsVersion::Tls12)
+                .client_renegotiation(true),
+        )?;
+        let mut c = self.s_client(&SClientOpts::new(addr).version(TlsVersion::Tls12))?;
+        c.wait_established(wait)?;
+        Ok((srv, c))
+    }
+
     /// `n` connections one after another, each a complete handshake and a
     /// clean close. Returns the handshakes completed (fails before `n` on
     /// the first connection that does not complete).

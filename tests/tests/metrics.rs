@@ -13,7 +13,6 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 use tests::hsmon::{agent_cmd, hsmon_bin, Agent};
 use tests::netns::{in_netns, NetPair};
-use tests::openssl::{SClientOpts, SServerOpts, TlsVersion};
 use tests::process::is_listening;
 use tests::prom::{http_get, Prometheus};
 use tests::scenario::{assert_common, PER_CONN};
@@ -70,14 +69,7 @@ fn prometheus_scrapes_client_renegotiations() {
         prom.wait_value("up{job=\"hsmon\"}", 1.0, PROM_WAIT)?;
         prom.wait_value(CLIENT_RENEGS, 0.0, PROM_WAIT)?;
 
-        let server = sc.server_addr(false, PORT);
-        let _srv = sc.s_server(
-            &SServerOpts::new(server)
-                .version(TlsVersion::Tls12)
-                .client_renegotiation(true),
-        )?;
-        let mut c = sc.s_client(&SClientOpts::new(server).version(TlsVersion::Tls12))?;
-        c.wait_established(PER_CONN)?;
+        let (_srv, mut c) = sc.renegotiating_pair(PORT, PER_CONN)?;
         c.send_data("hello")?;
         for i in 0..RENEGS {
             c.renegotiate()?;
@@ -149,7 +141,7 @@ fn prometheus_scrapes_client_renegotiations() {
         let mut knock = sc.net.client_cmd("bash");
         knock.arg("-c").arg(format!(
             "timeout 2 bash -c '</dev/tcp/{}/4499' 2>/dev/null; exit 0",
-            server.ip()
+            sc.server_addr(false, PORT).ip()
         ));
         tests::cmd::run_ok(&mut knock, Duration::from_secs(10))?;
         std::thread::sleep(Duration::from_millis(600)); // the ban watch: 250 ms

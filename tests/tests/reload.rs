@@ -222,14 +222,7 @@ fn sighup_rewrites_the_kernel_renegotiation_cap() {
         "1".to_owned(),
     ];
     with_scenario_agent_args("reload-cap", &args, |sc| {
-        let addr = sc.server_addr(false, PORT);
-        let _srv = sc.s_server(
-            &SServerOpts::new(addr)
-                .version(TlsVersion::Tls12)
-                .client_renegotiation(true),
-        )?;
-        let mut c = sc.s_client(&SClientOpts::new(addr).version(TlsVersion::Tls12))?;
-        c.wait_established(PER_CONN)?;
+        let (_srv, mut c) = sc.renegotiating_pair(PORT, PER_CONN)?;
         for i in 0..3 {
             c.renegotiate()?;
             c.wait_handshakes(i + 2, Duration::from_secs(5))

@@ -164,14 +164,7 @@ fn dry_run_reports_would_reset_and_drops_nothing() {
         "--dry-run".to_owned(),
     ];
     tests::scenario::with_scenario_agent_args("reneg-cap-dry", &args, |sc| {
-        let addr = sc.server_addr(false, PORT);
-        let mut srv = sc.s_server(
-            &SServerOpts::new(addr)
-                .version(TlsVersion::Tls12)
-                .client_renegotiation(true),
-        )?;
-        let mut c = sc.s_client(&SClientOpts::new(addr).version(TlsVersion::Tls12))?;
-        c.wait_established(PER_CONN)?;
+        let (mut srv, mut c) = sc.renegotiating_pair(PORT, PER_CONN)?;
         for i in 0..TRIES {
             c.renegotiate()?;
             c.wait_handshakes(i + 2, PER_CONN)

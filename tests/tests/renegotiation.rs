@@ -30,14 +30,7 @@ const SERVER_RENEGS: usize = 2;
 /// One TLS 1.2 connection with `RENEGS` accepted renegotiations, each
 /// waited for before the next.
 fn drive_accepted(sc: &mut Scenario) -> Result<Report> {
-    let addr = sc.server_addr(false, PORT);
-    let _srv = sc.s_server(
-        &SServerOpts::new(addr)
-            .version(TlsVersion::Tls12)
-            .client_renegotiation(true),
-    )?;
-    let mut c = sc.s_client(&SClientOpts::new(addr).version(TlsVersion::Tls12))?;
-    c.wait_established(PER_CONN)?;
+    let (_srv, mut c) = sc.renegotiating_pair(PORT, PER_CONN)?;
     c.send_data("hello")?;
     for i in 0..RENEGS {
         c.renegotiate()?;

@@ -11,7 +11,6 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tests::hsmon::hsmon_bin;
-use tests::openssl::{SClientOpts, SServerOpts, TlsVersion};
 use tests::process::Proc;
 use tests::scenario::{with_scenario, PER_CONN};
 
@@ -20,14 +19,7 @@ const PORT: u16 = 4473;
 #[test]
 fn top_shows_a_renegotiating_peer_with_a_rate() {
     with_scenario("top", |sc| {
-        let addr = sc.server_addr(false, PORT);
-        let _srv = sc.s_server(
-            &SServerOpts::new(addr)
-                .version(TlsVersion::Tls12)
-                .client_renegotiation(true),
-        )?;
-        let mut c = sc.s_client(&SClientOpts::new(addr).version(TlsVersion::Tls12))?;
-        c.wait_established(PER_CONN)?;
+        let (_srv, mut c) = sc.renegotiating_pair(PORT, PER_CONN)?;
         let socket = sc.agent().context("no agent")?.socket.clone();
 
         let mut cmd = Command::new(hsmon_bin());
