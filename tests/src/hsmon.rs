@@ -419,6 +419,12 @@ impl Agent {
         self.proc.stdout()
     }
 
+    /// `hsmon bans --json`.
+    pub fn bans(&self) -> Result<Vec<BanEntry>> {
+        let out = self.cli(&["bans", "--json"])?;
+        serde_json::from_str(&out).with_context(|| format!("`hsmon bans --json` printed {out:?}"))
+    }
+
     /// `hsmon VERB... --socket SOCKET`: stdout on success.
     pub fn cli(&self, verb: &[&str]) -> Result<String> {
         let mut c = Command::new(&self.bin);
@@ -482,4 +488,17 @@ mod unit {
         );
         assert!(parse_conns(r#"[{"client":"1.2.3.4:5"}]"#).is_err());
     }
+}
+
+/// One entry of `hsmon bans --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BanEntry {
+    /// The banned prefix.
+    pub cidr: String,
+    /// Why (`manual`, a policy rule, `restored`, ...).
+    pub reason: String,
+    /// Time left, in milliseconds.
+    pub expires_in_ms: u64,
+    /// Who added it (`operator`, `policy`, ...).
+    pub added_by: String,
 }

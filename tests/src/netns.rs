@@ -288,3 +288,47 @@ pub fn spawn_in_netns<T: Send + 'static>(
         })
         .context("spawning a thread")
 }
+
+/// One TCP connect from namespace `ns` to `dst` (bound to `src` when
+/// given): `Ok(true)` when established within `timeout`, `Ok(false)` when it
+/// times out (the SYN or its answer was dropped, as a ban does), an error
+/// otherwise (a refused connect means the path works but nothing listens: a
+/// test bug). With `hello`, a line is sent once connected, so the TC
+/// programs see a data segment.
+pub fn tcp_connects(
+    ns: &str,
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+    hello: bool,
+) -> Result<bool> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use std::io::Write as _;
+    in_netns(ns, move || -> Result<bool> {
+        let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)
+            .context("creating a socket")?;
+        if let Some(src) = src {
+            s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+                .with_context(|| format!("binding to {src}"))?;
+        }
+        match s.connect_timeout(&SockAddr::from(dst), timeout) {
+            Ok(()) => {
+                if hello {
+                    let mut t: TcpStream = s.into();
+                    let _ = t.write_all(b"hello\n");
+                }
+                Ok(true)
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::TimedOut
+                    || e.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e).with_context(|| match src {
+                Some(src) => format!("connecting {src} -> {dst}"),
+                None => format!("connecting to {dst}"),
+            }),
+        }
+    })?
+}

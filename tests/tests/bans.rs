@@ -8,15 +8,13 @@
 //! exit status 1; bad arguments exit with 2; `bans del` lifts a ban at once.
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Deserialize;
-use socket2::{Domain, SockAddr, Socket, Type};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use tests::{
     cmd,
-    hsmon::hsmon_bin,
-    netns::{in_netns, ip},
+    hsmon::{hsmon_bin, BanEntry},
+    netns::{in_netns, ip, tcp_connects},
     with_scenario, Scenario,
 };
 
@@ -26,15 +24,6 @@ const PORT: u16 = 5901;
 const TTL: Duration = Duration::from_secs(3);
 /// How long a connect may take before it counts as dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
-
-/// One entry of `hsmon bans --json`.
-#[derive(Debug, Deserialize)]
-struct Ban {
-    cidr: String,
-    reason: String,
-    expires_in_ms: u64,
-    added_by: String,
-}
 
 /// Runs `hsmon ARGS --socket SOCKET` (10 s at most); any exit status.
 fn hsmon(sc: &Scenario, args: &[&str]) -> Result<Output> {
@@ -58,32 +47,15 @@ fn hsmon_exit(sc: &Scenario, args: &[&str], code: i32) -> Result<(String, String
     Ok((stdout, stderr))
 }
 
-fn list(sc: &Scenario) -> Result<Vec<Ban>> {
+fn list(sc: &Scenario) -> Result<Vec<BanEntry>> {
     let (out, _) = hsmon_exit(sc, &["bans", "--json"], 0)?;
     serde_json::from_str(&out).with_context(|| format!("`hsmon bans --json` printed {out:?}"))
 }
 
-/// Tries one TCP connect from the client namespace to `dst`, from source
-/// address `src`: Ok(true) when it is established within `timeout`, Ok(false)
-/// when it times out (the SYN or its answer was dropped), an error otherwise
-/// (a refused connect means the path works but nothing listens: a test bug).
+/// One TCP connect from the client namespace to `dst` from `src` (see
+/// [`tcp_connects`]).
 fn connects(sc: &Scenario, src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<bool> {
-    in_netns(&sc.net.client_ns, move || -> Result<bool> {
-        let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)
-            .context("creating a socket")?;
-        s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
-            .with_context(|| format!("binding to {src}"))?;
-        match s.connect_timeout(&SockAddr::from(dst), timeout) {
-            Ok(()) => Ok(true),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::TimedOut
-                    || e.kind() == std::io::ErrorKind::WouldBlock =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e).with_context(|| format!("connecting {src} -> {dst}")),
-        }
-    })?
+    tcp_connects(&sc.net.client_ns, Some(src), dst, timeout, false)
 }
 
 /// Polls until `src` connects to `dst`; returns when (bounded by `within`).

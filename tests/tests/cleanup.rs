@@ -11,11 +11,10 @@
 //! - `--no-persist`: a clean stop leaves nothing behind.
 
 use anyhow::{ensure, Context, Result};
-use socket2::{Domain, SockAddr, Socket, Type};
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 use tests::hsmon::{kernel_links, Agent, KernelLinks};
-use tests::netns::{in_netns, ns_cmd};
+use tests::netns::{in_netns, ns_cmd, tcp_connects};
 use tests::{cmd, with_scenario_no_agent, Scenario};
 
 /// The port of the plain TCP listener.
@@ -32,20 +31,7 @@ fn listen(sc: &Scenario) -> Result<(TcpListener, SocketAddr)> {
 
 /// One TCP connect from the client namespace: true when established.
 fn connects(sc: &Scenario, dst: SocketAddr) -> Result<bool> {
-    in_netns(&sc.net.client_ns, move || -> Result<bool> {
-        let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)
-            .context("creating a socket")?;
-        match s.connect_timeout(&SockAddr::from(dst), CONNECT_TIMEOUT) {
-            Ok(()) => Ok(true),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::TimedOut
-                    || e.kind() == std::io::ErrorKind::WouldBlock =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e).with_context(|| format!("connecting to {dst}")),
-        }
-    })?
+    tcp_connects(&sc.net.client_ns, None, dst, CONNECT_TIMEOUT, false)
 }
 
 /// The qdiscs of the server's veth (`tc qdisc show`).

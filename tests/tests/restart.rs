@@ -16,13 +16,10 @@
 //!   gets the escalated TTL.
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Deserialize;
-use socket2::{Domain, SockAddr, Socket, Type};
-use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 use tests::hsmon::{kernel_links, Agent, KernelLinks};
-use tests::netns::in_netns;
+use tests::netns::{in_netns, tcp_connects};
 use tests::openssl::SClientOpts;
 use tests::{with_scenario_no_agent, Scenario};
 
@@ -30,15 +27,6 @@ use tests::{with_scenario_no_agent, Scenario};
 const PORT: u16 = 5911;
 /// How long a connect may take before it counts as dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
-
-/// One entry of `hsmon bans --json`.
-#[derive(Debug, Deserialize)]
-struct Ban {
-    cidr: String,
-    reason: String,
-    expires_in_ms: u64,
-    added_by: String,
-}
 
 /// The agent's arguments in these tests (no uprobes: not under test).
 fn agent_args() -> Vec<String> {
@@ -54,34 +42,10 @@ fn listen(sc: &Scenario) -> Result<(TcpListener, SocketAddr)> {
     Ok((l, addr))
 }
 
-/// One TCP connect from the client namespace: true when established within
-/// `timeout`, false when it times out (dropped); a payload is sent so the
-/// TC program sees a data segment.
+/// One TCP connect from the client namespace (a line sent once connected):
+/// false when it times out (dropped).
 fn connects(sc: &Scenario, dst: SocketAddr, timeout: Duration) -> Result<bool> {
-    in_netns(&sc.net.client_ns, move || -> Result<bool> {
-        let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)
-            .context("creating a socket")?;
-        match s.connect_timeout(&SockAddr::from(dst), timeout) {
-            Ok(()) => {
-                let mut t: std::net::TcpStream = s.into();
-                let _ = t.write_all(b"hello\n");
-                Ok(true)
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::TimedOut
-                    || e.kind() == std::io::ErrorKind::WouldBlock =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e).with_context(|| format!("connecting to {dst}")),
-        }
-    })?
-}
-
-/// `hsmon bans --json` of `agent`.
-fn bans(agent: &Agent) -> Result<Vec<Ban>> {
-    let out = agent.cli(&["bans", "--json"])?;
-    serde_json::from_str(&out).with_context(|| format!("`hsmon bans --json` printed {out:?}"))
+    tcp_connects(&sc.net.client_ns, None, dst, timeout, true)
 }
 
 /// One kernel counter from `GET /v1/stats`.
@@ -227,7 +191,7 @@ fn restarted_agent_lists_the_ban_keeps_counters_and_one_attachment_per_hook() {
         let (drops_before, segments_before) = with_logs(r, &[&first])?;
         let second = Agent::start_with_state(&sc.net, sc.dir.path(), &agent_args(), state.clone())?;
         let r = (|| -> Result<()> {
-            let list = bans(&second)?;
+            let list = second.bans()?;
             let client = sc.net.client_ip(false);
             let want = format!("{client}/32");
             let ban = list
@@ -443,7 +407,7 @@ fn kill9_mid_flood_and_restart_loses_and_doubles_nothing() {
                 conns.iter().all(|c| c.handshakes <= 1),
                 "a handshake counted twice: {conns:?}"
             );
-            let list = bans(&second)?;
+            let list = second.bans()?;
             ensure!(
                 list.iter()
                     .any(|b| b.cidr == "192.0.2.77/32" && b.reason == "survives the flood"),
@@ -523,7 +487,7 @@ fn restarted_agent_keeps_escalating_repeat_offenders() {
                     .find(|p| p["peer"] == attacker.as_str())
                     .and_then(|p| p["handshakes_10s"].as_u64())
                     .unwrap_or(0);
-                let banned = bans(&second)?.iter().any(|b| b.cidr.starts_with(&attacker));
+                let banned = second.bans()?.iter().any(|b| b.cidr.starts_with(&attacker));
                 if n <= 20 && !banned {
                     break;
                 }
