@@ -670,9 +670,9 @@ async fn add_bulk(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<BulkAdd>, JsonRejection>,
 ) -> Response {
-    let req = match body {
-        Ok(Json(req)) => req,
-        Err(e) => return refusal(BanError::Invalid(format!("bad request body: {e}"))),
+    let req = match request_body(body) {
+        Ok(req) => req,
+        Err(refused) => return refused,
     };
     if req.bans.len() > MAX_BULK {
         return refusal(BanError::Invalid(format!(
@@ -720,6 +720,12 @@ async fn add_bulk(
     .await
 }
 
+/// The request's JSON body, or the 400 answer naming what is wrong with it.
+fn request_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+    body.map(|Json(req)| req)
+        .map_err(|e| refusal(BanError::Invalid(format!("bad request body: {e}"))))
+}
+
 /// `GET /v1/bans`.
 async fn list(State(shared): State<Arc<Shared>>) -> Response {
     blocking(move || Ok(lock(&shared.bans).list(monotonic_now_ns()))).await
@@ -730,9 +736,9 @@ async fn add(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<AddBan>, JsonRejection>,
 ) -> Response {
-    let req = match body {
-        Ok(Json(req)) => req,
-        Err(e) => return refusal(BanError::Invalid(format!("bad request body: {e}"))),
+    let req = match request_body(body) {
+        Ok(req) => req,
+        Err(refused) => return refused,
     };
     let cidr = match parse_ban_target(&req.cidr) {
         Ok(c) => c,
