@@ -136,12 +136,22 @@ fn agent_args() -> Vec<String> {
         .collect()
 }
 
-/// A running `sslsniff-bpfcc` (uprobes on every process's libssl).
+/// A running `sslsniff-bpfcc` (uprobes on every process's libssl): the copy
+/// `cargo xtask bench` prepared (`HSMON_SSLSNIFF`, run with python3; see
+/// xtask's `bench::sslsniff`), else the installed script.
 fn start_sslsniff(dir: &Path) -> Result<Proc> {
-    if !Path::new(SSLSNIFF).exists() {
-        bail!("{SSLSNIFF} is missing (Debian package bpfcc-tools)");
+    if let Ok(why) = std::env::var("HSMON_SSLSNIFF_ERROR") {
+        bail!("sslsniff could not be prepared: {why}");
     }
-    let mut c = std::process::Command::new(SSLSNIFF);
+    let mut c = match std::env::var_os("HSMON_SSLSNIFF") {
+        Some(script) => {
+            let mut c = std::process::Command::new("/usr/bin/python3");
+            c.arg(script);
+            c
+        }
+        None if Path::new(SSLSNIFF).exists() => std::process::Command::new(SSLSNIFF),
+        None => bail!("{SSLSNIFF} is missing (Debian package bpfcc-tools)"),
+    };
     // Only the first 16 bytes of each buffer, to keep its output small.
     c.args(["--max-buffer-size", "16"]);
     let mut p = Proc::spawn("sslsniff", c, dir, false)?;
@@ -357,7 +367,8 @@ fn main() -> Result<()> {
             sniff.ratio(),
             "ratio",
             &format!(
-                "sslsniff-bpfcc --max-buffer-size 16 running, same s_time run; {}",
+                "sslsniff-bpfcc --max-buffer-size 16 running, same s_time run ({}); {}",
+                std::env::var("HSMON_SSLSNIFF_HOW").unwrap_or_else(|_| "stock sslsniff".to_owned()),
                 sniff.describe("off", "sslsniff", "handshakes/s")
             ),
         )

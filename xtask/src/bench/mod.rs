@@ -12,6 +12,7 @@
 
 mod leftovers;
 mod report;
+mod sslsniff;
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
@@ -138,6 +139,18 @@ pub fn bench(opts: Options) -> Result<()> {
         .context("the target directory")?;
     let examples = target_dir.join("release/examples");
 
+    // bcc's sslsniff for bench_nginx (kept until the benchmarks are done:
+    // dropping it removes the header links it made).
+    let wants_sniff = opts.only.is_empty() || opts.only.iter().any(|n| n == "bench_nginx");
+    let sniff = if wants_sniff {
+        Some(
+            sslsniff::prepare(&target_dir.join("bench/sslsniff"))
+                .and_then(|p| sslsniff::check(&p).map(|()| p)),
+        )
+    } else {
+        None
+    };
+
     let mut rows: Vec<Row> = Vec::new();
     let benches_started = Instant::now();
     for b in BENCHES {
@@ -181,6 +194,16 @@ pub fn bench(opts: Options) -> Result<()> {
             }
         };
         cmd.env("HSMON_BIN", &hsmon).env("HSMON_REQUIRE_ROOT", "1");
+        match &sniff {
+            Some(Ok(p)) => {
+                cmd.env("HSMON_SSLSNIFF", &p.script)
+                    .env("HSMON_SSLSNIFF_HOW", &p.how);
+            }
+            Some(Err(e)) => {
+                cmd.env("HSMON_SSLSNIFF_ERROR", format!("{e:#}"));
+            }
+            None => {}
+        }
         if opts.quick {
             cmd.env("HSMON_BENCH_QUICK", "1");
         }
