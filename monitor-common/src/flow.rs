@@ -6,9 +6,11 @@
 //!   when a segment's payload starts with a ClientHello; updated on every TLS
 //!   segment in either direction; marked closed by the `sock/inet_sock_set_state`
 //!   tracepoint; deleted by the agent once it has copied a closed flow.
-//! * `EVENTS`: ring buffer of [`FlowEvent`] (flow opened, flow closed with its
-//!   final state). Counters in `FLOWS` are the truth; a lost event costs only
-//!   latency (the agent's sweep finds the flow) and is counted in `STATS`.
+//! * `EVENTS`: ring buffer of [`FlowEvent`] (flow opened, flow progress, limit
+//!   hit, flow closed), each with the flow's state when it was sent: the
+//!   agent's policy acts on them at once. Counters in `FLOWS` are the truth;
+//!   a lost event costs only latency (the agent's sweep finds the flow) and
+//!   is counted in `STATS`.
 //! * `STATS`: per-CPU array of `u64` indexed by [`Stat`].
 //! * `CONFIG`: array with one [`TrackerConfig`].
 //! * `BANS_V4`, `BANS_V6`, `BAN_COUNT`: the source addresses the ingress
@@ -157,6 +159,21 @@ pub const EVENT_FLOW_CLOSED: u32 = 2;
 /// the flow's state just after the segment that was dropped. The agent resets
 /// the connection.
 pub const EVENT_LIMIT_HIT: u32 = 3;
+
+/// Event kind: a segment of a known flow changed a counter the agent's
+/// policy reads: `renegotiations_client` (any change), or `keyupdate_like`
+/// crossing a multiple of [`KEYUPDATE_EVENT_EVERY`]. Sent by the TC
+/// program after the segment is parsed, with the flow's state then, so the
+/// agent decides on the segment that crossed a threshold instead of at its
+/// next sweep. A flow's first segment sends [`EVENT_FLOW_OPENED`] instead.
+pub const EVENT_FLOW_PROGRESS: u32 = 4;
+
+/// `keyupdate_like` progress is sent once per this many records (a power of
+/// two): KeyUpdate-sized records cost the sender almost nothing, so one event
+/// each would let a flood fill the ring buffer; the agent's rate rule still
+/// sees the count within this many records of the crossing (and the sweep
+/// sees the exact count).
+pub const KEYUPDATE_EVENT_EVERY: u32 = 8;
 
 /// A ring-buffer event about a flow.
 #[repr(C)]

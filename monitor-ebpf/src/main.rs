@@ -20,6 +20,7 @@
 mod ban;
 mod maps;
 mod packet;
+mod progress;
 mod sock_state;
 mod ssl;
 mod tc;

@@ -134,12 +134,15 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
     if has_payload {
         count(Stat::TlsSegments);
         flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+        let before = crate::progress::snapshot(flow);
         parse_payload(flow, dir, seg.seq, payload);
         if created {
             // After the first segment is parsed, so the event carries its
             // ClientHello: a flow the LRU evicts before the agent's next
             // sweep is still accounted (reported `evicted`).
             flow_opened(flow, &key);
+        } else {
+            crate::progress::send_if_changed(&before, flow, &key);
         }
         if ingress && dir == CLIENT {
             // After the whole segment is parsed: the tracker counted the

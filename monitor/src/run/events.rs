@@ -1,6 +1,12 @@
-//! The `EVENTS` ring-buffer reader: wakes on readiness, drains, hands
-//! closed flows to the flow table, and resets connections that went over the
-//! renegotiation cap (`EVENT_LIMIT_HIT`, see [`super::sock_destroy`]).
+//! The `EVENTS` ring-buffer reader: wakes on readiness (epoll through
+//! tokio's `AsyncFd`: the kernel's ring-buffer notification, no polling
+//! interval), drains, hands every event's flow state to the flow table and
+//! then at once to the policy ([`super::policy::Policy::on_events`]: the
+//! peer's and the connection's rules are evaluated per event, bans go into
+//! the kernel's map before the reader sleeps again), and resets connections
+//! that went over the renegotiation cap (`EVENT_LIMIT_HIT`, see
+//! [`super::sock_destroy`]). Resets (netlink round trips) and printing the
+//! decisions run on a blocking thread, after the policy's lock is released.
 
 use std::io;
 use std::mem::size_of;
@@ -11,12 +17,12 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use monitor_common::flow::{
     addr_bytes, FlowEvent, FlowKey, FlowValue, EVENT_FLOW_CLOSED, EVENT_FLOW_OPENED,
-    EVENT_LIMIT_HIT,
+    EVENT_FLOW_PROGRESS, EVENT_LIMIT_HIT,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::policy::{ConnRef, Counts, Decision, Rule};
+use super::policy::{ConnRef, Counts, Decision, FlowUpdate, Rule};
 use super::state::{lock, Shared};
 use crate::record::socket_addr;
 
@@ -41,6 +47,7 @@ pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result<
         .map_err(io::Error::from)
         .context("watching the EVENTS ring buffer")?;
     let mut batch = Vec::with_capacity(64);
+    let mut updates = Vec::with_capacity(64);
     loop {
         let mut guard = fd
             .readable_mut()
@@ -59,11 +66,16 @@ pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result<
             guard.clear_ready();
         }
         drop(guard);
-        let resets = handle(&shared, &mut batch);
-        if !resets.is_empty() {
-            // A netlink round trip each: off the async workers.
+        let resets = handle(&shared, &mut batch, &mut updates);
+        let mut decisions = shared.policy_events(&updates);
+        updates.clear();
+        if !resets.is_empty() || !decisions.is_empty() {
+            // Netlink round trips and stdout: off the async workers.
             let s = shared.clone();
-            tokio::task::spawn_blocking(move || reset_all(&s, &resets));
+            tokio::task::spawn_blocking(move || {
+                s.publish_decisions(&mut decisions);
+                reset_all(&s, &resets);
+            });
         }
         if more {
             tokio::task::yield_now().await;
@@ -71,9 +83,14 @@ pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result<
     }
 }
 
-/// Applies a batch of decoded events to the flow table; returns the
-/// connections to reset (their flows went over the renegotiation cap).
-fn handle(shared: &Shared, batch: &mut Vec<Option<FlowEvent>>) -> Vec<LimitHit> {
+/// Applies a batch of decoded events to the flow table; fills `updates`
+/// with the flow states for the policy and returns the connections to reset
+/// (their flows went over the renegotiation cap).
+fn handle(
+    shared: &Shared,
+    batch: &mut Vec<Option<FlowEvent>>,
+    updates: &mut Vec<FlowUpdate>,
+) -> Vec<LimitHit> {
     let mut resets = Vec::new();
     if batch.is_empty() {
         return resets;
@@ -83,11 +100,16 @@ fn handle(shared: &Shared, batch: &mut Vec<Option<FlowEvent>>) -> Vec<LimitHit> 
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
     let mut table = lock(&shared.table);
     for ev in batch.drain(..) {
-        match ev {
-            Some(ev) if ev.kind == EVENT_FLOW_CLOSED => {
-                table.on_closed(ev.key, ev.value);
+        let Some(ev) = ev else {
+            shared.events_bad.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let departed = match ev.kind {
+            EVENT_FLOW_CLOSED => {
+                table.on_closed_event(ev.key, ev.value);
+                true
             }
-            Some(ev) if ev.kind == EVENT_FLOW_OPENED => {
+            EVENT_FLOW_OPENED => {
                 table.on_opened(ev.key, ev.value);
                 let a = socket_addr(&addr_bytes(&ev.key.addr_a), ev.key.port_a);
                 let b = socket_addr(&addr_bytes(&ev.key.addr_b), ev.key.port_b);
@@ -97,15 +119,28 @@ fn handle(shared: &Shared, batch: &mut Vec<Option<FlowEvent>>) -> Vec<LimitHit> 
                     (b, a)
                 };
                 tracing::debug!(%client, %server, "TLS flow opened");
+                false
             }
-            Some(ev) if ev.kind == EVENT_LIMIT_HIT => {
+            EVENT_FLOW_PROGRESS => {
+                table.on_progress(ev.key, ev.value);
+                false
+            }
+            EVENT_LIMIT_HIT => {
+                table.on_progress(ev.key, ev.value);
                 lock(&shared.over_cap).mark_reset(&ev.key, &ev.value);
                 resets.push(LimitHit::of(&ev));
+                false
             }
             _ => {
                 shared.events_bad.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
-        }
+        };
+        updates.push(FlowUpdate {
+            key: ev.key,
+            value: ev.value,
+            departed,
+        });
     }
     resets
 }

@@ -204,12 +204,41 @@ impl<S: FlowStore> FlowTable<S> {
         self.last_live.entry(id).or_insert(value);
     }
 
-    /// Takes in a flow that ended (from an `EVENT_FLOW_CLOSED` or a sweep):
-    /// keeps its final state and deletes it from the store, unless the store
-    /// already holds a newer connection with the same 4-tuple.
+    /// Takes in a newer state of a live flow (`EVENT_FLOW_PROGRESS`,
+    /// `EVENT_LIMIT_HIT`): an eviction before the next sweep is then
+    /// reported with it. Unknown flows are taken in as by
+    /// [`FlowTable::on_opened`].
+    pub fn on_progress(&mut self, key: FlowKey, value: FlowValue) {
+        let id = (key, value.first_seen_ns);
+        if self.closed.ids.contains(&id) || self.departed.remembers(&id) {
+            return;
+        }
+        match self.last_live.get_mut(&id) {
+            Some(old) => {
+                if newer(&value, old) {
+                    *old = value;
+                }
+            }
+            None => {
+                self.last_live.insert(id, value);
+            }
+        }
+    }
+
+    /// Takes in a flow that ended, found by a sweep (marked closed in the
+    /// map): keeps its final state and deletes it from the store, unless the
+    /// store already holds a newer connection with the same 4-tuple; the
+    /// policy gets it with [`FlowTable::take_departed`].
     pub fn on_closed(&mut self, key: FlowKey, value: FlowValue) -> Inserted {
-        self.stats.closes_seen += 1;
         self.note_departed(key, value);
+        self.on_closed_event(key, value)
+    }
+
+    /// [`FlowTable::on_closed`] for an `EVENT_FLOW_CLOSED`, whose reader
+    /// hands the flow to the policy itself (so it is not in
+    /// [`FlowTable::take_departed`]).
+    pub fn on_closed_event(&mut self, key: FlowKey, value: FlowValue) -> Inserted {
+        self.stats.closes_seen += 1;
         self.departed
             .record((key, value.first_seen_ns), FlowCounts::of(&value));
         let inserted = self.closed.insert(key, value);
@@ -453,6 +482,35 @@ mod tests {
         assert!(states.contains(&(1, ConnState::Evicted)), "{states:?}");
         assert!(states.contains(&(2, ConnState::Closed)), "{states:?}");
         assert!(states.contains(&(3, ConnState::Open)), "{states:?}");
+    }
+
+    #[test]
+    fn closes_read_from_events_are_not_handed_to_the_sweep_again() {
+        let mut table = FlowTable::new(MemStore::default(), 10);
+        let (k1, v1) = flow(1, 100);
+        let (k2, mut v2) = flow(2, 200);
+        table.on_opened(k1, v1);
+        table.on_opened(k2, v2);
+        // A progress event: an eviction is reported with the newer state.
+        let mut v1b = with_renegs(v1, 2);
+        table.on_progress(k1, v1b);
+        table.on_progress(k1, v1);
+        v1b.tracker.flags |= FF_CLOSED;
+        // k1's close comes as an event (the reader tells the policy); k2 is
+        // found closed by the sweep (the sweep tells the policy).
+        table.on_closed_event(k1, v1b);
+        v2.tracker.flags |= FF_CLOSED;
+        table.store.0.insert(k2, v2);
+        table.sweep().expect("sweep");
+        let departed: Vec<u16> = table
+            .take_departed()
+            .iter()
+            .map(|(k, _)| k.port_a)
+            .collect();
+        assert_eq!(departed, [2]);
+        // Each flow counted once, k1 with the state of its close event.
+        let want = 2 + u64::from(v2.tracker.counters.renegotiations_client);
+        assert_eq!(renegs_total(&mut table), want);
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! `hsmon run`: the agent. Loads and attaches the eBPF programs, keeps the
-//! flow table (sweep + ring-buffer reader), serves the control API. Its
+//! flow table (sweep + ring-buffer reader), serves the control API.
+//!
+//! The policy is fed twice: by the ring-buffer reader (`events.rs`), which
+//! hands it every event's flow state and so acts within the reader's
+//! wake-up of the segment that crossed a threshold, and by the sweep (every
+//! second, `--sweep-interval`), which re-reads the flow map: the fallback
+//! for lost events, and the clock of the time-based rules. Its
 //! maps and links are pinned (see `persist.rs`): on SIGINT/SIGTERM it leaves them
 //! (protection continues; `hsmon cleanup` removes them), or with
 //! `--no-persist` detaches everything and removes what it created.
@@ -42,9 +48,6 @@ use flows::{FlowTable, DEFAULT_KEEP_CLOSED};
 pub use persist::remove_all;
 pub use pins::DEFAULT_PIN_DIR;
 use state::Shared;
-
-/// How often live flows are re-read and closed ones collected.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Arguments of `hsmon run`.
 #[derive(Debug, clap::Args)]
@@ -109,6 +112,12 @@ pub struct Args {
     /// socket file gets it when the group exists.
     #[arg(long, value_name = "GROUP", default_value = server::DEFAULT_SOCKET_GROUP)]
     pub socket_group: String,
+    /// How often the flow map is re-read (the policy's fallback for lost
+    /// events and its clock for the handshake timeout). For tests and
+    /// benchmarks: a long interval shows what the event path does alone.
+    #[arg(long, value_name = "DURATION", default_value = "1s", hide = true,
+          value_parser = parse_sweep_interval)]
+    pub sweep_interval: Duration,
     /// Pinned state across restarts (`--pin-dir`, `--state-file`, `--no-persist`).
     #[command(flatten)]
     pub persist: persist::PersistArgs,
@@ -140,6 +149,15 @@ fn parse_ports(s: &str) -> Result<PortList, String> {
         ));
     }
     Ok(PortList(ports))
+}
+
+/// Parses `--sweep-interval`: a duration from 10 ms to 1 h (`500ms`, `60s`).
+fn parse_sweep_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e}"))?;
+    if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&d) {
+        return Err(format!("{s:?} is not between 10ms and 1h"));
+    }
+    Ok(d)
 }
 
 /// Parses `--events-ring-size`: a power of two from 4096 (one page) to 1 GiB.
@@ -300,7 +318,11 @@ async fn agent(args: Args) -> Result<()> {
             tracing::warn!("the libssl uprobes were already set");
         }
     }
-    tasks.spawn(sweep(shared.clone(), notify::Watchdog::from_env()));
+    tasks.spawn(sweep(
+        shared.clone(),
+        args.sweep_interval,
+        notify::Watchdog::from_env(),
+    ));
     tasks.spawn(bans::sweep(shared.clone()));
     tasks.spawn(event_bus::watch_bans(shared.clone()));
     if let Some(listener) = metrics_listener {
@@ -400,18 +422,21 @@ async fn agent(args: Args) -> Result<()> {
     outcome
 }
 
-/// Every [`SWEEP_EVERY`]: re-read `FLOWS`, collect closed flows; then, under
-/// a systemd watchdog, ping it at half its interval (sweeping more often when
-/// that is shorter than a second), so a stuck sweep stops the pings.
-async fn sweep(shared: Arc<Shared>, mut watchdog: Option<notify::Watchdog>) -> Result<()> {
+/// Every `interval` (`--sweep-interval`, 1 s by default): re-read `FLOWS`, collect
+/// closed flows; then, under a systemd watchdog, ping it at half its interval
+/// (sweeping more often when that is shorter), so a stuck sweep stops the
+/// pings.
+async fn sweep(
+    shared: Arc<Shared>,
+    interval: Duration,
+    mut watchdog: Option<notify::Watchdog>,
+) -> Result<()> {
     let every = match &watchdog {
         Some(w) => {
             tracing::info!(every = ?w.every(), "systemd watchdog enabled: pinging it from the sweep");
-            SWEEP_EVERY
-                .min(w.every() / 2)
-                .max(Duration::from_millis(10))
+            interval.min(w.every() / 2).max(Duration::from_millis(10))
         }
-        None => SWEEP_EVERY,
+        None => interval,
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -449,6 +474,15 @@ mod tests {
         assert!(parse_ring_size("2048").is_err());
         assert!(parse_ring_size("-1").is_err());
         assert!(parse_ring_size("big").is_err());
+    }
+
+    #[test]
+    fn sweep_intervals() {
+        assert_eq!(parse_sweep_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_sweep_interval("60s"), Ok(Duration::from_secs(60)));
+        assert!(parse_sweep_interval("1ms").is_err());
+        assert!(parse_sweep_interval("2h").is_err());
+        assert!(parse_sweep_interval("soon").is_err());
     }
 
     #[test]

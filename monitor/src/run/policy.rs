@@ -1,29 +1,57 @@
 //! The policy: per-connection rules ([`conn`]: handshake timeout, KeyUpdate
 //! rate, the renegotiation cap in dry-run), per-peer sliding windows of new
 //! handshakes (10 s) and client renegotiation attempts (60 s), and the same
-//! windows summed per client prefix (off by default); fed by the flow sweep.
-//! A rule that fires takes its action: `alert`, `reset` (the offending
-//! connection), `ban` (the peer, or for a prefix rule the prefix, with
-//! escalation), or in dry-run `would_reset` / `would_ban`.
+//! windows summed per client prefix (off by default). A rule that fires takes
+//! its action: `alert`, `reset` (the offending connection), `ban` (the peer,
+//! or for a prefix rule the prefix, with escalation), or in dry-run
+//! `would_reset` / `would_ban`.
 //!
 //! Pure: bans and resets are reached through [`Enforcer`], so everything here
 //! is tested without root.
+//!
+//! # Two feeds, one observation
+//!
+//! - **Events** ([`Policy::on_events`]): every ring-buffer event (flow
+//!   opened, flow progress, limit hit: a live flow; flow closed: a departed
+//!   one) carries the flow's state. The policy takes it in and evaluates at
+//!   once the rules of that flow's peer and of that connection, so a ban or
+//!   reset follows the segment that crossed a threshold by the event
+//!   reader's wake-up, not by the next sweep.
+//! - **The sweep** ([`Policy::step`], every second): the live flows read from
+//!   the kernel's map and the flows that left the live set without an event
+//!   the agent saw (found closed in the map, or evicted). It is the fallback
+//!   for lost events and the clock of the time-based rules (handshake
+//!   timeout, windows emptying).
+//!
+//! Both feed the same per-flow observation: what counts is the growth
+//! relative to the last observation of that flow, whichever feed made it, so
+//! an event and a later sweep of the same state count once.
 //!
 //! - A flow counts as one handshake of its client, at its `first_seen_ns`,
 //!   the first time the policy sees it (live or departed); a departed flow is
 //!   remembered (bounded) so a repeated close is not counted again.
 //! - Renegotiations are the growth of `renegotiations_client` per flow since
-//!   the previous sweep, plus what a flow added before it left the live set.
+//!   its previous observation, plus what a flow added before it left.
 //! - A window rule fires when the count goes above its threshold, once; it
 //!   fires again only after the count fell back to the threshold or below. A
 //!   peer (prefix) with a ban in force is never banned again.
 //! - The allowlist wins: an allowlisted peer is never banned or reset
 //!   (`not_banned_allowlisted`, `not_reset_allowlisted`) and is left out of
 //!   its prefix's sums; a prefix that overlaps the allowlist is never banned.
+//! - The prefix rules sum every peer of a prefix, so they are evaluated on
+//!   the sweep only (once a second), not per event.
+//!
+//! # Cost
+//!
+//! Per event: a few lookups in `foldhash` maps (seeded per process) and
+//! O(1) window updates: windows are 100 ms buckets with a running total.
+//! Only peers that changed, and peers currently above a threshold, are
+//! evaluated on a sweep; idle peers are dropped by a full pass at most every
+//! 10 s.
 
 pub mod conn;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -34,6 +62,12 @@ use crate::cidr::Cidr;
 use crate::config::{Action, Config, PolicySummary, RuleSummary};
 use crate::record::socket_addr;
 
+/// A `HashMap` with `foldhash` (fast, and seeded per process: peers and
+/// flows are keyed by addresses and ports a remote party chooses).
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// A `HashSet` with `foldhash` (see [`HashMap`]).
+pub type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 const SEC: u64 = 1_000_000_000;
 /// The handshake window.
 pub const HANDSHAKE_WINDOW_NS: u64 = 10 * SEC;
@@ -43,6 +77,11 @@ pub const RENEG_WINDOW_NS: u64 = 60 * SEC;
 pub const REPEAT_WINDOW_NS: u64 = 24 * 3600 * SEC;
 /// Departed flows remembered to recognise a repeated close.
 const DEPARTED_MEMORY: usize = 16_384;
+/// Window entries this close to the newest one are merged into it (a window
+/// ends up to this much early for them: 1/100 of the handshake window).
+const BUCKET_NS: u64 = 100_000_000;
+/// How often a sweep visits every peer to drop the idle ones.
+const GC_EVERY_NS: u64 = HANDSHAKE_WINDOW_NS;
 
 /// The policy's rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -339,44 +378,111 @@ impl History {
     }
 }
 
+/// A sliding window of counts: `(time, count)` buckets, oldest first, and
+/// their running total.
+#[derive(Debug, Default)]
+struct Window {
+    buckets: VecDeque<(u64, u64)>,
+    total: u64,
+}
+
+impl Window {
+    /// Adds `n` at time `t` (merged into the newest bucket when `t` is at
+    /// most [`BUCKET_NS`] after it).
+    fn add(&mut self, t: u64, n: u64) {
+        self.total += n;
+        if let Some(back) = self.buckets.back_mut() {
+            if t >= back.0 && t - back.0 < BUCKET_NS {
+                back.1 += n;
+                return;
+            }
+        }
+        self.buckets.push_back((t, n));
+    }
+
+    /// Drops the buckets older than `len` at `now`, from the oldest end.
+    fn prune(&mut self, now: u64, len: u64) {
+        while let Some(&(t, n)) = self.buckets.front() {
+            if now.saturating_sub(t) <= len {
+                break;
+            }
+            self.total -= n;
+            self.buckets.pop_front();
+        }
+    }
+
+    /// The total at `now` as [`Window::prune`] would leave it, without
+    /// changing anything.
+    fn count_at(&self, now: u64, len: u64) -> u64 {
+        let expired: u64 = self
+            .buckets
+            .iter()
+            .take_while(|(t, _)| now.saturating_sub(*t) > len)
+            .map(|(_, n)| n)
+            .sum();
+        self.total - expired
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// `over` bit of a window rule.
+fn bit(rule: Rule) -> u8 {
+    match rule {
+        Rule::HandshakesPer10s | Rule::PrefixHandshakesPer10s => 1,
+        _ => 2,
+    }
+}
+
 #[derive(Debug, Default)]
 struct Peer {
-    /// first_seen_ns of new flows, oldest first.
-    handshakes: VecDeque<u64>,
-    /// (time, attempts), oldest first.
-    renegs: VecDeque<(u64, u64)>,
+    /// New flows by first_seen_ns.
+    handshakes: Window,
+    /// Renegotiation attempts by the time they were observed.
+    renegs: Window,
     /// Bans issued (or that would have been).
     history: History,
-    /// Rules currently above their threshold (fired already).
-    over: HashSet<Rule>,
-    /// The newest connection seen per rule.
-    last_conn: HashMap<Rule, ConnRef>,
+    /// Rules currently above their threshold (fired already), [`bit`]s.
+    over: u8,
+    /// The newest connection that counted a handshake.
+    handshake_conn: Option<ConnRef>,
+    /// The newest connection that counted a renegotiation.
+    reneg_conn: Option<ConnRef>,
+    /// Changed since it was last evaluated (it is in `Policy::dirty`).
+    dirty: bool,
 }
 
 impl Peer {
     fn prune(&mut self, now: u64) {
-        while self
-            .handshakes
-            .front()
-            .is_some_and(|t| now.saturating_sub(*t) > HANDSHAKE_WINDOW_NS)
-        {
-            self.handshakes.pop_front();
-        }
-        while self
-            .renegs
-            .front()
-            .is_some_and(|(t, _)| now.saturating_sub(*t) > RENEG_WINDOW_NS)
-        {
-            self.renegs.pop_front();
-        }
+        self.handshakes.prune(now, HANDSHAKE_WINDOW_NS);
+        self.renegs.prune(now, RENEG_WINDOW_NS);
         self.history.prune(now);
     }
 
+    /// The counts after [`Peer::prune`] at `now`.
     fn counts(&self) -> Counts {
         Counts {
-            handshakes_10s: self.handshakes.len() as u64,
-            renegotiations_1m: self.renegs.iter().map(|(_, n)| n).sum(),
+            handshakes_10s: self.handshakes.total,
+            renegotiations_1m: self.renegs.total,
             ..Counts::default()
+        }
+    }
+
+    /// The counts at `now`, pruned or not.
+    fn counts_at(&self, now: u64) -> Counts {
+        Counts {
+            handshakes_10s: self.handshakes.count_at(now, HANDSHAKE_WINDOW_NS),
+            renegotiations_1m: self.renegs.count_at(now, RENEG_WINDOW_NS),
+            ..Counts::default()
+        }
+    }
+
+    fn last_conn(&self, rule: Rule) -> Option<&ConnRef> {
+        match rule {
+            Rule::HandshakesPer10s | Rule::PrefixHandshakesPer10s => self.handshake_conn.as_ref(),
+            _ => self.reneg_conn.as_ref(),
         }
     }
 
@@ -389,7 +495,8 @@ impl Peer {
 #[derive(Debug, Default)]
 struct Group {
     history: History,
-    over: HashSet<Rule>,
+    /// [`bit`]s of the prefix rules above their threshold.
+    over: u8,
 }
 
 /// One prefix's sums in a sweep: counts, and per rule the busiest peer with
@@ -397,10 +504,57 @@ struct Group {
 #[derive(Default)]
 struct Sum {
     counts: Counts,
-    busiest: HashMap<Rule, (u64, IpAddr, Option<ConnRef>)>,
+    /// `[handshakes, renegotiations]`: (count, address, connection).
+    busiest: [Option<(u64, IpAddr, Option<ConnRef>)>; 2],
 }
 
-type FlowId = (FlowKey, u64);
+/// A flow's identity (its key and `first_seen_ns`) as a 64-bit seeded hash:
+/// the policy's flow maps hold 8-byte keys instead of 44 bytes, so the
+/// departed-flow memory stays in cache. Two flows share a fingerprint with
+/// probability about n^2 / 2^65 (1e-10 for 65,536 flows); the seed is per
+/// process, so a remote party cannot aim for a collision.
+type Fp = u64;
+
+/// Hashes a [`Fp`] (already a seeded hash) as itself.
+#[derive(Clone, Copy, Debug, Default)]
+struct FpHasher(u64);
+
+impl std::hash::Hasher for FpHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by [`Fp`].
+type FpMap<V> = std::collections::HashMap<Fp, V, std::hash::BuildHasherDefault<FpHasher>>;
+
+/// The last observation of a live flow.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    /// `renegotiations_client` (the highest seen).
+    renegs: u32,
+    /// When (monotonic ns).
+    at: u64,
+}
+
+/// One flow's state handed to [`Policy::on_events`].
+#[derive(Clone, Copy, Debug)]
+pub struct FlowUpdate {
+    /// The flow.
+    pub key: FlowKey,
+    /// Its state in the event.
+    pub value: FlowValue,
+    /// It left the live set (`EVENT_FLOW_CLOSED`).
+    pub departed: bool,
+}
 
 /// The policy's state.
 #[derive(Debug)]
@@ -409,11 +563,22 @@ pub struct Policy {
     peers: HashMap<IpAddr, Peer>,
     prefixes: HashMap<Cidr, Group>,
     conns: conn::Conns,
-    /// Live flows' `renegotiations_client` at the last sweep.
-    live: HashMap<FlowId, u32>,
+    /// Live flows' last observation.
+    live: FpMap<Seen>,
     /// Departed flows already taken in, with their last count.
-    departed: HashMap<FlowId, u32>,
-    departed_order: VecDeque<FlowId>,
+    departed: FpMap<u32>,
+    departed_order: VecDeque<Fp>,
+    /// Seeds the flows' [`Fp`]s.
+    fp_seed: foldhash::fast::RandomState,
+    /// Peers changed since their last evaluation.
+    dirty: Vec<IpAddr>,
+    /// Peers with a window rule above its threshold (evaluated every sweep,
+    /// so the rule re-arms when the window empties).
+    over_peers: HashSet<IpAddr>,
+    /// The latest time the policy was given.
+    now: u64,
+    /// When the last full pass over the peers ran.
+    last_gc: u64,
 }
 
 /// A flow's client and server endpoints.
@@ -493,7 +658,19 @@ fn act(
             } else {
                 let reason = format!("{reason}, offence {}", history.bans.len() + 1);
                 match enforcer.ban(target, ttl, &reason) {
-                    Ok(()) => d.action = "ban",
+                    Ok(()) => {
+                        d.action = "ban";
+                        // The connection that crossed the threshold is
+                        // usually mid-handshake: with its packets dropped
+                        // from now on, the server would wait on it until
+                        // the ban ends. Reset it too (the outcome is not
+                        // the decision's: the ban is).
+                        if let Some(conn) = &d.connection {
+                            if let Err(e) = enforcer.reset(conn) {
+                                tracing::debug!(client = %conn.client, "resetting a banned connection: {e}");
+                            }
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(%target, "policy ban failed: {e}");
                         d.action = "ban_failed";
@@ -515,13 +692,24 @@ impl Policy {
     pub fn new(settings: Settings) -> Self {
         Policy {
             settings,
-            peers: HashMap::new(),
-            prefixes: HashMap::new(),
+            peers: HashMap::default(),
+            prefixes: HashMap::default(),
             conns: conn::Conns::default(),
-            live: HashMap::new(),
-            departed: HashMap::new(),
+            live: FpMap::default(),
+            departed: FpMap::default(),
             departed_order: VecDeque::new(),
+            fp_seed: foldhash::fast::RandomState::default(),
+            dirty: Vec::new(),
+            over_peers: HashSet::default(),
+            now: 0,
+            last_gc: 0,
         }
+    }
+
+    /// The fingerprint of the flow `key` first seen at `first_seen_ns`.
+    fn fp(&self, key: &FlowKey, first_seen_ns: u64) -> Fp {
+        use std::hash::BuildHasher as _;
+        self.fp_seed.hash_one((key, first_seen_ns))
     }
 
     /// The settings in use.
@@ -536,45 +724,118 @@ impl Policy {
     }
 
     /// Takes in one flow (live or departed) at `now`: counts a new flow's
-    /// handshake and its renegotiation growth.
+    /// handshake and its renegotiation growth since its last observation
+    /// (by an event or a sweep), and marks its peer for evaluation when
+    /// something counted.
     fn observe(&mut self, now: u64, key: &FlowKey, value: &FlowValue, departed: bool) {
-        let id = (*key, value.first_seen_ns);
+        let id = self.fp(key, value.first_seen_ns);
         let renegs = value.tracker.counters.renegotiations_client;
-        let previous = match self.live.get(&id) {
-            Some(n) => Some(*n),
-            None => self.departed.get(&id).copied(),
+        let was_live = if departed {
+            self.live.remove(&id)
+        } else {
+            self.live.get(&id).copied()
         };
-        let conn = endpoints(key, value);
-        let peer = self.peers.entry(conn.client.ip()).or_default();
-        if previous.is_none() && now.saturating_sub(value.first_seen_ns) <= HANDSHAKE_WINDOW_NS {
-            peer.handshakes.push_back(value.first_seen_ns.min(now));
-            peer.last_conn.insert(Rule::HandshakesPer10s, conn.clone());
-        }
+        let (previous, known_departed) = match was_live {
+            Some(seen) => (Some(seen.renegs), false),
+            None => match self.departed.get(&id) {
+                Some(n) => (Some(*n), true),
+                None => (None, false),
+            },
+        };
+        let new_handshake =
+            previous.is_none() && now.saturating_sub(value.first_seen_ns) <= HANDSHAKE_WINDOW_NS;
         let grown = renegs.saturating_sub(previous.unwrap_or(0));
-        if grown > 0 {
-            peer.renegs.push_back((now, u64::from(grown)));
-            peer.last_conn.insert(Rule::RenegotiationsPerMinute, conn);
+        if new_handshake || grown > 0 {
+            let conn = endpoints(key, value);
+            let ip = conn.client.ip();
+            let peer = self.peers.entry(ip).or_default();
+            if new_handshake {
+                peer.handshakes.add(value.first_seen_ns.min(now), 1);
+            }
+            if grown > 0 {
+                peer.renegs.add(now, u64::from(grown));
+                peer.reneg_conn = Some(conn.clone());
+            }
+            if new_handshake {
+                peer.handshake_conn = Some(conn);
+            }
+            if !peer.dirty {
+                peer.dirty = true;
+                self.dirty.push(ip);
+            }
         }
         let seen = previous.unwrap_or(0).max(renegs);
-        if departed {
-            self.live.remove(&id);
-            if self.departed.insert(id, seen).is_none() {
-                self.departed_order.push_back(id);
-                while self.departed_order.len() > DEPARTED_MEMORY {
-                    if let Some(old) = self.departed_order.pop_front() {
-                        self.departed.remove(&old);
-                    }
+        if known_departed {
+            // Already departed (a repeated close, or a sweep's live snapshot
+            // taken before the close event was handled): keep the highest
+            // count.
+            if grown > 0 {
+                if let Some(n) = self.departed.get_mut(&id) {
+                    *n = seen;
+                }
+            }
+        } else if departed {
+            self.departed.insert(id, seen);
+            self.departed_order.push_back(id);
+            while self.departed_order.len() > DEPARTED_MEMORY {
+                if let Some(old) = self.departed_order.pop_front() {
+                    self.departed.remove(&old);
                 }
             }
         } else {
-            self.live.insert(id, seen);
+            self.live.insert(
+                id,
+                Seen {
+                    renegs: seen,
+                    at: now,
+                },
+            );
         }
     }
 
-    /// One sweep: `live` are the flows live now, `departed` those that left
-    /// the live set since the last sweep; `now` is `CLOCK_MONOTONIC` ns.
-    /// Returns the decisions taken (bans and resets already made through
-    /// `enforcer`).
+    /// Ring-buffer events at `now`, in order: each flow's state is taken in
+    /// (see [`Policy::observe`]), its connection's rules are checked, and
+    /// then the rules of every peer that changed. Returns the decisions
+    /// taken (bans and resets already made through `enforcer`).
+    pub fn on_events(
+        &mut self,
+        now: u64,
+        updates: &[FlowUpdate],
+        enforcer: &mut impl Enforcer,
+    ) -> Vec<Decision> {
+        self.now = self.now.max(now);
+        let mut hits = Vec::new();
+        let dry_run_cap = self.settings.dry_run && self.settings.reneg_cap > 0;
+        for u in updates {
+            // A departed flow matters to the connection rules only for its
+            // watch (if any) and the dry-run cap.
+            let check = !u.departed || dry_run_cap || !self.conns.is_empty();
+            if check
+                && !self
+                    .departed
+                    .contains_key(&self.fp(&u.key, u.value.first_seen_ns))
+            {
+                if u.departed {
+                    self.conns
+                        .depart(&u.key, &u.value, &self.settings, &mut hits);
+                } else {
+                    self.conns
+                        .check_live(now, &u.key, &u.value, &self.settings, &mut hits);
+                }
+            }
+            self.observe(now, &u.key, &u.value, u.departed);
+        }
+        let mut out = Vec::new();
+        self.act_on_hits(now, hits, enforcer, &mut out);
+        self.evaluate_dirty(now, false, enforcer, &mut out);
+        out
+    }
+
+    /// One sweep: `live` are the flows live at `now` (read from the kernel
+    /// at that time), `departed` those that left the live set since the last
+    /// sweep without the policy being told by an event; `now` is
+    /// `CLOCK_MONOTONIC` ns. Returns the decisions taken (bans and resets
+    /// already made through `enforcer`).
     pub fn step(
         &mut self,
         now: u64,
@@ -582,24 +843,66 @@ impl Policy {
         departed: &[(FlowKey, FlowValue)],
         enforcer: &mut impl Enforcer,
     ) -> Vec<Decision> {
-        let newly_departed: Vec<&(FlowKey, FlowValue)> = departed
+        self.now = self.now.max(now);
+        // A departed flow matters to the connection rules only for its
+        // watch (if any) and the dry-run cap.
+        let check_departed =
+            (self.settings.dry_run && self.settings.reneg_cap > 0) || !self.conns.is_empty();
+        let newly_departed: Vec<&(FlowKey, FlowValue)> = if check_departed {
+            departed
+                .iter()
+                .filter(|(k, v)| !self.departed.contains_key(&self.fp(k, v.first_seen_ns)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // Flows an event already reported departed are not live any more.
+        let live: Vec<(Fp, &(FlowKey, FlowValue))> = live
             .iter()
-            .filter(|(k, v)| !self.departed.contains_key(&(*k, v.first_seen_ns)))
+            .map(|f| (self.fp(&f.0, f.1.first_seen_ns), f))
+            .filter(|(id, _)| !self.departed.contains_key(id))
             .collect();
-        let hits = self.conns.check(now, live, &newly_departed, &self.settings);
+        let live_flows: Vec<&(FlowKey, FlowValue)> = live.iter().map(|(_, f)| *f).collect();
+        let hits = self
+            .conns
+            .check(now, &live_flows, &newly_departed, &self.settings);
         for (k, v) in departed {
             self.observe(now, k, v, true);
         }
-        let live_ids: HashSet<FlowId> = live.iter().map(|(k, v)| (*k, v.first_seen_ns)).collect();
-        for (k, v) in live {
+        for (k, v) in &live_flows {
             self.observe(now, k, v, false);
         }
-        // Live flows that vanished without being reported departed.
-        self.live.retain(|id, _| live_ids.contains(id));
+        // Live flows that vanished without being reported departed (and that
+        // no event observed after this snapshot was taken).
+        let live_ids: std::collections::HashSet<Fp, std::hash::BuildHasherDefault<FpHasher>> =
+            live.iter().map(|(id, _)| *id).collect();
+        self.live
+            .retain(|id, seen| seen.at > now || live_ids.contains(id));
 
         let mut out = Vec::new();
-        let settings = self.settings.clone();
-        let s = &settings;
+        self.act_on_hits(now, hits, enforcer, &mut out);
+        self.evaluate_dirty(now, true, enforcer, &mut out);
+        self.prefix_step(now, enforcer, &mut out);
+        if now.saturating_sub(self.last_gc) >= GC_EVERY_NS || self.last_gc > now {
+            self.last_gc = now;
+            for p in self.peers.values_mut() {
+                p.prune(now);
+            }
+            self.peers
+                .retain(|_, p| !p.idle() || p.history.banned_until > now || p.over != 0 || p.dirty);
+        }
+        out
+    }
+
+    /// Takes the action of each per-connection rule hit.
+    fn act_on_hits(
+        &mut self,
+        now: u64,
+        hits: Vec<conn::ConnHit>,
+        enforcer: &mut impl Enforcer,
+        out: &mut Vec<Decision>,
+    ) {
+        let s = &self.settings;
         for hit in hits {
             let ip = hit.conn.client.ip();
             let peer = self.peers.entry(ip).or_default();
@@ -608,7 +911,7 @@ impl Policy {
                 handshake_ms: hit.counts.handshake_ms,
                 keyupdates_1s: hit.counts.keyupdates_1s,
                 renegotiations_conn: hit.counts.renegotiations_conn,
-                ..peer.counts()
+                ..peer.counts_at(now)
             };
             let reason = format!(
                 "policy: {} on {} -> {}",
@@ -627,44 +930,88 @@ impl Policy {
                 out.push(d);
             }
         }
+    }
 
+    /// Evaluates the window rules of the peers that changed, and with
+    /// `with_over` of the peers above a threshold (so a rule re-arms when
+    /// its window empties).
+    fn evaluate_dirty(
+        &mut self,
+        now: u64,
+        with_over: bool,
+        enforcer: &mut impl Enforcer,
+        out: &mut Vec<Decision>,
+    ) {
+        let mut todo = std::mem::take(&mut self.dirty);
+        if with_over {
+            todo.extend(self.over_peers.iter().copied());
+        }
+        for ip in &todo {
+            self.evaluate_peer(now, *ip, enforcer, out);
+        }
+        todo.clear();
+        if self.dirty.is_empty() {
+            // Keep the allocation.
+            self.dirty = todo;
+        }
+    }
+
+    /// The window rules of one peer.
+    fn evaluate_peer(
+        &mut self,
+        now: u64,
+        ip: IpAddr,
+        enforcer: &mut impl Enforcer,
+        out: &mut Vec<Decision>,
+    ) {
+        let Policy {
+            settings: s,
+            peers,
+            over_peers,
+            ..
+        } = self;
+        let Some(peer) = peers.get_mut(&ip) else {
+            over_peers.remove(&ip);
+            return;
+        };
+        peer.dirty = false;
+        peer.prune(now);
+        let counts = peer.counts();
         let rules = [
             (Rule::HandshakesPer10s, s.handshakes_per_10s),
             (Rule::RenegotiationsPerMinute, s.renegotiations_per_minute),
         ];
-        for (ip, peer) in &mut self.peers {
-            peer.prune(now);
-            let counts = peer.counts();
-            for (rule, threshold) in rules {
-                let n = match rule {
-                    Rule::HandshakesPer10s => counts.handshakes_10s,
-                    _ => counts.renegotiations_1m,
-                };
-                if threshold == 0 || n <= u64::from(threshold) {
-                    peer.over.remove(&rule);
-                    continue;
-                }
-                if !peer.over.insert(rule) {
-                    continue;
-                }
-                let mut d = Decision::new(rule, *ip, s.dry_run);
-                d.connection = peer.last_conn.get(&rule).cloned();
-                d.counts = counts;
-                let reason = format!("policy: {} > {threshold} (n={n})", rule.name());
-                let target = Target {
-                    cidr: Cidr::host(*ip),
-                    history: &mut peer.history,
-                    reason,
-                };
-                if act(s, now, s.action(rule), target, &mut d, enforcer) {
-                    out.push(d);
-                }
+        for (rule, threshold) in rules {
+            let n = match rule {
+                Rule::HandshakesPer10s => counts.handshakes_10s,
+                _ => counts.renegotiations_1m,
+            };
+            if threshold == 0 || n <= u64::from(threshold) {
+                peer.over &= !bit(rule);
+                continue;
+            }
+            if peer.over & bit(rule) != 0 {
+                continue;
+            }
+            peer.over |= bit(rule);
+            let mut d = Decision::new(rule, ip, s.dry_run);
+            d.connection = peer.last_conn(rule).cloned();
+            d.counts = counts;
+            let reason = format!("policy: {} > {threshold} (n={n})", rule.name());
+            let target = Target {
+                cidr: Cidr::host(ip),
+                history: &mut peer.history,
+                reason,
+            };
+            if act(s, now, s.action(rule), target, &mut d, enforcer) {
+                out.push(d);
             }
         }
-        self.prefix_step(now, enforcer, &mut out);
-        self.peers
-            .retain(|_, p| !p.idle() || p.history.banned_until > now || !p.over.is_empty());
-        out
+        if peer.over != 0 {
+            over_peers.insert(ip);
+        } else if !over_peers.is_empty() {
+            over_peers.remove(&ip);
+        }
     }
 
     /// The prefix rules: the peers' windows summed per prefix.
@@ -681,7 +1028,7 @@ impl Policy {
             self.prefixes.clear();
             return;
         }
-        let mut sums: HashMap<Cidr, Sum> = HashMap::new();
+        let mut sums: HashMap<Cidr, Sum> = HashMap::default();
         for (ip, peer) in &self.peers {
             if enforcer.allowed(&Cidr::host(*ip)) {
                 continue;
@@ -694,25 +1041,17 @@ impl Policy {
             let Ok(prefix) = Cidr::new(*ip, len) else {
                 continue;
             };
-            let c = peer.counts();
+            let c = peer.counts_at(now);
             let sum = sums.entry(prefix).or_default();
             sum.counts.handshakes_10s += c.handshakes_10s;
             sum.counts.renegotiations_1m += c.renegotiations_1m;
-            for (rule, n, own) in [
-                (
-                    Rule::PrefixHandshakesPer10s,
-                    c.handshakes_10s,
-                    Rule::HandshakesPer10s,
-                ),
-                (
-                    Rule::PrefixRenegotiationsPerMinute,
-                    c.renegotiations_1m,
-                    Rule::RenegotiationsPerMinute,
-                ),
+            for (slot, n, own) in [
+                (0, c.handshakes_10s, Rule::HandshakesPer10s),
+                (1, c.renegotiations_1m, Rule::RenegotiationsPerMinute),
             ] {
-                let best = sum.busiest.entry(rule).or_insert((0, *ip, None));
+                let best = sum.busiest[slot].get_or_insert((0, *ip, None));
                 if n > best.0 || best.2.is_none() {
-                    *best = (n, *ip, peer.last_conn.get(&own).cloned());
+                    *best = (n, *ip, peer.last_conn(own).cloned());
                 }
             }
         }
@@ -720,18 +1059,19 @@ impl Policy {
             let group = self.prefixes.entry(*prefix).or_default();
             group.history.prune(now);
             for (rule, threshold) in rules {
-                let n = match rule {
-                    Rule::PrefixHandshakesPer10s => sum.counts.handshakes_10s,
-                    _ => sum.counts.renegotiations_1m,
+                let (n, slot) = match rule {
+                    Rule::PrefixHandshakesPer10s => (sum.counts.handshakes_10s, 0),
+                    _ => (sum.counts.renegotiations_1m, 1),
                 };
                 if threshold == 0 || n <= u64::from(threshold) {
-                    group.over.remove(&rule);
+                    group.over &= !bit(rule);
                     continue;
                 }
-                if !group.over.insert(rule) {
+                if group.over & bit(rule) != 0 {
                     continue;
                 }
-                let (peer, conn) = match sum.busiest.get(&rule) {
+                group.over |= bit(rule);
+                let (peer, conn) = match &sum.busiest[slot] {
                     Some((_, ip, conn)) => (*ip, conn.clone()),
                     None => (prefix.addr(), None),
                 };
@@ -752,7 +1092,7 @@ impl Policy {
         }
         for (prefix, group) in &mut self.prefixes {
             if !sums.contains_key(prefix) {
-                group.over.clear();
+                group.over = 0;
                 group.history.prune(now);
             }
         }
@@ -803,24 +1143,40 @@ impl Policy {
         }
     }
 
-    /// A peer's window counts now (zero for an unknown peer).
+    /// A peer's window counts as of the latest time the policy was given
+    /// (zero for an unknown peer).
     pub fn peer_counts(&self, ip: IpAddr) -> Counts {
-        self.peers.get(&ip).map(Peer::counts).unwrap_or_default()
+        self.peers
+            .get(&ip)
+            .map(|p| p.counts_at(self.now))
+            .unwrap_or_default()
     }
 
-    /// Every peer with something in its windows or ban history, by address.
+    /// Every peer with something in its windows or ban history, by address
+    /// (counts as of the latest time the policy was given).
     pub fn peers(&self) -> Vec<PeerRecord> {
         let mut out: Vec<PeerRecord> = self
             .peers
             .iter()
-            .map(|(ip, p)| {
-                let c = p.counts();
-                PeerRecord {
+            .filter_map(|(ip, p)| {
+                let c = p.counts_at(self.now);
+                let bans_24h = p
+                    .history
+                    .bans
+                    .iter()
+                    .filter(|t| self.now.saturating_sub(**t) <= REPEAT_WINDOW_NS)
+                    .count() as u64;
+                let listed = c.handshakes_10s > 0
+                    || c.renegotiations_1m > 0
+                    || bans_24h > 0
+                    || p.history.banned_until > self.now
+                    || p.over != 0;
+                listed.then_some(PeerRecord {
                     peer: *ip,
                     handshakes_10s: c.handshakes_10s,
                     renegotiations_1m: c.renegotiations_1m,
-                    bans_24h: p.history.bans.len() as u64,
-                }
+                    bans_24h,
+                })
             })
             .collect();
         out.sort_by_key(|p| p.peer);
@@ -829,8 +1185,9 @@ impl Policy {
 }
 
 /// The agent's enforcement: bans in the kernel's ban maps (reason
-/// [`monitor_common::ban::BAN_REASON_POLICY`]), resets by `SOCK_DESTROY` of
-/// the server's socket.
+/// [`monitor_common::ban::BAN_REASON_POLICY`]) at once; resets are only
+/// noted (the decision says `reset`) and made by [`perform_resets`] after
+/// the policy's lock is released, since each is a netlink round trip.
 pub struct AgentEnforcer<'a, M: super::bans::BanMaps> {
     /// The ban table.
     pub bans: &'a mut super::bans::BanTable<M>,
@@ -854,16 +1211,48 @@ impl<M: super::bans::BanMaps> Enforcer for AgentEnforcer<'_, M> {
             .map_err(|e| e.to_string())
     }
 
-    fn reset(&mut self, conn: &ConnRef) -> Result<bool, String> {
+    fn reset(&mut self, _conn: &ConnRef) -> Result<bool, String> {
+        // Deferred: see `perform_resets`.
+        Ok(true)
+    }
+}
+
+/// Makes the resets that [`AgentEnforcer`] noted: `SOCK_DESTROY` of the
+/// server's socket of each decision with action `reset`, which becomes
+/// `already_closed` or `reset_failed` when it did not reset anything, and of
+/// the connection of each `ban` (whose action stays `ban`). Blocking
+/// (netlink); call it without the policy's lock.
+pub fn perform_resets(decisions: &mut [Decision]) {
+    for d in decisions
+        .iter_mut()
+        .filter(|d| d.action == "reset" || d.action == "ban")
+    {
+        let Some(conn) = d.connection.as_ref() else {
+            continue;
+        };
         let c = super::sock_destroy::Conn {
             local: conn.server,
             remote: conn.client,
         };
-        match super::sock_destroy::destroy(&c) {
-            Ok(super::sock_destroy::Outcome::Destroyed) => Ok(true),
-            Ok(super::sock_destroy::Outcome::Gone) => Ok(false),
-            Err(e) => Err(format!("{e:#}")),
+        if d.action == "ban" {
+            match super::sock_destroy::destroy(&c) {
+                Ok(outcome) => {
+                    tracing::debug!(client = %conn.client, server = %conn.server, ?outcome, "banned peer's connection reset");
+                }
+                Err(e) => {
+                    tracing::warn!(client = %conn.client, server = %conn.server, "resetting a banned peer's connection failed: {e:#}");
+                }
+            }
+            continue;
         }
+        d.action = match super::sock_destroy::destroy(&c) {
+            Ok(super::sock_destroy::Outcome::Destroyed) => "reset",
+            Ok(super::sock_destroy::Outcome::Gone) => "already_closed",
+            Err(e) => {
+                tracing::warn!(client = %conn.client, server = %conn.server, rule = d.rule, "policy reset failed: {e:#}");
+                "reset_failed"
+            }
+        };
     }
 }
 
@@ -1213,7 +1602,9 @@ mod tests {
         assert_eq!(e.bans.len(), 1);
         assert_eq!(e.bans[0].0.to_string(), "10.0.0.1/32");
         assert!(e.bans[0].2.contains("handshake_timeout"), "{:?}", e.bans);
-        assert!(e.resets.is_empty());
+        // The banned connection is reset with the ban (its packets are
+        // dropped from now on); the alert resets nothing.
+        assert_eq!(e.resets, vec![endpoints(&stalled.0, &stalled.1)]);
         // Allowlisted clients are never reset.
         let mut s = conn_settings();
         s.dry_run = false;
@@ -1353,6 +1744,147 @@ mod tests {
         let mut e = Fake::default();
         let d = p.step(now, &flows, &[], &mut e);
         assert!(d.iter().all(|d| d.prefix.is_none()), "{d:?}");
+    }
+
+    fn live(f: (FlowKey, FlowValue)) -> FlowUpdate {
+        FlowUpdate {
+            key: f.0,
+            value: f.1,
+            departed: false,
+        }
+    }
+
+    fn closed(f: (FlowKey, FlowValue)) -> FlowUpdate {
+        FlowUpdate {
+            key: f.0,
+            value: f.1,
+            departed: true,
+        }
+    }
+
+    #[test]
+    fn an_event_alone_bans_without_a_sweep() {
+        let mut p = Policy::new(settings());
+        let mut e = Fake::default();
+        let t0 = 100 * SEC;
+        // Three renegotiations: not above 3.
+        let d = p.on_events(t0, &[live(flow(1, t0, 0)), live(flow(1, t0, 3))], &mut e);
+        assert!(d.is_empty(), "{d:?}");
+        // The segment with the fourth: the ban is made by this event.
+        let d = p.on_events(t0 + SEC / 1000, &[live(flow(1, t0, 4))], &mut e);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            (d[0].rule, d[0].action, d[0].counts.renegotiations_1m),
+            ("renegotiations_per_minute", "ban", 4)
+        );
+        assert_eq!(e.bans.len(), 1);
+        assert_eq!(
+            d[0].connection,
+            Some(endpoints(&flow(1, t0, 4).0, &flow(1, t0, 4).1))
+        );
+        // More events of the same flood: banned once.
+        let d = p.on_events(t0 + SEC / 500, &[live(flow(1, t0, 9))], &mut e);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(e.bans.len(), 1);
+    }
+
+    #[test]
+    fn an_event_and_a_later_sweep_of_the_same_state_count_once() {
+        let mut p = Policy::new(settings());
+        let mut e = Fake::default();
+        let t0 = 100 * SEC;
+        let a = flow(1, t0, 2);
+        assert!(p.on_events(t0, &[live(a)], &mut e).is_empty());
+        // The sweep reads the same state: nothing grows.
+        assert!(p.step(t0 + SEC, &[a], &[], &mut e).is_empty());
+        assert_eq!(p.peers()[0].renegotiations_1m, 2);
+        assert_eq!(p.peers()[0].handshakes_10s, 1);
+        // One more seen by an event, then the close event, then the sweep
+        // handing the same close over again: 3 in all, one handshake.
+        let a3 = flow(1, t0, 3);
+        assert!(p.on_events(t0 + 2 * SEC, &[live(a3)], &mut e).is_empty());
+        assert!(p.on_events(t0 + 3 * SEC, &[closed(a3)], &mut e).is_empty());
+        assert!(p.step(t0 + 4 * SEC, &[a3], &[a3], &mut e).is_empty());
+        let peer = &p.peers()[0];
+        assert_eq!((peer.renegotiations_1m, peer.handshakes_10s), (3, 1));
+        // A sweep whose snapshot predates an event does not forget what
+        // the event showed: the next sweep does not count the flow again.
+        let b = flow(2, t0 + 5 * SEC, 0);
+        assert!(p.on_events(t0 + 6 * SEC, &[live(b)], &mut e).is_empty());
+        assert!(p.step(t0 + 6 * SEC - 1, &[], &[], &mut e).is_empty());
+        assert!(p.step(t0 + 7 * SEC, &[b], &[], &mut e).is_empty());
+        assert_eq!(p.peers()[0].handshakes_10s, 2);
+        // The window is still driven by time: 60 s later nothing is left.
+        assert!(p.step(t0 + 70 * SEC, &[b], &[], &mut e).is_empty());
+        assert_eq!(p.peers().len(), 0, "{:?}", p.peers());
+    }
+
+    #[test]
+    fn the_event_path_respects_dry_run_and_the_allowlist() {
+        let t0 = 100 * SEC;
+        let mut s = settings();
+        s.dry_run = true;
+        let mut p = Policy::new(s);
+        let mut e = Fake::default();
+        let d = p.on_events(t0, &[live(flow(1, t0, 4))], &mut e);
+        let actions: Vec<_> = d.iter().map(|d| (d.rule, d.action)).collect();
+        assert_eq!(
+            actions,
+            [
+                ("reneg_cap", "would_reset"),
+                ("renegotiations_per_minute", "would_ban")
+            ]
+        );
+        assert!(e.bans.is_empty() && e.resets.is_empty());
+
+        let mut p = Policy::new(settings());
+        let mut e = Fake::default();
+        let f = flow(1, t0, 4);
+        e.allow.push(Cidr::host(endpoints(&f.0, &f.1).client.ip()));
+        let d = p.on_events(t0, &[live(f)], &mut e);
+        assert_eq!(
+            (d.len(), d[0].action),
+            (1, "not_banned_allowlisted"),
+            "{d:?}"
+        );
+        assert!(e.bans.is_empty());
+
+        // A per-connection rule on the event path: reset, or not when
+        // allowlisted.
+        let mut p = Policy::new(conn_settings());
+        let mut e = Fake::default();
+        let mut ku = done_flow(1, 1000, t0);
+        assert!(p.on_events(t0, &[live(ku)], &mut e).is_empty());
+        ku.1.tracker.counters.keyupdate_like = 16;
+        let d = p.on_events(t0 + SEC / 10, &[live(ku)], &mut e);
+        assert_eq!(
+            (d.len(), d[0].rule, d[0].action),
+            (1, "keyupdates_per_second", "reset"),
+            "{d:?}"
+        );
+        assert_eq!(e.resets.len(), 1);
+        let mut p = Policy::new(conn_settings());
+        let mut e = Fake::default();
+        e.allow.push(Cidr::host("10.0.0.1".parse().expect("ip")));
+        let ku0 = done_flow(1, 1000, t0);
+        assert!(p.on_events(t0, &[live(ku0)], &mut e).is_empty());
+        let d = p.on_events(t0 + SEC / 10, &[live(ku)], &mut e);
+        assert_eq!(d[0].action, "not_reset_allowlisted", "{d:?}");
+        assert!(e.resets.is_empty());
+    }
+
+    #[test]
+    fn a_peer_over_a_threshold_re_arms_when_its_window_empties() {
+        let mut s = settings();
+        s.reneg_action = Action::Alert;
+        let mut p = Policy::new(s);
+        let mut e = Fake::default();
+        let t0 = 100 * SEC;
+        assert_eq!(p.on_events(t0, &[live(flow(1, t0, 4))], &mut e).len(), 1);
+        // No event of this peer for a minute: the sweeps empty its window.
+        assert!(p.step(t0 + 61 * SEC, &[], &[], &mut e).is_empty());
+        let d = p.on_events(t0 + 62 * SEC, &[live(flow(2, t0 + 62 * SEC, 4))], &mut e);
+        assert_eq!((d.len(), d[0].action), (1, "alert"), "{d:?}");
     }
 
     #[test]

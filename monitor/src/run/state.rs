@@ -27,7 +27,8 @@ pub struct Shared {
     /// What `GET /v1/status` reports about the agent itself; set once the
     /// programs are attached.
     pub info: OnceLock<super::status::AgentInfo>,
-    /// The per-peer policy, fed by [`Shared::sweep`].
+    /// The per-peer policy, fed by the event reader ([`Shared::policy_events`])
+    /// and by [`Shared::sweep`].
     pub policy: Mutex<super::policy::Policy>,
     /// Over-cap flows reset (event path) or due a reset (sweep fallback).
     pub over_cap: Mutex<super::over_cap::OverCap>,
@@ -96,29 +97,62 @@ impl Shared {
         })
     }
 
+    /// Flow states from ring-buffer events, handed to the policy at once
+    /// (bans are made under the policy's lock: a map update each; resets
+    /// are returned for [`Shared::publish_decisions`]).
+    pub fn policy_events(
+        &self,
+        updates: &[super::policy::FlowUpdate],
+    ) -> Vec<super::policy::Decision> {
+        if updates.is_empty() {
+            return Vec::new();
+        }
+        let mut policy = lock(&self.policy);
+        let mut bans = lock(&self.bans);
+        policy.on_events(
+            monotonic_now_ns(),
+            updates,
+            &mut super::policy::AgentEnforcer { bans: &mut *bans },
+        )
+    }
+
+    /// Makes the resets the policy decided ([`super::policy::perform_resets`],
+    /// blocking), then prints the decisions and publishes them on the event
+    /// stream. Call it without the policy's lock.
+    pub fn publish_decisions(&self, decisions: &mut [super::policy::Decision]) {
+        if decisions.is_empty() {
+            return;
+        }
+        super::policy::perform_resets(decisions);
+        super::policy::print_decisions(decisions);
+        for d in decisions.iter() {
+            self.events.decision(d);
+        }
+    }
+
     /// One periodic sweep: closed flows move out of the kernel map, and the
-    /// policy takes in the live and departed flows (its decisions are
-    /// printed on stdout as JSON lines).
+    /// policy takes in the live flows and the flows that left the live set
+    /// without an event (its decisions are printed on stdout as JSON lines).
     pub fn sweep(&self) -> Result<()> {
+        // The snapshot's time: taken before the map is read, so what an
+        // event shows the policy after it is not forgotten by this sweep.
+        let now = monotonic_now_ns();
         let (live, departed) = {
             let mut table = lock(&self.table);
             let live = table.sweep()?;
             (live, table.take_departed())
         };
-        let decisions = {
+        let mut decisions = {
             let mut policy = lock(&self.policy);
             let mut bans = lock(&self.bans);
             policy.step(
-                monotonic_now_ns(),
+                now,
                 &live,
                 &departed,
                 &mut super::policy::AgentEnforcer { bans: &mut *bans },
             )
         };
-        super::policy::print_decisions(&decisions);
-        for d in &decisions {
-            self.events.decision(d);
-        }
+        self.publish_decisions(&mut decisions);
         let due = lock(&self.over_cap).due(&live);
         if !due.is_empty() {
             tracing::warn!(

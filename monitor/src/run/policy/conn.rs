@@ -1,16 +1,18 @@
-//! The per-connection rules, fed by the flow sweep: `handshake_timeout` (the
-//! first handshake not done long after the first ClientHello),
-//! `keyupdates_per_second` (`keyupdate_like` records added between two
-//! sweeps, over at least one second), and in dry-run `reneg_cap` (the kernel
-//! does not enforce the cap then, so the agent notices a connection over it
-//! and reports `would_reset`). Each rule fires at most once per connection.
-
-use std::collections::{HashMap, HashSet};
+//! The per-connection rules, fed by the events and the flow sweep:
+//! `handshake_timeout` (the first handshake not done long after the first
+//! ClientHello), `keyupdates_per_second` (`keyupdate_like` records added
+//! since a baseline observation, over at least one second; the baseline moves
+//! to the current observation once it is half a second old, so with one
+//! sweep a second every sweep compares with the previous one, and events in
+//! between compare with the same baseline), and in dry-run `reneg_cap` (the
+//! kernel does not enforce the cap then, so the agent notices a connection
+//! over it and reports `would_reset`). Each rule fires at most once per
+//! connection.
 
 use monitor_common::flow::{FlowKey, FlowValue};
 use monitor_common::tracker::{FF_CLOSED, FF_FIRST_HS_DONE, FF_UNSYNCED};
 
-use super::{endpoints, ConnRef, Counts, Rule, Settings, SEC};
+use super::{endpoints, ConnRef, Counts, HashMap, HashSet, Rule, Settings, SEC};
 
 type FlowId = (FlowKey, u64);
 
@@ -21,10 +23,12 @@ const FIRED_CAP: u8 = 4;
 /// What is remembered of one live connection.
 #[derive(Clone, Copy, Debug, Default)]
 struct Watch {
-    /// `keyupdate_like` at the last sweep.
+    /// `keyupdate_like` at the baseline observation.
     keyupdates: u32,
     /// When that was read (monotonic ns).
     at: u64,
+    /// When the connection was last observed (monotonic ns).
+    seen: u64,
     /// `FIRED_*` bits.
     fired: u8,
 }
@@ -47,78 +51,112 @@ pub struct Conns {
 }
 
 impl Conns {
-    /// Checks the live flows, and the flows that departed since the last
-    /// sweep (only the dry-run cap applies to those: they cannot be reset);
-    /// forgets flows no longer live.
+    /// Checks the live flows of a sweep taken at `now`, and the flows that
+    /// departed since the last sweep (only the dry-run cap applies to
+    /// those: they cannot be reset); forgets flows no longer live (unless
+    /// an event observed them after `now`).
     pub fn check(
         &mut self,
         now: u64,
-        live: &[(FlowKey, FlowValue)],
+        live: &[&(FlowKey, FlowValue)],
         departed: &[&(FlowKey, FlowValue)],
         s: &Settings,
     ) -> Vec<ConnHit> {
         let mut hits = Vec::new();
-        let mut live_ids = HashSet::with_capacity(live.len());
+        let mut live_ids = HashSet::default();
+        live_ids.reserve(live.len());
         for (k, v) in live {
-            let id = (*k, v.first_seen_ns);
-            live_ids.insert(id);
-            let w = self.watch.entry(id).or_insert(Watch {
-                keyupdates: 0,
-                at: v.first_seen_ns.min(now),
-                fired: 0,
-            });
-            let t = &v.tracker;
-            let age = now.saturating_sub(v.first_seen_ns);
-            let timeout = u64::try_from(s.handshake_timeout.as_nanos()).unwrap_or(u64::MAX);
-            if timeout > 0
-                && w.fired & FIRED_TIMEOUT == 0
-                && t.flags & (FF_FIRST_HS_DONE | FF_CLOSED | FF_UNSYNCED) == 0
-                && age > timeout
-            {
-                w.fired |= FIRED_TIMEOUT;
-                hits.push(ConnHit {
-                    rule: Rule::HandshakeTimeout,
-                    conn: endpoints(k, v),
-                    counts: Counts {
-                        handshake_ms: Some(age / 1_000_000),
-                        ..Counts::default()
-                    },
-                });
-            }
-            let ku = t.counters.keyupdate_like;
-            let grown = u64::from(ku.saturating_sub(w.keyupdates));
-            let span = now.saturating_sub(w.at).max(SEC);
-            let limit = u64::from(s.keyupdates_per_second);
-            // More than `limit` per second over the span (at least 1 s).
-            if limit > 0
-                && w.fired & FIRED_KEYUPDATES == 0
-                && u128::from(grown) * u128::from(SEC) > u128::from(limit) * u128::from(span)
-            {
-                w.fired |= FIRED_KEYUPDATES;
-                hits.push(ConnHit {
-                    rule: Rule::KeyupdatesPerSecond,
-                    conn: endpoints(k, v),
-                    counts: Counts {
-                        keyupdates_1s: Some(grown * SEC / span),
-                        ..Counts::default()
-                    },
-                });
-            }
-            w.keyupdates = ku;
-            w.at = now;
-            if let Some(hit) = over_cap(k, v, w, s) {
-                hits.push(hit);
-            }
+            live_ids.insert((*k, v.first_seen_ns));
+            self.check_live(now, k, v, s, &mut hits);
         }
         for (k, v) in departed {
-            let id = (*k, v.first_seen_ns);
-            let mut w = self.watch.remove(&id).unwrap_or_default();
-            if let Some(hit) = over_cap(k, v, &mut w, s) {
-                hits.push(hit);
-            }
+            self.depart(k, v, s, &mut hits);
         }
-        self.watch.retain(|id, _| live_ids.contains(id));
+        self.watch
+            .retain(|id, w| w.seen > now || live_ids.contains(id));
         hits
+    }
+
+    /// Checks one live connection's state observed at `now` (by a sweep or
+    /// an event).
+    pub fn check_live(
+        &mut self,
+        now: u64,
+        k: &FlowKey,
+        v: &FlowValue,
+        s: &Settings,
+        hits: &mut Vec<ConnHit>,
+    ) {
+        let id = (*k, v.first_seen_ns);
+        let w = self.watch.entry(id).or_insert(Watch {
+            keyupdates: 0,
+            at: v.first_seen_ns.min(now),
+            seen: now,
+            fired: 0,
+        });
+        w.seen = w.seen.max(now);
+        let t = &v.tracker;
+        let age = now.saturating_sub(v.first_seen_ns);
+        let timeout = u64::try_from(s.handshake_timeout.as_nanos()).unwrap_or(u64::MAX);
+        if timeout > 0
+            && w.fired & FIRED_TIMEOUT == 0
+            && t.flags & (FF_FIRST_HS_DONE | FF_CLOSED | FF_UNSYNCED) == 0
+            && age > timeout
+        {
+            w.fired |= FIRED_TIMEOUT;
+            hits.push(ConnHit {
+                rule: Rule::HandshakeTimeout,
+                conn: endpoints(k, v),
+                counts: Counts {
+                    handshake_ms: Some(age / 1_000_000),
+                    ..Counts::default()
+                },
+            });
+        }
+        let ku = t.counters.keyupdate_like;
+        let grown = u64::from(ku.saturating_sub(w.keyupdates));
+        let elapsed = now.saturating_sub(w.at);
+        let span = elapsed.max(SEC);
+        let limit = u64::from(s.keyupdates_per_second);
+        // More than `limit` per second over the span (at least 1 s).
+        if limit > 0
+            && w.fired & FIRED_KEYUPDATES == 0
+            && u128::from(grown) * u128::from(SEC) > u128::from(limit) * u128::from(span)
+        {
+            w.fired |= FIRED_KEYUPDATES;
+            hits.push(ConnHit {
+                rule: Rule::KeyupdatesPerSecond,
+                conn: endpoints(k, v),
+                counts: Counts {
+                    keyupdates_1s: Some(grown * SEC / span),
+                    ..Counts::default()
+                },
+            });
+        }
+        if elapsed >= SEC / 2 || ku < w.keyupdates {
+            w.keyupdates = ku;
+            w.at = now;
+        }
+        if let Some(hit) = over_cap(k, v, w, s) {
+            hits.push(hit);
+        }
+    }
+
+    /// A connection left: only the dry-run cap applies; its watch is
+    /// forgotten.
+    pub fn depart(&mut self, k: &FlowKey, v: &FlowValue, s: &Settings, hits: &mut Vec<ConnHit>) {
+        let mut w = self
+            .watch
+            .remove(&(*k, v.first_seen_ns))
+            .unwrap_or_default();
+        if let Some(hit) = over_cap(k, v, &mut w, s) {
+            hits.push(hit);
+        }
+    }
+
+    /// No connection is watched.
+    pub fn is_empty(&self) -> bool {
+        self.watch.is_empty()
     }
 
     /// Connections watched now.
