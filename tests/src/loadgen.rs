@@ -182,7 +182,7 @@ pub fn parse_h2load(out: &str) -> Option<H2loadResult> {
     let secs = out
         .lines()
         .find_map(|l| l.strip_prefix("finished in "))?
-        .split(|c: char| c == 's' || c == ',')
+        .split(['s', ','])
         .next()?
         .trim()
         .parse()
