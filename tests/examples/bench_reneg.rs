@@ -22,7 +22,12 @@
 //! segment that carried the renegotiation ClientHello, and the agent's
 //! ring-buffer reader evaluates the peer's rules on it and writes the ban
 //! (before the event path, the policy ran only on the agent's 1-second
-//! sweep: 434-798 ms).
+//! sweep: 434-798 ms). So that the first drop measures hsmon and not when
+//! the flooding client happens to send again (after the reset its
+//! `s_client` must restart: tens of ms), the enforcing rounds also run a
+//! prober from the client's address: a non-blocking TCP connect to a closed
+//! port of the server every [`PROBE_EVERY`] (answered by a RST until the
+//! ban; its SYNs are the first packets dropped after it).
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
@@ -47,6 +52,36 @@ const THRESHOLD: u64 = 10;
 /// the crossing connection and deletes its flow within about a
 /// millisecond, so the poller must see the crossing state before that.
 const POLL_US: u64 = 100;
+/// The prober's pause between two SYNs.
+const PROBE_EVERY: Duration = Duration::from_millis(1);
+/// The closed server port the prober connects to.
+const PROBE_PORT: u16 = 9;
+
+/// Sends a SYN from the client namespace to `dst` every [`PROBE_EVERY`]
+/// (a non-blocking connect, the socket closed before the next) until `stop`;
+/// returns the SYNs sent.
+fn start_prober(
+    net: &NetPair,
+    dst: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Result<Result<u64>>>> {
+    tests::netns::spawn_in_netns(&net.client_ns, move || -> Result<u64> {
+        use socket2::{Domain, SockAddr, Socket, Type};
+        let mut sent = 0u64;
+        // Bounded like the rounds themselves: at most a minute of probing.
+        let end = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+            let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)
+                .context("creating the prober's socket")?;
+            s.set_nonblocking(true).context("non-blocking socket")?;
+            // EINPROGRESS is the expected answer; the SYN is out.
+            let _ = s.connect(&SockAddr::from(dst));
+            sent += 1;
+            std::thread::sleep(PROBE_EVERY);
+        }
+        Ok(sent)
+    })
+}
 
 fn start_server(net: &NetPair, dir: &Path, cert: &TestCert, addr: SocketAddr) -> Result<Proc> {
     let mut c = net.server_cmd("openssl");
@@ -188,11 +223,24 @@ fn main() -> Result<()> {
             Some(a) => Some(poll_ban(a, stop.clone())?),
             None => None,
         };
+        let prober = if enforce {
+            Some(start_prober(
+                &net,
+                SocketAddr::new(addr.ip(), PROBE_PORT),
+                stop.clone(),
+            )?)
+        } else {
+            None
+        };
         let mut sampled = false;
         let before = cpu_time(spid)?;
         let n = flood(&net, dir.path(), addr, flood_secs)?;
         let used = (cpu_time(spid)? - before).as_secs_f64();
         stop.store(true, Ordering::SeqCst);
+        if let Some(p) = prober {
+            p.join()
+                .map_err(|_| anyhow::anyhow!("the prober panicked"))???;
+        }
         if let Some(p) = poller {
             let t = p
                 .join()
@@ -323,7 +371,8 @@ fn main() -> Result<()> {
         "ms",
         &format!(
             "the kernel drops from the first packet after the map update; this is the wait for the \
-             client's next packet (within the polling interval); samples {:?} ms",
+             client's next packet: the prober's SYN every {PROBE_EVERY:?} (within the polling interval); \
+             samples {:?} ms",
             enforce_ms
                 .iter()
                 .map(|x| (x * 10.0).round() / 10.0)
