@@ -43,10 +43,11 @@ pub fn any() -> bool {
 /// the drop in `STATS` when it is. Anything that is neither IPv4 nor IPv6, or
 /// too short to hold the source address, is not banned.
 ///
-/// Not inlined: its key and header reads get a small stack frame of their own
-/// instead of growing the program's main frame, which heads the call chain
-/// of the tracker (the verifier caps the chain at 512 bytes).
-#[inline(never)]
+/// Inlined: a call and its return cost about 20 ns here. The key is at most
+/// 20 bytes of the program's main frame, which heads the call chain of the
+/// tracker (the verifier caps the chain at 512 bytes; the main frame is
+/// about 250 bytes).
+#[inline(always)]
 pub fn banned(ctx: &TcContext) -> bool {
     let Some(proto) = read_word::<u16>(ctx, 12) else {
         return false;
