@@ -140,7 +140,11 @@ pub struct FlowValue {
     pub tracker: crate::tracker::FlowState,
     /// Monotonic time (ns, `bpf_ktime_get_ns`) of the first ClientHello.
     pub first_seen_ns: u64,
-    /// Monotonic time (ns) of the last segment with payload.
+    /// Monotonic time (ns) of the last segment with payload, at tick
+    /// resolution: the TC programs read the coarse clock
+    /// (`bpf_ktime_get_coarse_ns`, half the cost of the precise one) and
+    /// only ever move this forward, so it is never before `first_seen_ns`
+    /// and never goes back.
     pub last_seen_ns: u64,
     /// 1 when endpoint a of the key is the client (sent the first ClientHello).
     pub client_is_a: u8,

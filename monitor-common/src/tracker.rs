@@ -366,7 +366,11 @@ impl FlowState {
             Ok(range) => range,
             Err(outcome) => return outcome,
         };
-        for _ in 0..max_steps {
+        let used = self.app_data_steps(dir, payload, &mut off, len, max_steps);
+        if used > 0 && off >= len {
+            return SegmentOutcome::Parsed;
+        }
+        for _ in used..max_steps {
             if let Some(outcome) = self.step_segment(dir, payload, &mut off, len) {
                 return outcome;
             }
@@ -416,6 +420,59 @@ impl FlowState {
         }
         ds.next_seq = seq.wrapping_add(len);
         Ok((already_seen, len))
+    }
+
+    /// The first one or two steps of a segment at once when they are the
+    /// header and the body of an application-data record: what the eBPF
+    /// program runs in line before `bpf_loop` (a segment of encrypted
+    /// records then needs no call at all). Returns the steps taken (0: the
+    /// next bytes are not a complete application-data record header between
+    /// records; nothing changed). The state afterwards is exactly what that
+    /// many [`step_segment`](Self::step_segment) calls leave: the header is
+    /// checked and counted by the same code, the body skipped the same way.
+    /// Takes at most `budget` steps (none below 2).
+    #[inline(always)]
+    pub fn app_data_steps<P: Payload + ?Sized>(
+        &mut self,
+        dir: usize,
+        payload: &P,
+        off: &mut u32,
+        len: u32,
+        budget: u32,
+    ) -> u32 {
+        let dir = dir & 1;
+        let ds = &self.dirs[dir];
+        if budget < 2
+            || ds.rec_left != 0
+            || ds.hdr_have != 0
+            || *off >= len
+            || len - *off < RECORD_HEADER_LEN as u32
+        {
+            return 0;
+        }
+        let Some(h) = payload.load_be(*off as usize, RECORD_HEADER_LEN) else {
+            return 0;
+        };
+        let typ = (h >> 32) as u8;
+        let major = (h >> 24) as u8;
+        let minor = (h >> 16) as u8;
+        let rlen = h as u16;
+        if typ != CT_APPLICATION_DATA || major != 3 || minor > 4 || rlen > MAX_RECORD_LEN {
+            return 0;
+        }
+        // Step one: the header (as `step` leaves it once all 5 bytes are in).
+        self.dirs[dir].hdr_acc = 0;
+        self.on_record(dir, CT_APPLICATION_DATA, rlen);
+        *off += RECORD_HEADER_LEN as u32;
+        if *off >= len || rlen == 0 {
+            return 1;
+        }
+        // Step two: the body, skipped (`on_record` cleared the parse flags).
+        let ds = &mut self.dirs[dir];
+        let n = min_u32(u32::from(ds.rec_left), len - *off);
+        ds.rec_left = ds.rec_left.saturating_sub(n as u16);
+        *off += n;
+        2
     }
 
     /// One parsing step at `*off` of a segment of `len` bytes. `None`: call

@@ -14,7 +14,7 @@ use monitor_common::{
 
 use crate::{
     maps::count,
-    packet::{read, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
+    packet::{read_word, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
 };
 
 /// Banned IPv4 prefixes (`BPF_F_NO_PREALLOC`, which LPM tries require, is
@@ -43,25 +43,26 @@ pub fn any() -> bool {
 /// the drop in `STATS` when it is. Anything that is neither IPv4 nor IPv6, or
 /// too short to hold the source address, is not banned.
 ///
-/// Not inlined: its key and header reads get a small stack frame of their own
-/// instead of growing the program's main frame, which heads the call chain
-/// of the tracker (the verifier caps the chain at 512 bytes).
-#[inline(never)]
+/// Inlined: a call and its return cost about 20 ns here. The key is at most
+/// 20 bytes of the program's main frame, which heads the call chain of the
+/// tracker (the verifier caps the chain at 512 bytes; the main frame is
+/// about 250 bytes).
+#[inline(always)]
 pub fn banned(ctx: &TcContext) -> bool {
-    let Some(proto) = read::<u16>(ctx, 12) else {
+    let Some(proto) = read_word::<u16>(ctx, 12) else {
         return false;
     };
     let value = match u16::from_be(proto) {
         ETH_P_IP => {
             // Source address: bytes 12..16 of the IPv4 header.
-            let Some(src) = read::<BanAddrV4>(ctx, ETH_HLEN + 12) else {
+            let Some(src) = read_word::<BanAddrV4>(ctx, ETH_HLEN + 12) else {
                 return false;
             };
             BANS_V4.get(Key::new(V4_BITS, src))
         }
         ETH_P_IPV6 => {
             // Source address: bytes 8..24 of the IPv6 header.
-            let Some(src) = read::<BanAddrV6>(ctx, ETH_HLEN + 8) else {
+            let Some(src) = read_word::<BanAddrV6>(ctx, ETH_HLEN + 8) else {
                 return false;
             };
             BANS_V6.get(Key::new(V6_BITS, src))

@@ -42,11 +42,12 @@ pub struct Segment {
 /// (not TCP, a non-first fragment, IPv6 extension headers, truncated headers)
 /// and for segments with neither payload nor FIN/RST.
 ///
-/// Not inlined, and writing straight into `out`: its header buffers then live
-/// in a small frame of their own, not in the caller's, which also holds the
-/// `bpf_loop` callback's context (the verifier caps the whole call chain at
-/// 512 bytes of stack).
-#[inline(never)]
+/// Inlined (a call and its return cost more than the parsing here), and
+/// writing straight into `out`. Header fields are read in words straight
+/// from the packet, so the function needs almost no stack of its own: the
+/// caller's frame also holds the `bpf_loop` callback's context (the verifier
+/// caps the whole call chain at 512 bytes of stack).
+#[inline(always)]
 pub fn parse(ctx: &TcContext, out: *mut Segment) -> bool {
     // SAFETY: `out` points at the caller's (uninitialised) `Segment`; fields
     // are only written, never read, and all of them on success.
@@ -56,14 +57,25 @@ pub fn parse(ctx: &TcContext, out: *mut Segment) -> bool {
 /// Reads a header `T` at `off`: straight from the packet's linear data when it
 /// lies there (no helper call: the common case for headers), else with
 /// `bpf_skb_load_bytes`. Only for header offsets, which the verifier can
-/// bound; payload reads (any offset up to 64 KiB) use `bpf_skb_load_bytes`.
+/// bound, and for `T` made of 2-, 4- or 8-byte integers (`u16`, `u32`,
+/// `[u32; N]`), in network order as they lie in the packet: one load per
+/// integer instead of one per byte.
+///
+/// The BPF backend turns an unaligned read (`read_unaligned`) into byte loads
+/// and shifts (BPF has no unaligned-load instruction in LLVM's model), so this
+/// reads through a `T`-aligned pointer although packet fields are usually
+/// not aligned: the BPF instruction set's loads take any address, and the
+/// verifier accepts unaligned packet access on the architectures with
+/// efficient unaligned access (x86-64, arm64: the ones hsmon ships for;
+/// elsewhere the verifier refuses the program at load time, it never
+/// misreads). The same idiom as C eBPF code reading `struct iphdr *`.
 #[inline(always)]
-pub(crate) fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+pub(crate) fn read_word<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() <= end {
-        // SAFETY: the bounds check above is the one the verifier requires.
-        Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+        // SAFETY: in bounds (the verifier's check); see above for alignment.
+        Some(unsafe { core::ptr::read((start + off) as *const T) })
     } else {
         ctx.load(off).ok()
     }
@@ -71,21 +83,26 @@ pub(crate) fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
 
 #[inline(always)]
 fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
-    let proto = u16::from_be(read::<u16>(ctx, 12)?);
+    let proto = u16::from_be(read_word::<u16>(ctx, 12)?);
     let (l4, l4_end) = match proto {
         ETH_P_IP => {
-            let h: [u8; 20] = read(ctx, ETH_HLEN)?;
-            if h[0] >> 4 != 4 || h[9] != IPPROTO_TCP {
+            // Five words: version/ihl/tos/tot_len, id/fragment, ttl/proto/
+            // checksum, source, destination.
+            let h: [u32; 5] = read_word(ctx, ETH_HLEN)?;
+            let w0 = u32::from_be(h[0]);
+            let w1 = u32::from_be(h[1]);
+            let w2 = u32::from_be(h[2]);
+            if w0 >> 28 != 4 || (w2 >> 16) as u8 != IPPROTO_TCP {
                 return None;
             }
             // A non-first fragment has no TCP header.
-            if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+            if w1 & 0x1fff != 0 {
                 return None;
             }
-            let ihl = ((h[0] & 0x0f) as u32) * 4;
-            let tot_len = u16::from_be_bytes([h[2], h[3]]) as u32;
-            out.src = ipv4_word_mapped(u32::from_ne_bytes([h[12], h[13], h[14], h[15]]));
-            out.dst = ipv4_word_mapped(u32::from_ne_bytes([h[16], h[17], h[18], h[19]]));
+            let ihl = ((w0 >> 24) & 0x0f) * 4;
+            let tot_len = w0 & 0xffff;
+            out.src = ipv4_word_mapped(h[3]);
+            out.dst = ipv4_word_mapped(h[4]);
             // Big TCP sets tot_len to 0; then the packet length is the bound.
             let end = if tot_len == 0 {
                 ctx.len()
@@ -95,13 +112,15 @@ fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
             (ETH_HLEN as u32 + ihl, end)
         }
         ETH_P_IPV6 => {
-            let h: [u8; 8] = read(ctx, ETH_HLEN)?;
-            if h[0] >> 4 != 6 || h[6] != IPPROTO_TCP {
+            // Version/class/label, then payload length/next header/hop limit.
+            let h: [u32; 2] = read_word(ctx, ETH_HLEN)?;
+            let w1 = u32::from_be(h[1]);
+            if u32::from_be(h[0]) >> 28 != 6 || (w1 >> 8) as u8 != IPPROTO_TCP {
                 return None;
             }
-            let plen = u16::from_be_bytes([h[4], h[5]]) as u32;
-            out.src = read(ctx, ETH_HLEN + 8)?;
-            out.dst = read(ctx, ETH_HLEN + 24)?;
+            let plen = w1 >> 16;
+            out.src = read_word(ctx, ETH_HLEN + 8)?;
+            out.dst = read_word(ctx, ETH_HLEN + 24)?;
             let end = if plen == 0 {
                 ctx.len()
             } else {
@@ -117,26 +136,37 @@ fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
         count(Stat::MalformedPackets);
         return None;
     }
-    let Some(t) = read::<[u8; 14]>(ctx, l4 as usize) else {
+    // Ports, sequence number, acknowledgment number, then data offset and
+    // flags: the first 14 bytes of the TCP header.
+    let (Some(t), Some(off_flags)) = (
+        read_word::<[u32; 3]>(ctx, l4 as usize),
+        read_word::<u16>(ctx, l4 as usize + 12),
+    ) else {
         count(Stat::MalformedPackets);
         return None;
     };
-    let doff = ((t[12] >> 4) as u32) * 4;
+    let off_flags = u16::from_be(off_flags);
+    let flags = off_flags as u8;
+    let doff = ((off_flags >> 12) as u32) * 4;
     let payload_len = l4_end.saturating_sub(l4 + doff);
-    if payload_len == 0 && t[13] & (TCP_FIN | TCP_RST) == 0 {
+    if payload_len == 0 && flags & (TCP_FIN | TCP_RST) == 0 {
         // A bare ACK: nothing for the tracker.
         return None;
     }
+    let ports = u32::from_be(t[0]);
     out.payload_off = l4 + doff;
     out.payload_len = payload_len;
-    out.src_port = u16::from_be_bytes([t[0], t[1]]);
-    out.dst_port = u16::from_be_bytes([t[2], t[3]]);
-    out.seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
-    out.flags = t[13];
+    out.src_port = (ports >> 16) as u16;
+    out.dst_port = ports as u16;
+    out.seq = u32::from_be(t[1]);
+    out.flags = flags;
     Some(())
 }
 
-/// A segment's payload inside the socket buffer, read with `bpf_skb_load_bytes`.
+/// A segment's payload inside the socket buffer. Read straight from the
+/// packet's linear data when the bytes lie there (no helper call: always on
+/// loopback and veth, and for the first bytes of most received segments),
+/// else with `bpf_skb_load_bytes` (paged data: GRO, large sends).
 pub struct SkbPayload<'a> {
     /// The packet.
     pub ctx: &'a TcContext,
@@ -146,17 +176,54 @@ pub struct SkbPayload<'a> {
     pub len: u32,
 }
 
+/// Largest packet offset read directly: the verifier bounds a variable
+/// packet offset by `MAX_PACKET_OFF` (0xffff).
+const MAX_DIRECT_OFF: usize = 0xfff0;
+
+/// `$n` bytes at packet offset `$at` as a big-endian number: directly when
+/// they are in the linear data, else through `bpf_skb_load_bytes`. `$read`
+/// assembles the number from the pointer `p` to the first byte.
 macro_rules! load_n {
-    ($ctx:expr, $off:expr, $n:literal) => {{
-        let b: [u8; $n] = $ctx.load($off).ok()?;
-        let mut v = 0u64;
-        let mut i = 0;
-        while i < $n {
-            v = (v << 8) | b[i] as u64;
-            i += 1;
+    ($ctx:expr, $at:expr, $n:literal, |$p:ident| $read:expr) => {{
+        let start = $ctx.data();
+        let end = $ctx.data_end();
+        // At least 2 bytes must be in bounds, also for a 1-byte read: LLVM
+        // turns `p + 1 <= end` into `p < end`, from which the verifier
+        // derives no range for a pointer at constant offset 0. The last
+        // byte of a packet, read alone, goes through the helper.
+        if $at < MAX_DIRECT_OFF && start + $at + if $n < 2 { 2 } else { $n } <= end {
+            let $p = start + $at;
+            // SAFETY: `$n` bytes at `p` are inside the packet (the check the
+            // verifier requires); see `read_word` for unaligned loads.
+            Some(unsafe { $read })
+        } else {
+            let b: [u8; $n] = $ctx.load($at).ok()?;
+            let mut v = 0u64;
+            let mut i = 0;
+            while i < $n {
+                v = (v << 8) | b[i] as u64;
+                i += 1;
+            }
+            Some(v)
         }
-        Some(v)
     }};
+}
+
+/// Big-endian integer loads from a packet address (any alignment, see
+/// [`read_word`]).
+#[inline(always)]
+unsafe fn be8(p: usize) -> u64 {
+    unsafe { *(p as *const u8) as u64 }
+}
+
+#[inline(always)]
+unsafe fn be16(p: usize) -> u64 {
+    unsafe { u16::from_be(core::ptr::read(p as *const u16)) as u64 }
+}
+
+#[inline(always)]
+unsafe fn be32(p: usize) -> u64 {
+    unsafe { u32::from_be(core::ptr::read(p as *const u32)) as u64 }
 }
 
 impl Payload for SkbPayload<'_> {
@@ -168,15 +235,18 @@ impl Payload for SkbPayload<'_> {
     #[inline(always)]
     fn load_be(&self, off: usize, n: usize) -> Option<u64> {
         let at = self.off as usize + off;
+        let ctx = self.ctx;
         match n {
-            1 => Some(self.ctx.load::<u8>(at).ok()? as u64),
-            2 => load_n!(self.ctx, at, 2),
-            3 => load_n!(self.ctx, at, 3),
-            4 => load_n!(self.ctx, at, 4),
-            5 => load_n!(self.ctx, at, 5),
-            6 => load_n!(self.ctx, at, 6),
-            7 => load_n!(self.ctx, at, 7),
-            8 => load_n!(self.ctx, at, 8),
+            1 => load_n!(ctx, at, 1, |p| be8(p)),
+            2 => load_n!(ctx, at, 2, |p| be16(p)),
+            3 => load_n!(ctx, at, 3, |p| be16(p) << 8 | be8(p + 2)),
+            4 => load_n!(ctx, at, 4, |p| be32(p)),
+            5 => load_n!(ctx, at, 5, |p| be32(p) << 8 | be8(p + 4)),
+            6 => load_n!(ctx, at, 6, |p| be32(p) << 16 | be16(p + 4)),
+            7 => load_n!(ctx, at, 7, |p| be32(p) << 24
+                | be16(p + 4) << 8
+                | be8(p + 6)),
+            8 => load_n!(ctx, at, 8, |p| be32(p) << 32 | be32(p + 4)),
             _ => None,
         }
     }

@@ -5,13 +5,17 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
     cty::{c_long, c_void},
-    helpers::{bpf_ktime_get_ns, bpf_loop},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_loop},
     macros::classifier,
     programs::TcContext,
 };
 use monitor_common::{
-    flow::{FlowEvent, FlowKey, FlowValue, Stat, EVENT_FLOW_OPENED, EVENT_LIMIT_HIT, MAX_PORTS},
-    tls::could_start_client_hello,
+    flow::{
+        FlowEvent, FlowKey, FlowValue, Stat, TrackerConfig, EVENT_FLOW_OPENED, EVENT_LIMIT_HIT,
+        MAX_PORTS,
+    },
+    payload::Payload,
+    tls::{could_start_client_hello, CT_HANDSHAKE},
     tracker::{CapVerdict, CLIENT, DIR_NEW, EBPF_MAX_STEPS, SERVER},
 };
 
@@ -83,7 +87,14 @@ pub fn hsmon_tc_noop(_ctx: TcContext) -> i32 {
 /// Feeds the segment to its flow's tracker. Returns `true` when the segment
 /// must be dropped: only on ingress (`ingress`), only a client segment with
 /// payload of a flow over the renegotiation cap.
-#[inline(never)]
+///
+/// Inlined into each classifier, like `parse` and a leading
+/// application-data record's steps: a BPF call and its return (through the
+/// kernel's return thunk where the CPU needs one) cost about 20 ns here,
+/// more than the work of most steps. What is left per segment of a known
+/// flow: the `FLOWS` lookup, one clock read, and `bpf_loop` only for a
+/// segment that is not one whole application-data record.
+#[inline(always)]
 fn track(ctx: &TcContext, ingress: bool) -> bool {
     let mut seg = MaybeUninit::<Segment>::uninit();
     if !parse(ctx, seg.as_mut_ptr()) {
@@ -99,6 +110,12 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
     if has_payload {
         count(Stat::Segments);
     }
+    let cfg = CONFIG.get(0);
+    if !either_port_watched(cfg, seg.src_port, seg.dst_port) {
+        // Flows are only created for a watched server port: neither end's
+        // port is watched, so this cannot be a tracked flow's segment.
+        return false;
+    }
     let (key, sender_is_a) =
         FlowKey::from_endpoints(&seg.src, seg.src_port, &seg.dst, seg.dst_port);
     let payload = SkbPayload {
@@ -109,18 +126,22 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
     let (flow, created) = match FLOWS.get_ptr_mut(&key) {
         Some(flow) => (flow, false),
         None => {
-            if !has_payload {
+            // Only a segment whose first byte could begin a ClientHello's
+            // record header may create a flow: one load settles most
+            // segments of untracked connections before the call.
+            if !has_payload || payload.load_be(0, 1) != Some(CT_HANDSHAKE as u64) {
                 return false;
             }
-            match new_flow(&seg, &payload, &key, sender_is_a) {
-                // No segment parsed yet in either direction: this is the
-                // flow's first (if both hooks race to create it, both say
-                // so; the agent dedupes). Checked only here, off the path of
-                // segments of known flows.
-                // SAFETY: a valid pointer into the map.
-                Some(flow) => (flow, unsafe { just_created(&*flow) }),
-                None => return false,
+            let flow = new_flow(&seg, &payload, &key, sender_is_a);
+            if flow.is_null() {
+                return false;
             }
+            // No segment parsed yet in either direction: this is the flow's
+            // first (if both hooks race to create it, both say so; the agent
+            // dedupes). Checked only here, off the path of segments of known
+            // flows.
+            // SAFETY: a valid pointer into the map.
+            (flow, unsafe { just_created(&*flow) })
         }
     };
     // SAFETY: a valid pointer into the map; the tracker only touches plain integers.
@@ -133,7 +154,16 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
     let mut drop = false;
     if has_payload {
         count(Stat::TlsSegments);
-        flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+        if !created {
+            // The coarse clock (last tick): half the cost of
+            // `bpf_ktime_get_ns`. It can lag the precise clock that set
+            // `first_seen_ns` by a tick, so it only ever moves
+            // `last_seen_ns` forward. (A flow just created has it set.)
+            let now = unsafe { bpf_ktime_get_coarse_ns() };
+            if now > flow.last_seen_ns {
+                flow.last_seen_ns = now;
+            }
+        }
         let before = crate::progress::snapshot(flow);
         parse_payload(flow, dir, seg.seq, payload);
         if created {
@@ -147,7 +177,7 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
         if ingress && dir == CLIENT {
             // After the whole segment is parsed: the tracker counted the
             // renegotiation ClientHello at its record header.
-            drop = reneg_cap_drops(flow, &key);
+            drop = reneg_cap_drops(flow, &key, cfg);
         }
     }
     if closing {
@@ -166,8 +196,8 @@ fn just_created(flow: &FlowValue) -> bool {
 /// `true` to drop it (counted in `STATS`); the first time, an
 /// `EVENT_LIMIT_HIT` tells the agent to reset the connection.
 #[inline(always)]
-fn reneg_cap_drops(flow: &mut FlowValue, key: &FlowKey) -> bool {
-    let cap = match CONFIG.get(0) {
+fn reneg_cap_drops(flow: &mut FlowValue, key: &FlowKey, cfg: Option<&TrackerConfig>) -> bool {
+    let cap = match cfg {
         Some(cfg) => cfg.reneg_cap,
         None => 0,
     };
@@ -222,12 +252,22 @@ fn send_event(kind: u32, flow: &FlowValue, key: &FlowKey) {
     }
 }
 
-/// Feeds the payload to the tracker, one step per `bpf_loop` iteration.
+/// Feeds the payload to the tracker, as `FlowState::on_segment` does: a
+/// leading application-data record in line (`FlowState::app_data_steps`: a
+/// segment of one encrypted record needs no call; inlining the general step
+/// instead multiplies the verifier's work several times), the rest one step
+/// per `bpf_loop` iteration; `EBPF_MAX_STEPS` in all.
 #[inline(always)]
 fn parse_payload(flow: &mut FlowValue, dir: usize, seq: u32, payload: SkbPayload) {
-    let Ok((off, len)) = flow.tracker.begin_segment(dir, seq, payload.len as usize) else {
+    let Ok((mut off, len)) = flow.tracker.begin_segment(dir, seq, payload.len as usize) else {
         return;
     };
+    let used = flow
+        .tracker
+        .app_data_steps(dir, &payload, &mut off, len, EBPF_MAX_STEPS);
+    if used > 0 && off >= len {
+        return;
+    }
     let mut sc = StepCtx {
         flow: flow as *mut FlowValue,
         payload,
@@ -239,7 +279,7 @@ fn parse_payload(flow: &mut FlowValue, dir: usize, seq: u32, payload: SkbPayload
     // SAFETY: helper call; the callback only touches `sc`.
     unsafe {
         bpf_loop(
-            EBPF_MAX_STEPS,
+            EBPF_MAX_STEPS - used,
             step_cb as *mut c_void,
             &mut sc as *mut StepCtx as *mut c_void,
             0,
@@ -255,12 +295,29 @@ fn parse_payload(flow: &mut FlowValue, dir: usize, seq: u32, payload: SkbPayload
 /// bytes that could begin one (a client sending its ClientHello in pieces
 /// must not escape tracking; if the rest is not TLS the tracker marks the
 /// direction unsynced). Returns the flow (the other hook's, if it won the
-/// race). Keep the signature plain: BPF calls take at most 5 arguments, and
-/// the BTF bpf-linker emits for an `Option` of a tuple has a union member the
-/// kernel refuses ("Invalid member bits_offset"; without the object's BTF
-/// `bpf_loop` is refused too).
+/// race), or null. Keep the signature plain: BPF calls take at most 5
+/// arguments; the BTF bpf-linker emits for an `Option` of a tuple has a
+/// union member the kernel refuses ("Invalid member bits_offset"; without the
+/// object's BTF `bpf_loop` is refused too); and an `Option` of a pointer is
+/// returned through the caller's stack, leaving whatever LLVM had in `r0`,
+/// which the verifier refuses when it is a stack pointer ("cannot return
+/// stack pointer to the caller").
 #[inline(never)]
 fn new_flow(
+    seg: &Segment,
+    payload: &SkbPayload,
+    key: &FlowKey,
+    sender_is_a: bool,
+) -> *mut FlowValue {
+    match create_flow(seg, payload, key, sender_is_a) {
+        Some(flow) => flow,
+        None => core::ptr::null_mut(),
+    }
+}
+
+/// [`new_flow`]'s body.
+#[inline(always)]
+fn create_flow(
     seg: &Segment,
     payload: &SkbPayload,
     key: &FlowKey,
@@ -300,13 +357,15 @@ fn new_flow(
 #[inline(always)]
 fn first_six(payload: &SkbPayload) -> Option<[u8; 6]> {
     if payload.len >= 6 {
-        return payload.ctx.load(payload.off as usize).ok();
+        let v = payload.load_be(0, 6)?;
+        let b = v.to_be_bytes();
+        return Some([b[2], b[3], b[4], b[5], b[6], b[7]]);
     }
     let mut head = [0u8; 6];
     let mut i = 0;
     while i < 5 {
         if (i as u32) < payload.len {
-            head[i] = payload.ctx.load(payload.off as usize + i).ok()?;
+            head[i] = payload.load_be(i, 1)? as u8;
         }
         i += 1;
     }
@@ -341,6 +400,37 @@ fn port_watched(server_port: u16) -> bool {
     let mut i = 0;
     while i < MAX_PORTS {
         if i < n && cfg.ports[i] == server_port {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Could a segment between these ports belong to a tracked flow: is either
+/// port in the configured port list (or is the list empty, or is there no
+/// configuration)? Checked before the `FLOWS` lookup. Flows are only
+/// created for a watched server port and the list is only written when the
+/// agent starts (a reload changes the renegotiation cap only), so every
+/// segment of a tracked flow passes this. (An agent restarted with a
+/// different list over pinned maps stops feeding the flows of ports it no
+/// longer watches, as it stops creating them.)
+#[inline(always)]
+fn either_port_watched(cfg: Option<&TrackerConfig>, a: u16, b: u16) -> bool {
+    let Some(cfg) = cfg else {
+        return true;
+    };
+    let n = cfg.port_count as usize;
+    if n == 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_PORTS {
+        if i >= n {
+            break;
+        }
+        let p = cfg.ports[i];
+        if p == a || p == b {
             return true;
         }
         i += 1;

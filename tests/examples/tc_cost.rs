@@ -17,7 +17,11 @@
 //! the raw figures are in the row's note.
 
 use anyhow::{Context, Result};
-use monitor_common::{ban::BAN_REASON_MANUAL, testing::*};
+use monitor_common::{
+    ban::BAN_REASON_MANUAL,
+    flow::{TrackerConfig, MAX_PORTS},
+    testing::*,
+};
 use tests::{
     bench::{self, median, Goal, Row},
     packet::{flags, tcp_segment, Endpoint},
@@ -70,6 +74,20 @@ fn main() -> Result<()> {
     );
     let plain = tcp_segment(client, server, 7, flags::ACK | flags::PSH, &[b'x'; 1300]);
     let pure_ack = tcp_segment(client, server, 7, flags::ACK, &[]);
+    // The same payload between two ports the port filter does not watch.
+    let unwatched = tcp_segment(
+        Endpoint {
+            port: 40002,
+            ..client
+        },
+        Endpoint {
+            port: 8080,
+            ..server
+        },
+        7,
+        flags::ACK | flags::PSH,
+        &[b'x'; 1300],
+    );
 
     // Baselines: the no-op program, repeat and single runs.
     let mut noop_repeat = Vec::new();
@@ -107,6 +125,17 @@ fn main() -> Result<()> {
     let mut plain_ab = bench::AbSamples::default();
     let mut ack_ab = bench::AbSamples::default();
     let mut ban_ab = bench::AbSamples::default();
+    let mut filtered_ab = bench::AbSamples::default();
+
+    // A third ingress harness with a port filter (`--ports 443`).
+    let mut filtered = TcHarness::load()?;
+    let mut ports = [0u16; MAX_PORTS];
+    ports[0] = 443;
+    filtered.set_config(&TrackerConfig {
+        port_count: 1,
+        ports,
+        reneg_cap: 0,
+    })?;
 
     // A second ingress harness with a ban on the client's /24: every packet
     // from it is dropped.
@@ -136,26 +165,32 @@ fn main() -> Result<()> {
         }
         let one = one_run_average(&mut noop, &plain, samples)?;
         noop_one.push(one);
-        let pairs: [(&mut bench::AbSamples, &Vec<u8>, bool); 3] = [
-            (&mut plain_ab, &plain, false),
-            (&mut ack_ab, &pure_ack, false),
-            (&mut ban_ab, &plain, true),
+        // (samples, packet, harness: 0 plain, 1 banned, 2 port filter)
+        let pairs: [(&mut bench::AbSamples, &Vec<u8>, u8); 4] = [
+            (&mut plain_ab, &plain, 0),
+            (&mut ack_ab, &pure_ack, 0),
+            (&mut ban_ab, &plain, 1),
+            (&mut filtered_ab, &unwatched, 2),
         ];
         h.forget_flow(client, server)?;
-        for (ab, pkt, use_banned) in pairs {
-            let measure_hsmon = |h: &mut TcHarness, banned: &mut TcHarness| -> Result<f64> {
-                let target = if use_banned { banned } else { h };
+        for (ab, pkt, which) in pairs {
+            let mut measure_hsmon = || -> Result<f64> {
+                let target = match which {
+                    1 => &mut banned,
+                    2 => &mut filtered,
+                    _ => &mut h,
+                };
                 Ok(target.run_repeat(pkt, repeat)?.1.as_nanos() as f64)
             };
             let measure_noop = |noop: &mut TcHarness| -> Result<f64> {
                 Ok(noop.run_repeat(pkt, repeat)?.1.as_nanos() as f64)
             };
             if hsmon_first {
-                ab.b.push(measure_hsmon(&mut h, &mut banned)?);
+                ab.b.push(measure_hsmon()?);
                 ab.a.push(measure_noop(&mut noop)?);
             } else {
                 ab.a.push(measure_noop(&mut noop)?);
-                ab.b.push(measure_hsmon(&mut h, &mut banned)?);
+                ab.b.push(measure_hsmon()?);
             }
         }
         noop_repeat.push(plain_ab.a.last().copied().unwrap_or(f64::NAN));
@@ -215,6 +250,17 @@ fn main() -> Result<()> {
         )
         .target(Goal::AtMost, 50.0),
     );
+    rows.push(Row::new(
+        SECTION,
+        "non-TLS packet, ports not watched (--ports 443), above the no-op",
+        filtered_ab.b_median() - filtered_ab.a_median(),
+        "ns",
+        &format!(
+            "repeat={repeat}; port filter [443], packet 40002 -> 8080: skipped before the \
+             flow lookup; {}",
+            filtered_ab.describe("no-op", "hsmon", "ns")
+        ),
+    ));
     rows.push(Row::new(
         SECTION,
         "TCP segment without payload above the no-op baseline",
