@@ -9,11 +9,14 @@
 //! - throughput: `wrk -t1 -c4` fetching a 1 MiB file over keep-alive HTTPS
 //!   connections (`Transfer/sec`).
 //! - hsmon on: `hsmon run` on the server's veth (TC programs, tracepoints,
-//!   libssl uprobes, `--reneg-cap 3`), started afresh for each "on" round.
-//!   Its uprobes fire in every process using libssl, the load tools included.
-//! - hsmon on without uprobes (`--no-uprobes`): the TC programs and the
-//!   tracepoint alone, as a third arm of the same rounds, to tell the two
-//!   costs apart. The arms' order rotates every round.
+//!   the default libssl probe set `--uprobes handshake`, `--reneg-cap 3`),
+//!   started afresh for each "on" round. Its uprobes fire in every process
+//!   using libssl, the load tools included. The issue's >= 0.99 targets are
+//!   on this arm.
+//! - reference arms in the same rounds: hsmon on with `--uprobes full`
+//!   (also `SSL_read`/`SSL_write` on every I/O call and `SSL_get_error`),
+//!   and hsmon on with `--no-uprobes` (the TC programs and the tracepoint
+//!   alone), to tell the costs apart. The arms' order rotates every round.
 
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
@@ -175,24 +178,31 @@ fn main() -> Result<()> {
     // Warm up (first connections pay for page-ins).
     handshake_rate(&net, addr, 1)?;
 
-    // Arms: 0 hsmon off, 1 hsmon on, 2 hsmon on without its uprobes (TC
-    // programs and tracepoints only); the order rotates every round.
-    let mut h_arm: [Vec<f64>; 3] = Default::default();
-    let mut t_arm: [Vec<f64>; 3] = Default::default();
+    // Arms: 0 hsmon off, 1 hsmon on (default probe set), 2 hsmon on with
+    // `--uprobes full`, 3 hsmon on without uprobes (TC programs and
+    // tracepoints only); the order rotates every round.
+    const ARMS: usize = 4;
+    let arm_args = |arm: usize| -> Option<Vec<String>> {
+        let mut a = agent_args();
+        match arm {
+            0 => return None,
+            2 => a.extend(["--uprobes".to_owned(), "full".to_owned()]),
+            3 => a.push("--no-uprobes".to_owned()),
+            _ => {}
+        }
+        Some(a)
+    };
+    let mut h_arm: [Vec<f64>; ARMS] = Default::default();
+    let mut t_arm: [Vec<f64>; ARMS] = Default::default();
     // The agent's own CPU (share of one core) during the handshake runs.
-    let mut cpu_arm: [Vec<f64>; 3] = Default::default();
+    let mut cpu_arm: [Vec<f64>; ARMS] = Default::default();
     let mut bulk_err: Option<anyhow::Error> = None;
     for r in 0..rounds {
-        for k in 0..3u32 {
-            let arm = ((r + k) % 3) as usize;
-            let agent = match arm {
-                0 => None,
-                1 => Some(Agent::start_with_args(&net, dir.path(), &agent_args())?),
-                _ => {
-                    let mut a = agent_args();
-                    a.push("--no-uprobes".into());
-                    Some(Agent::start_with_args(&net, dir.path(), &a)?)
-                }
+        for k in 0..ARMS {
+            let arm = (r as usize + k) % ARMS;
+            let agent = match arm_args(arm) {
+                None => None,
+                Some(a) => Some(Agent::start_with_args(&net, dir.path(), &a)?),
             };
             let cpu0 = match &agent {
                 Some(a) => Some(bench::cpu_time(a.pid())?),
@@ -212,11 +222,17 @@ fn main() -> Result<()> {
             drop(agent);
         }
     }
-    let pair = |v: &[Vec<f64>; 3], b: usize| AbSamples {
+    let pair = |v: &[Vec<f64>; ARMS], b: usize| AbSamples {
         a: v[0].clone(),
         b: v[b].clone(),
     };
-    for (arm, what) in [(1, "hsmon on"), (2, "hsmon on without uprobes")] {
+    let names = [
+        "",
+        "hsmon on",
+        "hsmon on --uprobes full",
+        "hsmon on without uprobes",
+    ];
+    for (arm, what) in names.iter().enumerate().skip(1) {
         Row::new(
             SECTION,
             &format!("agent CPU during the handshake run, {what}"),
@@ -229,41 +245,55 @@ fn main() -> Result<()> {
         )
         .emit();
     }
-    let hs = pair(&h_arm, 1);
-    let bulk = pair(&t_arm, 1);
-    let hs_tc = pair(&h_arm, 2);
-    let bulk_tc = pair(&t_arm, 2);
-    Row::new(
-        SECTION,
-        "handshake rate, hsmon without uprobes / off",
-        hs_tc.ratio(),
-        "ratio",
-        &format!(
-            "hsmon run --no-uprobes (TC programs + tracepoint only), same rounds; {}",
-            hs_tc.describe("off", "on, no uprobes", "handshakes/s")
+    // Reference arms first, then the target rows (default set).
+    for (arm, what, how) in [
+        (
+            3,
+            "hsmon without uprobes",
+            "hsmon run --no-uprobes (TC programs + tracepoint only)",
         ),
-    )
-    .emit();
-    if bulk_err.is_none() {
+        (
+            2,
+            "hsmon --uprobes full",
+            "hsmon run --uprobes full (read/write and SSL_get_error probes too)",
+        ),
+    ] {
+        let hs_ref = pair(&h_arm, arm);
         Row::new(
             SECTION,
-            "bulk throughput, hsmon without uprobes / off",
-            bulk_tc.ratio(),
+            &format!("handshake rate, {what} / off"),
+            hs_ref.ratio(),
             "ratio",
             &format!(
-                "hsmon run --no-uprobes, same rounds; {}",
-                bulk_tc.describe("off", "on, no uprobes", "MiB/s")
+                "{how}, same rounds; {}",
+                hs_ref.describe("off", names[arm], "handshakes/s")
             ),
         )
         .emit();
+        if bulk_err.is_none() {
+            let bulk_ref = pair(&t_arm, arm);
+            Row::new(
+                SECTION,
+                &format!("bulk throughput, {what} / off"),
+                bulk_ref.ratio(),
+                "ratio",
+                &format!(
+                    "{how}, same rounds; {}",
+                    bulk_ref.describe("off", names[arm], "MiB/s")
+                ),
+            )
+            .emit();
+        }
     }
+    let hs = pair(&h_arm, 1);
+    let bulk = pair(&t_arm, 1);
     Row::new(
         SECTION,
         "handshake rate, hsmon on / off",
         hs.ratio(),
         "ratio",
         &format!(
-            "openssl s_time -new for {secs}s per round, TLS 1.3, nginx 1 worker, arms rotated (off, on, on without uprobes); {}",
+            "default probe set (--uprobes handshake); openssl s_time -new for {secs}s per round, TLS 1.3, nginx 1 worker, arms rotated (off, on, on --uprobes full, on without uprobes); {}",
             hs.describe("off", "on", "handshakes/s")
         ),
     )
@@ -294,7 +324,7 @@ fn main() -> Result<()> {
                 bulk.ratio(),
                 "ratio",
                 &format!(
-                    "wrk -t1 -c4 for {secs}s per round, GET of a 1 MiB file over keep-alive HTTPS; {}",
+                    "default probe set (--uprobes handshake); wrk -t1 -c4 for {secs}s per round, GET of a 1 MiB file over keep-alive HTTPS; {}",
                     bulk.describe("off", "on", "MiB/s")
                 ),
             )
