@@ -45,9 +45,12 @@
 //!    failure only while its handshake is still under way).
 //!
 //! 5. Entry uprobes on `SSL_renegotiate`, `SSL_renegotiate_abbreviated` and
-//!    `SSL_key_update` count local calls on the connection of their `SSL*`
-//!    (`local_renegotiate_calls`, `local_key_update_calls`); `SSL_free`
-//!    forgets the `SSL*` (`SSL_STATE`). (Both sets.)
+//!    `SSL_key_update` (both sets) count local calls on the connection of
+//!    their `SSL*` (`local_renegotiate_calls`, `local_key_update_calls`).
+//!    The `SSL*` is forgotten (`SSL_STATE`) when the socket it was tied to
+//!    closes (`inet_sock_set_state` to `TCP_CLOSE`, via
+//!    [`SockInfo::ssl`]) and, in `full`, by the `SSL_free` probe: one trap
+//!    per connection less in the default set.
 //! 6. `SSL_get_error` after a failed handshake call (`full` only): its entry
 //!    probe notes the call (`SSL_CALLS`, [`CALL_GET_ERROR`]) only when the
 //!    `SSL*` has a failed handshake call pending, and its return probe sets
@@ -178,6 +181,11 @@ pub struct SockInfo {
     pub owner_library: u32,
     /// Send/recv calls seen while `FLOWS` did not track the flow.
     pub untracked: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// The `SSL*` last tied to this socket by an SSL call (0: none); its
+    /// `SSL_STATE` entry is removed when the socket closes.
+    pub ssl: u64,
 }
 
 /// The command name in `comm`, up to the first NUL.
@@ -204,6 +212,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<ProcInfo>(), 80);
         assert_eq!(core::mem::size_of::<SslCall>(), 24);
         assert_eq!(core::mem::size_of::<SslState>(), 56);
-        assert_eq!(core::mem::size_of::<SockInfo>(), 52);
+        assert_eq!(core::mem::size_of::<SockInfo>(), 64);
     }
 }

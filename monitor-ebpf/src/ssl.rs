@@ -11,7 +11,9 @@
 //! * `hsmon_ssl_reneg_enter` (uprobe on `SSL_renegotiate`,
 //!   `SSL_renegotiate_abbreviated`) and `hsmon_ssl_key_update_enter` (uprobe
 //!   on `SSL_key_update`): local renegotiation and key-update calls.
-//! * `hsmon_ssl_free_enter` (uprobe on `SSL_free`): forgets the `SSL*`.
+//! * `hsmon_ssl_free_enter` (uprobe on `SSL_free`; `full` set only): forgets
+//!   the `SSL*`. In both sets the `SSL*` tied to a socket is also forgotten
+//!   when the socket closes (`hsmon_sock_map`).
 //! * `hsmon_ssl_get_error_enter` / `hsmon_ssl_get_error_return` (`SSL_get_error`;
 //!   `full` set only): the error the application saw after a failed
 //!   handshake call.
@@ -339,6 +341,7 @@ fn on_sock_state(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = unsafe { ctx.read_at(OFF_SKADDR) }.ok()?;
     let newstate: i32 = unsafe { ctx.read_at(OFF_NEWSTATE) }.ok()?;
     if newstate == TCP_CLOSE {
+        forget_ssl_of(sk);
         let _ = SOCKS.remove(&sk);
         return None;
     }
@@ -363,9 +366,35 @@ fn on_sock_state(ctx: &TracePointContext) -> Option<()> {
         owner: 0,
         owner_library: 0,
         untracked: 0,
+        _pad: 0,
+        ssl: 0,
     };
     let _ = SOCKS.insert(&sk, &info, 0);
     Some(())
+}
+
+/// A socket closes: forgets the state of the `SSL*` tied to it (what
+/// `SSL_free`'s probe does in the `full` set), unless that `SSL*` has been
+/// tied to another connection since (its address reused: compared by
+/// ports, no byte-wise compare in BPF).
+#[inline(always)]
+fn forget_ssl_of(sk: u64) {
+    let Some(sock) = SOCKS.get_ptr(&sk) else {
+        return;
+    };
+    // SAFETY: a valid pointer into the map.
+    let sock = unsafe { &*sock };
+    if sock.ssl == 0 {
+        return;
+    }
+    let ssl = sock.ssl;
+    if let Some(st) = SSL_STATE.get_ptr(&ssl) {
+        // SAFETY: a valid pointer into the map.
+        let st = unsafe { &*st };
+        if st.has_key != 0 && st.key.port_a == sock.key.port_a && st.key.port_b == sock.key.port_b {
+            let _ = SSL_STATE.remove(&ssl);
+        }
+    }
 }
 
 /// `sock/sock_send_length`.
@@ -427,6 +456,7 @@ fn on_ssl_io(sock: &mut SockInfo, id: u64, call: SslCall) -> Option<()> {
     let tgid = (id >> 32) as u32;
     sock.owner = tgid;
     sock.owner_library = 1;
+    sock.ssl = call.ssl;
     if let Some(p) = PROCS.get_ptr_mut(&key) {
         // SAFETY: a valid pointer into the map.
         let p = unsafe { &mut *p };

@@ -335,7 +335,7 @@ mod tests {
             }],
             libraries: vec![Library {
                 path: "/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
-                probes: 10,
+                probes: 9,
             }],
             uprobe_set: "handshake".into(),
             maps: MapFills {
@@ -470,7 +470,7 @@ policy:       /etc/hsmon/hsmon.toml
 events:       10 read, 2 lost, 0 bad
 tracepoints:  sock/inet_sock_set_state (hsmon_sock_state)
 uprobe set:   handshake
-uprobes:      /usr/lib/x86_64-linux-gnu/libssl.so.3 (10 probes)
+uprobes:      /usr/lib/x86_64-linux-gnu/libssl.so.3 (9 probes)
 hooks:
   IFACE  DIRECTION  MODE    PROGRAM
   eth0   ingress    tcx     hsmon_tc_ingress

@@ -17,6 +17,12 @@
 //!   (also `SSL_read`/`SSL_write` on every I/O call and `SSL_get_error`),
 //!   and hsmon on with `--no-uprobes` (the TC programs and the tracepoint
 //!   alone), to tell the costs apart. The arms' order rotates every round.
+//! - CPU per unit of work, next to the wall-clock ratios: nginx's
+//!   utime+stime (`/proc/PID/stat`) plus the load tool's (`getrusage`
+//!   of the finished child) per handshake and per MiB, each arm over off.
+//!   The machine is shared with other builds and tests, which moves the
+//!   wall-clock rates by tens of percent between rounds; CPU time per unit
+//!   of work is what the probes add, and barely depends on that load.
 
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
@@ -27,55 +33,31 @@ use tests::cert::TestCert;
 use tests::cmd;
 use tests::hsmon::Agent;
 use tests::netns::NetPair;
+use tests::nginx::NginxConfig;
 use tests::process::Proc;
 use tests::workdir::WorkDir;
 
 const SECTION: &str = "nginx";
 const SSLSNIFF: &str = "/usr/sbin/sslsniff-bpfcc";
 
-fn nginx_config(prefix: &Path, addr: SocketAddr, cert: &TestCert) -> String {
-    let p = prefix.display();
-    format!(
-        "daemon off;
-master_process off;
-worker_processes 1;
-pid {p}/nginx.pid;
-error_log {p}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {p}/client_body;
-    proxy_temp_path {p}/proxy;
-    fastcgi_temp_path {p}/fastcgi;
-    uwsgi_temp_path {p}/uwsgi;
-    scgi_temp_path {p}/scgi;
-    server {{
-        listen {addr} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        keepalive_requests 1000000;
-        location = /big {{ root {p}/www; }}
-        location / {{ return 200 \"hello\\n\"; }}
-    }}
-}}
-",
-        cert = cert.cert.display(),
-        key = cert.key.display(),
-    )
+/// nginx with the benchmark config ([`NginxConfig::bench`]: the 1 MiB
+/// file at `/big`, no access log).
+fn start_nginx(net: &NetPair, dir: &Path, cert: &TestCert, addr: SocketAddr) -> Result<Proc> {
+    let (proc, _conf) = tests::nginx::spawn(net, dir, cert, addr, "nginx", &NginxConfig::bench())?;
+    Ok(proc)
 }
 
-fn start_nginx(net: &NetPair, dir: &Path, cert: &TestCert, addr: SocketAddr) -> Result<Proc> {
-    let prefix = dir.join("nginx");
-    std::fs::create_dir_all(prefix.join("www"))?;
-    std::fs::write(prefix.join("www/big"), vec![b'x'; 1 << 20])?;
-    let conf = prefix.join("nginx.conf");
-    std::fs::write(&conf, nginx_config(&prefix, addr, cert))?;
-    let mut c = net.server_cmd("nginx");
-    c.arg("-p").arg(&prefix).arg("-c").arg(&conf);
-    let mut proc = Proc::spawn("nginx", c, dir, false)?;
-    proc.wait_listening(&net.server_ns, addr, Duration::from_secs(15))?;
-    Ok(proc)
+/// CPU time (user + system) of this process's waited-for children so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// Handshakes per second of `openssl s_time -new` for `secs` seconds.
@@ -174,7 +156,8 @@ fn main() -> Result<()> {
     let net = NetPair::create()?;
     let cert = TestCert::generate(dir.path())?;
     let addr = net.server_addr(false, 8443);
-    let _nginx = start_nginx(&net, dir.path(), &cert, addr)?;
+    let nginx = start_nginx(&net, dir.path(), &cert, addr)?;
+    let nginx_pid = nginx.pid();
     // Warm up (first connections pay for page-ins).
     handshake_rate(&net, addr, 1)?;
 
@@ -196,6 +179,12 @@ fn main() -> Result<()> {
     let mut t_arm: [Vec<f64>; ARMS] = Default::default();
     // The agent's own CPU (share of one core) during the handshake runs.
     let mut cpu_arm: [Vec<f64>; ARMS] = Default::default();
+    // CPU (nginx + load tool) per handshake (us) and per MiB (ms), and
+    // nginx's share alone.
+    let mut hs_cpu: [Vec<f64>; ARMS] = Default::default();
+    let mut hs_cpu_nginx: [Vec<f64>; ARMS] = Default::default();
+    let mut mib_cpu: [Vec<f64>; ARMS] = Default::default();
+    let mut mib_cpu_nginx: [Vec<f64>; ARMS] = Default::default();
     let mut bulk_err: Option<anyhow::Error> = None;
     for r in 0..rounds {
         for k in 0..ARMS {
@@ -208,14 +197,29 @@ fn main() -> Result<()> {
                 Some(a) => Some(bench::cpu_time(a.pid())?),
                 None => None,
             };
-            h_arm[arm].push(handshake_rate(&net, addr, secs)?);
+            let (ngx0, kids0) = (bench::cpu_time(nginx_pid)?, children_cpu());
+            let rate = handshake_rate(&net, addr, secs)?;
+            h_arm[arm].push(rate);
+            let ngx = (bench::cpu_time(nginx_pid)? - ngx0).as_secs_f64();
+            let kids = (children_cpu() - kids0).as_secs_f64();
+            let n = rate * secs as f64;
+            hs_cpu[arm].push((ngx + kids) * 1e6 / n);
+            hs_cpu_nginx[arm].push(ngx * 1e6 / n);
             if let (Some(a), Some(c0)) = (&agent, cpu0) {
                 let used = (bench::cpu_time(a.pid())? - c0).as_secs_f64();
                 cpu_arm[arm].push(used / secs as f64 * 100.0);
             }
             if bulk_err.is_none() {
+                let (ngx0, kids0) = (bench::cpu_time(nginx_pid)?, children_cpu());
                 match throughput(&net, addr, secs) {
-                    Ok(t) => t_arm[arm].push(t),
+                    Ok(t) => {
+                        t_arm[arm].push(t);
+                        let ngx = (bench::cpu_time(nginx_pid)? - ngx0).as_secs_f64();
+                        let kids = (children_cpu() - kids0).as_secs_f64();
+                        let mib = t * secs as f64;
+                        mib_cpu[arm].push((ngx + kids) * 1e3 / mib);
+                        mib_cpu_nginx[arm].push(ngx * 1e3 / mib);
+                    }
                     Err(e) => bulk_err = Some(e),
                 }
             }
@@ -280,6 +284,43 @@ fn main() -> Result<()> {
                 &format!(
                     "{how}, same rounds; {}",
                     bulk_ref.describe("off", names[arm], "MiB/s")
+                ),
+            )
+            .emit();
+        }
+    }
+    // CPU per unit of work, each arm over off (> 1: the arm costs more).
+    for (arm, what) in names.iter().enumerate().skip(1) {
+        let c = pair(&hs_cpu, arm);
+        let cn = pair(&hs_cpu_nginx, arm);
+        Row::new(
+            SECTION,
+            &format!("CPU per handshake (nginx + s_time), {what} / off"),
+            c.ratio(),
+            "ratio",
+            &format!(
+                "utime+stime per handshake, same rounds; {}; nginx alone {:.4} ({:.0} vs {:.0} us)",
+                c.describe("off", what, "us"),
+                cn.ratio(),
+                cn.a_median(),
+                cn.b_median()
+            ),
+        )
+        .emit();
+        if bulk_err.is_none() {
+            let c = pair(&mib_cpu, arm);
+            let cn = pair(&mib_cpu_nginx, arm);
+            Row::new(
+                SECTION,
+                &format!("CPU per MiB (nginx + wrk), {what} / off"),
+                c.ratio(),
+                "ratio",
+                &format!(
+                    "utime+stime per MiB transferred, same rounds; {}; nginx alone {:.4} ({:.2} vs {:.2} ms)",
+                    c.describe("off", what, "ms"),
+                    cn.ratio(),
+                    cn.a_median(),
+                    cn.b_median()
                 ),
             )
             .emit();

@@ -74,11 +74,11 @@ pub enum UprobeSet {
     Off,
     /// Functions called O(1) times per connection: `SSL_do_handshake`,
     /// `SSL_accept`, `SSL_connect` (entry and return),
-    /// `SSL_renegotiate(_abbreviated)`, `SSL_key_update`, `SSL_free`.
+    /// `SSL_renegotiate(_abbreviated)`, `SSL_key_update`.
     #[default]
     Handshake,
-    /// `handshake` plus `SSL_read(_ex)`, `SSL_write(_ex)` (every I/O call)
-    /// and `SSL_get_error` (entry and return): adds `library` for
+    /// `handshake` plus `SSL_read(_ex)`, `SSL_write(_ex)` (every I/O call),
+    /// `SSL_get_error` (entry and return) and `SSL_free`: adds `library` for
     /// processes that handshake inside `SSL_read`/`SSL_write` and the
     /// `ssl_get_error` failure reasons.
     Full,
@@ -460,9 +460,9 @@ mod tests {
 
     #[test]
     fn every_probe_counted() {
-        // 3 + 3 handshake, 2 renegotiate, key update, free.
-        assert_eq!(probes::probes_per_target(UprobeSet::Handshake), 10);
-        // ... plus 4 read/write, SSL_get_error entry and return.
+        // 3 + 3 handshake, 2 renegotiate, key update.
+        assert_eq!(probes::probes_per_target(UprobeSet::Handshake), 9);
+        // ... plus 4 read/write, SSL_get_error entry and return, free.
         assert_eq!(probes::probes_per_target(UprobeSet::Full), 16);
         assert_eq!(probes::probes_per_target(UprobeSet::Off), 0);
     }

@@ -23,9 +23,10 @@ const HANDSHAKE_FNS: &[&str] = &["SSL_do_handshake", "SSL_accept", "SSL_connect"
 const IO_FNS: &[&str] = &["SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex"];
 
 /// Every program, the functions it is attached to, and whether only the
-/// `full` set has it (the functions called on every read and write, and
+/// `full` set has it (the functions called on every read and write;
 /// `SSL_get_error`, which non-blocking servers call after every
-/// `WANT_READ`). The handshake entry probe (and, in `full`, the read/write
+/// `WANT_READ`; `SSL_free`, whose work the socket's close does in the
+/// default set). The handshake entry probe (and, in `full`, the read/write
 /// one) is what attribution with a library needs; a file lacking the
 /// others (an older OpenSSL without `SSL_key_update`, say) is still
 /// probed.
@@ -39,7 +40,7 @@ const PLAN: [(&str, &[&str], bool); 8] = [
         false,
     ),
     ("hsmon_ssl_key_update_enter", &["SSL_key_update"], false),
-    ("hsmon_ssl_free_enter", &["SSL_free"], false),
+    ("hsmon_ssl_free_enter", &["SSL_free"], true),
     ("hsmon_ssl_get_error_enter", &["SSL_get_error"], true),
     ("hsmon_ssl_get_error_return", &["SSL_get_error"], true),
 ];
