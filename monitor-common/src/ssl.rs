@@ -1,23 +1,43 @@
 //! Maps of the libssl uprobes: which process is behind a TLS connection, and
 //! how long its handshakes take.
 //!
+//! The agent attaches one of two probe sets (`hsmon run --uprobes`):
+//! `handshake` (the default: only functions called O(1) times per
+//! connection) or `full` (adds the per-I/O functions). The eBPF programs
+//! are the same in both; a set is only which functions get probes.
+//!
 //! How a connection gets its process (all in `monitor-ebpf/src/ssl.rs`):
 //!
-//! 1. Entry uprobes on `SSL_do_handshake`, `SSL_accept`, `SSL_connect`,
-//!    `SSL_read`, `SSL_read_ex`, `SSL_write`, `SSL_write_ex` note, per thread
-//!    (`SSL_CALLS`, key `pid_tgid`), "inside an SSL call on `SSL*` X", with
-//!    the library it came from (the attach cookie, an index into the agent's
-//!    list of libraries).
+//! 1. Entry uprobes on `SSL_do_handshake`, `SSL_accept`, `SSL_connect`
+//!    (both sets) and `SSL_read`, `SSL_read_ex`, `SSL_write`,
+//!    `SSL_write_ex` (`full` only) note, per thread (`SSL_CALLS`, key
+//!    `pid_tgid`), "inside an SSL call on `SSL*` X", with the library it
+//!    came from (the attach cookie, an index into the agent's list of
+//!    libraries). The handshake calls' return probes remove the note.
 //! 2. `sock/inet_sock_set_state` maps each TCP socket entering
 //!    `TCP_ESTABLISHED` to its [`FlowKey`] and to whether the local end is
 //!    the server (`SOCKS`, key: the `struct sock` address): from `SYN_RECV`
 //!    it is an accepted socket (server), from `SYN_SENT` a connected one
 //!    (client). `TCP_CLOSE` removes the entry.
 //! 3. `sock/sock_send_length` and `sock/sock_recv_length` run in the thread
-//!    that sends or receives: when that thread is inside an SSL call (1) and
-//!    the socket is known (2), the connection's [`ProcInfo`] is written to
-//!    `PROCS` (key: the same canonical [`FlowKey`] as `FLOWS`) and the `SSL*`
-//!    is tied to the flow (`SSL_STATE`).
+//!    that sends or receives (a tracepoint: no trap, a few map lookups).
+//!    When the socket is known (2):
+//!    * the thread is inside an SSL call (1): the connection's
+//!      [`ProcInfo`] is written to `PROCS` (key: the same canonical
+//!      [`FlowKey`] as `FLOWS`) with its library, and the `SSL*` is tied to
+//!      the flow (`SSL_STATE`);
+//!    * it is not, but the flow is a tracked TLS flow (`FLOWS` has it): the
+//!      [`ProcInfo`] is written without a library ([`LIBRARY_UNKNOWN`]).
+//!      This is how a process that handshakes inside `SSL_read`/`SSL_write`
+//!      (no handshake call to probe) still gets its connections in the
+//!      default set, and how any process doing TLS over a socket it owns is
+//!      named even when its library is not probed. A socket whose flow is
+//!      not tracked after [`SOCK_UNTRACKED_TRIES`] send/recv calls is not
+//!      looked up in `FLOWS` again (plain TCP costs one lookup per call).
+//!
+//!    The socket's [`SockInfo`] remembers which process it attributed and
+//!    whether that named the library, so later calls of the same process
+//!    on it cost one lookup.
 //! 4. Return uprobes on the three handshake calls time the handshake: from
 //!    the first handshake call on an `SSL*` to the call that returns 1; a call
 //!    returning 0 or less counts as a failure until a later call on the same
@@ -25,13 +45,17 @@
 //!    failure only while its handshake is still under way).
 //!
 //! 5. Entry uprobes on `SSL_renegotiate`, `SSL_renegotiate_abbreviated` and
-//!    `SSL_key_update` count local calls on the connection of their `SSL*`
-//!    (`local_renegotiate_calls`, `local_key_update_calls`); `SSL_free`
-//!    forgets the `SSL*` (`SSL_STATE`).
-//! 6. `SSL_get_error` after a failed handshake call: its entry probe notes
-//!    the call (`SSL_CALLS`, [`CALL_GET_ERROR`]) only when the `SSL*` has a
-//!    failed handshake call pending, and its return probe sets bit `code` of
-//!    [`ProcInfo::ssl_errors`] (codes 0..31; the agent names them).
+//!    `SSL_key_update` (both sets) count local calls on the connection of
+//!    their `SSL*` (`local_renegotiate_calls`, `local_key_update_calls`).
+//!    The `SSL*` is forgotten (`SSL_STATE`) when the socket it was tied to
+//!    closes (`inet_sock_set_state` to `TCP_CLOSE`, via
+//!    [`SockInfo::ssl`]) and, in `full`, by the `SSL_free` probe: one trap
+//!    per connection less in the default set.
+//! 6. `SSL_get_error` after a failed handshake call (`full` only): its entry
+//!    probe notes the call (`SSL_CALLS`, [`CALL_GET_ERROR`]) only when the
+//!    `SSL*` has a failed handshake call pending, and its return probe sets
+//!    bit `code` of [`ProcInfo::ssl_errors`] (codes 0..31; the agent names
+//!    them).
 //!
 //! **Which process when both ends are on this host.** Both processes write
 //! the same flow; the server side wins: a client-side writer never replaces
@@ -61,8 +85,19 @@ pub const SSL_STAT_RETURN: u32 = 1;
 pub const SSL_STAT_SOCK_IO: u32 = 2;
 /// `SSL_STATS` slot: `PROCS` writes (a flow got or changed its process).
 pub const SSL_STAT_ATTRIBUTED: u32 = 3;
+/// `SSL_STATS` slot: `PROCS` writes by a send/recv outside any SSL call
+/// (the flow's process, library unknown).
+pub const SSL_STAT_ATTRIBUTED_BY_SOCKET: u32 = 4;
 /// Number of `SSL_STATS` slots.
-pub const SSL_STAT_COUNT: u32 = 4;
+pub const SSL_STAT_COUNT: u32 = 5;
+
+/// `ProcInfo::library` when no SSL call named it (attributed by the
+/// socket's send/recv alone).
+pub const LIBRARY_UNKNOWN: u32 = u32::MAX;
+
+/// Send/recv calls on a socket whose flow `FLOWS` does not track before
+/// the socket is no longer checked (a STARTTLS exchange fits well within).
+pub const SOCK_UNTRACKED_TRIES: u32 = 64;
 
 /// The process behind one TLS connection (`PROCS` value).
 #[repr(C)]
@@ -84,7 +119,8 @@ pub struct ProcInfo {
     pub handshake_failures: u32,
     /// [`SIDE_SERVER`] or [`SIDE_CLIENT`].
     pub side: u32,
-    /// Index of the library in the agent's list (the uprobe's attach cookie).
+    /// Index of the library in the agent's list (the uprobe's attach
+    /// cookie), or [`LIBRARY_UNKNOWN`].
     pub library: u32,
     /// `SSL_renegotiate` and `SSL_renegotiate_abbreviated` calls.
     pub local_renegotiate_calls: u32,
@@ -138,8 +174,18 @@ pub struct SockInfo {
     pub key: FlowKey,
     /// [`SIDE_SERVER`] or [`SIDE_CLIENT`].
     pub side: u32,
+    /// tgid of the process whose send/recv on this socket last wrote (or
+    /// tried to write) `PROCS`; 0: none yet.
+    pub owner: u32,
+    /// 1 when that write named the library (inside an SSL call).
+    pub owner_library: u32,
+    /// Send/recv calls seen while `FLOWS` did not track the flow.
+    pub untracked: u32,
     /// Padding.
     pub _pad: u32,
+    /// The `SSL*` last tied to this socket by an SSL call (0: none); its
+    /// `SSL_STATE` entry is removed when the socket closes.
+    pub ssl: u64,
 }
 
 /// The command name in `comm`, up to the first NUL.
@@ -166,6 +212,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<ProcInfo>(), 80);
         assert_eq!(core::mem::size_of::<SslCall>(), 24);
         assert_eq!(core::mem::size_of::<SslState>(), 56);
-        assert_eq!(core::mem::size_of::<SockInfo>(), 44);
+        assert_eq!(core::mem::size_of::<SockInfo>(), 64);
     }
 }

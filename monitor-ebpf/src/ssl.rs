@@ -5,17 +5,22 @@
 //!   `SSL_connect`) and `hsmon_ssl_hs_return` (their uretprobe): handshake
 //!   start, result and latency.
 //! * `hsmon_ssl_io_enter` (uprobe on `SSL_read`, `SSL_read_ex`, `SSL_write`,
-//!   `SSL_write_ex`): the thread is inside an SSL call (no return probe: the
-//!   next SSL call of the thread replaces the note).
+//!   `SSL_write_ex`; only in the agent's `full` probe set): the thread is
+//!   inside an SSL call (no return probe: the next SSL call of the thread
+//!   replaces the note).
 //! * `hsmon_ssl_reneg_enter` (uprobe on `SSL_renegotiate`,
 //!   `SSL_renegotiate_abbreviated`) and `hsmon_ssl_key_update_enter` (uprobe
 //!   on `SSL_key_update`): local renegotiation and key-update calls.
-//! * `hsmon_ssl_free_enter` (uprobe on `SSL_free`): forgets the `SSL*`.
-//! * `hsmon_ssl_get_error_enter` / `hsmon_ssl_get_error_return` (`SSL_get_error`):
-//!   the error the application saw after a failed handshake call.
+//! * `hsmon_ssl_free_enter` (uprobe on `SSL_free`; `full` set only): forgets
+//!   the `SSL*`. In both sets the `SSL*` tied to a socket is also forgotten
+//!   when the socket closes (`hsmon_sock_map`).
+//! * `hsmon_ssl_get_error_enter` / `hsmon_ssl_get_error_return` (`SSL_get_error`;
+//!   `full` set only): the error the application saw after a failed
+//!   handshake call.
 //! * `hsmon_sock_map` (`sock/inet_sock_set_state`): socket address to flow.
 //! * `hsmon_ssl_send` / `hsmon_ssl_recv` (`sock/sock_send_length`,
-//!   `sock/sock_recv_length`): a thread inside an SSL call names its socket.
+//!   `sock/sock_recv_length`): a thread inside an SSL call names its socket;
+//!   any thread doing I/O on a tracked TLS flow's socket names its process.
 //!
 //! Every uprobe's attach cookie is the index of its library in the agent's
 //! list. The TC programs and `hsmon_sock_state` are not touched.
@@ -34,11 +39,13 @@ use monitor_common::{
     flow::{Addr, FlowKey},
     ssl::{
         ProcInfo, SockInfo, SslCall, SslState, CALL_GET_ERROR, CALL_HANDSHAKE, CALL_IO,
-        SIDE_CLIENT, SIDE_SERVER, SSL_STAT_ATTRIBUTED, SSL_STAT_COUNT, SSL_STAT_ENTRY,
-        SSL_STAT_RETURN, SSL_STAT_SOCK_IO,
+        LIBRARY_UNKNOWN, SIDE_CLIENT, SIDE_SERVER, SOCK_UNTRACKED_TRIES, SSL_STAT_ATTRIBUTED,
+        SSL_STAT_ATTRIBUTED_BY_SOCKET, SSL_STAT_COUNT, SSL_STAT_ENTRY, SSL_STAT_RETURN,
+        SSL_STAT_SOCK_IO,
     },
 };
 
+use crate::maps::FLOWS;
 use crate::sock_state::{
     IPPROTO_TCP, OFF_DADDR_V6, OFF_DPORT, OFF_NEWSTATE, OFF_OLDSTATE, OFF_PROTOCOL, OFF_SADDR_V6,
     OFF_SKADDR, OFF_SPORT, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT,
@@ -334,6 +341,7 @@ fn on_sock_state(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = unsafe { ctx.read_at(OFF_SKADDR) }.ok()?;
     let newstate: i32 = unsafe { ctx.read_at(OFF_NEWSTATE) }.ok()?;
     if newstate == TCP_CLOSE {
+        forget_ssl_of(sk);
         let _ = SOCKS.remove(&sk);
         return None;
     }
@@ -352,9 +360,41 @@ fn on_sock_state(ctx: &TracePointContext) -> Option<()> {
     let saddr: Addr = unsafe { ctx.read_at(OFF_SADDR_V6) }.ok()?;
     let daddr: Addr = unsafe { ctx.read_at(OFF_DADDR_V6) }.ok()?;
     let (key, _) = FlowKey::from_endpoints(&saddr, sport, &daddr, dport);
-    let info = SockInfo { key, side, _pad: 0 };
+    let info = SockInfo {
+        key,
+        side,
+        owner: 0,
+        owner_library: 0,
+        untracked: 0,
+        _pad: 0,
+        ssl: 0,
+    };
     let _ = SOCKS.insert(&sk, &info, 0);
     Some(())
+}
+
+/// A socket closes: forgets the state of the `SSL*` tied to it (what
+/// `SSL_free`'s probe does in the `full` set), unless that `SSL*` has been
+/// tied to another connection since (its address reused: compared by
+/// ports, no byte-wise compare in BPF).
+#[inline(always)]
+fn forget_ssl_of(sk: u64) {
+    let Some(sock) = SOCKS.get_ptr(&sk) else {
+        return;
+    };
+    // SAFETY: a valid pointer into the map.
+    let sock = unsafe { &*sock };
+    if sock.ssl == 0 {
+        return;
+    }
+    let ssl = sock.ssl;
+    if let Some(st) = SSL_STATE.get_ptr(&ssl) {
+        // SAFETY: a valid pointer into the map.
+        let st = unsafe { &*st };
+        if st.has_key != 0 && st.key.port_a == sock.key.port_a && st.key.port_b == sock.key.port_b {
+            let _ = SSL_STATE.remove(&ssl);
+        }
+    }
 }
 
 /// `sock/sock_send_length`.
@@ -371,42 +411,103 @@ pub fn hsmon_ssl_recv(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A send or receive on a socket: names the flow's process (see
+/// `monitor_common::ssl`, step 3). Costs, per call: one `SOCKS` lookup (a
+/// miss for anything but an established TCP socket); on a socket already
+/// attributed to the caller with its library, nothing more.
 #[inline(always)]
 fn on_sock_io(ctx: &TracePointContext) -> Option<()> {
-    let id = bpf_get_current_pid_tgid();
-    // The common case (a thread in no SSL call): one lookup, a miss.
-    let call = SSL_CALLS.get_ptr(&id)?;
-    // SAFETY: a valid pointer into the map.
-    let call = unsafe { *call };
-    bump(SSL_STAT_SOCK_IO);
     // SAFETY: offset inside the tracepoint record (see the format file).
     let sk: u64 = unsafe { ctx.read_at(OFF_SK) }.ok()?;
-    let sock = SOCKS.get_ptr(&sk)?;
+    let sock = SOCKS.get_ptr_mut(&sk)?;
     // SAFETY: a valid pointer into the map.
-    let sock = unsafe { *sock };
+    let sock = unsafe { &mut *sock };
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if sock.owner == tgid && sock.owner_library != 0 {
+        return None; // attributed to this process, library known
+    }
+    match SSL_CALLS.get_ptr(&id) {
+        // SAFETY: a valid pointer into the map.
+        Some(call) => on_ssl_io(sock, id, unsafe { *call }),
+        None => on_plain_io(sock, id),
+    }
+}
+
+/// Socket I/O inside an SSL call: ties the `SSL*` to the flow and writes
+/// the flow's process with the call's library.
+#[inline(always)]
+fn on_ssl_io(sock: &mut SockInfo, id: u64, call: SslCall) -> Option<()> {
+    bump(SSL_STAT_SOCK_IO);
+    let key = sock.key;
     if let Some(st) = SSL_STATE.get_ptr_mut(&call.ssl) {
         // SAFETY: a valid pointer into the map.
         let st = unsafe { &mut *st };
-        st.key = sock.key;
+        st.key = key;
         st.has_key = 1;
     } else if call.kind == CALL_IO {
         let st = SslState {
-            key: sock.key,
+            key,
             has_key: 1,
             ..SslState::default()
         };
         let _ = SSL_STATE.insert(&call.ssl, &st, 0);
     }
     let tgid = (id >> 32) as u32;
-    if let Some(p) = PROCS.get_ptr(&sock.key) {
+    sock.owner = tgid;
+    sock.owner_library = 1;
+    sock.ssl = call.ssl;
+    if let Some(p) = PROCS.get_ptr_mut(&key) {
+        // SAFETY: a valid pointer into the map.
+        let p = unsafe { &mut *p };
+        if p.tgid == tgid {
+            if p.library == LIBRARY_UNKNOWN {
+                p.library = call.library; // named by an earlier plain send/recv
+            }
+            return None;
+        }
+        if p.side == SIDE_SERVER && sock.side == SIDE_CLIENT {
+            return None; // the server's (which wins)
+        }
+    }
+    write_proc(&key, id, sock.side, call.library);
+    bump(SSL_STAT_ATTRIBUTED);
+    Some(())
+}
+
+/// Socket I/O outside any SSL call: the flow's process, library unknown,
+/// when `FLOWS` tracks the flow (checked for the first
+/// [`SOCK_UNTRACKED_TRIES`] calls on the socket only).
+#[inline(always)]
+fn on_plain_io(sock: &mut SockInfo, id: u64) -> Option<()> {
+    let tgid = (id >> 32) as u32;
+    if sock.owner == tgid || sock.untracked >= SOCK_UNTRACKED_TRIES {
+        return None;
+    }
+    let key = sock.key;
+    if FLOWS.get_ptr(&key).is_none() {
+        sock.untracked += 1;
+        return None;
+    }
+    sock.owner = tgid;
+    sock.owner_library = 0;
+    if let Some(p) = PROCS.get_ptr(&key) {
         // SAFETY: a valid pointer into the map.
         let p = unsafe { &*p };
         if p.tgid == tgid || (p.side == SIDE_SERVER && sock.side == SIDE_CLIENT) {
             return None; // already ours, or the server's (which wins)
         }
     }
+    write_proc(&key, id, sock.side, LIBRARY_UNKNOWN);
+    bump(SSL_STAT_ATTRIBUTED_BY_SOCKET);
+    Some(())
+}
+
+/// Writes a fresh `PROCS` entry for `key`: the calling thread's process.
+#[inline(always)]
+fn write_proc(key: &FlowKey, id: u64, side: u32, library: u32) {
     let info = ProcInfo {
-        tgid,
+        tgid: (id >> 32) as u32,
         tid: id as u32,
         // SAFETY: helper without arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
@@ -414,15 +515,13 @@ fn on_sock_io(ctx: &TracePointContext) -> Option<()> {
         handshake_ns_max: 0,
         handshake_calls: 0,
         handshake_failures: 0,
-        side: sock.side,
-        library: call.library,
+        side,
+        library,
         local_renegotiate_calls: 0,
         local_key_update_calls: 0,
         ssl_errors: 0,
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    let _ = PROCS.insert(&sock.key, &info, 0);
-    bump(SSL_STAT_ATTRIBUTED);
-    Some(())
+    let _ = PROCS.insert(key, &info, 0);
 }

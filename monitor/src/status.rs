@@ -46,6 +46,11 @@ pub struct Status {
     /// attached to now; empty without uprobes.
     #[serde(default)]
     pub libraries: Vec<Library>,
+    /// The libssl probe set in use: `"off"`, `"handshake"` or `"full"`
+    /// (`hsmon run --uprobes`; `"off"` also when the probes could not be
+    /// loaded).
+    #[serde(default)]
+    pub uprobe_set: String,
     /// Fill levels of the kernel maps.
     pub maps: MapFills,
     /// Ring-buffer event counts.
@@ -150,7 +155,7 @@ pub struct EventCounts {
 
 /// The top-level keys of `GET /v1/status`, as the README's "status JSON
 /// schema" lists them (the unit tests and the root tests check both).
-pub const STATUS_KEYS: [&str; 13] = [
+pub const STATUS_KEYS: [&str; 14] = [
     "version",
     "pid",
     "uptime_ms",
@@ -159,6 +164,7 @@ pub const STATUS_KEYS: [&str; 13] = [
     "hooks",
     "tracepoints",
     "libraries",
+    "uprobe_set",
     "maps",
     "events",
     "bans_active",
@@ -252,6 +258,14 @@ pub fn render(s: &Status) -> String {
     for more in tps.iter().skip(1) {
         line("", more);
     }
+    line(
+        "uprobe set:",
+        if s.uprobe_set.is_empty() {
+            "off"
+        } else {
+            &s.uprobe_set
+        },
+    );
     let libs: Vec<String> = s
         .libraries
         .iter()
@@ -321,8 +335,9 @@ mod tests {
             }],
             libraries: vec![Library {
                 path: "/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
-                probes: 16,
+                probes: 9,
             }],
+            uprobe_set: "handshake".into(),
             maps: MapFills {
                 flows: Fill {
                     entries: 3,
@@ -454,7 +469,8 @@ policy:       /etc/hsmon/hsmon.toml
               handshake_timeout 10000 -> reset
 events:       10 read, 2 lost, 0 bad
 tracepoints:  sock/inet_sock_set_state (hsmon_sock_state)
-uprobes:      /usr/lib/x86_64-linux-gnu/libssl.so.3 (16 probes)
+uprobe set:   handshake
+uprobes:      /usr/lib/x86_64-linux-gnu/libssl.so.3 (9 probes)
 hooks:
   IFACE  DIRECTION  MODE    PROGRAM
   eth0   ingress    tcx     hsmon_tc_ingress

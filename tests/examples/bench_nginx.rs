@@ -9,11 +9,20 @@
 //! - throughput: `wrk -t1 -c4` fetching a 1 MiB file over keep-alive HTTPS
 //!   connections (`Transfer/sec`).
 //! - hsmon on: `hsmon run` on the server's veth (TC programs, tracepoints,
-//!   libssl uprobes, `--reneg-cap 3`), started afresh for each "on" round.
-//!   Its uprobes fire in every process using libssl, the load tools included.
-//! - hsmon on without uprobes (`--no-uprobes`): the TC programs and the
-//!   tracepoint alone, as a third arm of the same rounds, to tell the two
-//!   costs apart. The arms' order rotates every round.
+//!   the default libssl probe set `--uprobes handshake`, `--reneg-cap 3`),
+//!   started afresh for each "on" round. Its uprobes fire in every process
+//!   using libssl, the load tools included. The issue's >= 0.99 targets are
+//!   on this arm.
+//! - reference arms in the same rounds: hsmon on with `--uprobes full`
+//!   (also `SSL_read`/`SSL_write` on every I/O call and `SSL_get_error`),
+//!   and hsmon on with `--no-uprobes` (the TC programs and the tracepoint
+//!   alone), to tell the costs apart. The arms' order rotates every round.
+//! - CPU per unit of work, next to the wall-clock ratios: nginx's
+//!   utime+stime (`/proc/PID/stat`) plus the load tool's (`getrusage`
+//!   of the finished child) per handshake and per MiB, each arm over off.
+//!   The machine is shared with other builds and tests, which moves the
+//!   wall-clock rates by tens of percent between rounds; CPU time per unit
+//!   of work is what the probes add, and barely depends on that load.
 
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
@@ -24,55 +33,31 @@ use tests::cert::TestCert;
 use tests::cmd;
 use tests::hsmon::Agent;
 use tests::netns::NetPair;
+use tests::nginx::NginxConfig;
 use tests::process::Proc;
 use tests::workdir::WorkDir;
 
 const SECTION: &str = "nginx";
 const SSLSNIFF: &str = "/usr/sbin/sslsniff-bpfcc";
 
-fn nginx_config(prefix: &Path, addr: SocketAddr, cert: &TestCert) -> String {
-    let p = prefix.display();
-    format!(
-        "daemon off;
-master_process off;
-worker_processes 1;
-pid {p}/nginx.pid;
-error_log {p}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {p}/client_body;
-    proxy_temp_path {p}/proxy;
-    fastcgi_temp_path {p}/fastcgi;
-    uwsgi_temp_path {p}/uwsgi;
-    scgi_temp_path {p}/scgi;
-    server {{
-        listen {addr} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        keepalive_requests 1000000;
-        location = /big {{ root {p}/www; }}
-        location / {{ return 200 \"hello\\n\"; }}
-    }}
-}}
-",
-        cert = cert.cert.display(),
-        key = cert.key.display(),
-    )
+/// nginx with the benchmark config ([`NginxConfig::bench`]: the 1 MiB
+/// file at `/big`, no access log).
+fn start_nginx(net: &NetPair, dir: &Path, cert: &TestCert, addr: SocketAddr) -> Result<Proc> {
+    let (proc, _conf) = tests::nginx::spawn(net, dir, cert, addr, "nginx", &NginxConfig::bench())?;
+    Ok(proc)
 }
 
-fn start_nginx(net: &NetPair, dir: &Path, cert: &TestCert, addr: SocketAddr) -> Result<Proc> {
-    let prefix = dir.join("nginx");
-    std::fs::create_dir_all(prefix.join("www"))?;
-    std::fs::write(prefix.join("www/big"), vec![b'x'; 1 << 20])?;
-    let conf = prefix.join("nginx.conf");
-    std::fs::write(&conf, nginx_config(&prefix, addr, cert))?;
-    let mut c = net.server_cmd("nginx");
-    c.arg("-p").arg(&prefix).arg("-c").arg(&conf);
-    let mut proc = Proc::spawn("nginx", c, dir, false)?;
-    proc.wait_listening(&net.server_ns, addr, Duration::from_secs(15))?;
-    Ok(proc)
+/// CPU time (user + system) of this process's waited-for children so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// Handshakes per second of `openssl s_time -new` for `secs` seconds.
@@ -181,52 +166,87 @@ fn main() -> Result<()> {
     let net = NetPair::create()?;
     let cert = TestCert::generate(dir.path())?;
     let addr = net.server_addr(false, 8443);
-    let _nginx = start_nginx(&net, dir.path(), &cert, addr)?;
+    let nginx = start_nginx(&net, dir.path(), &cert, addr)?;
+    let nginx_pid = nginx.pid();
     // Warm up (first connections pay for page-ins).
     handshake_rate(&net, addr, 1)?;
 
-    // Arms: 0 hsmon off, 1 hsmon on, 2 hsmon on without its uprobes (TC
-    // programs and tracepoints only); the order rotates every round.
-    let mut h_arm: [Vec<f64>; 3] = Default::default();
-    let mut t_arm: [Vec<f64>; 3] = Default::default();
+    // Arms: 0 hsmon off, 1 hsmon on (default probe set), 2 hsmon on with
+    // `--uprobes full`, 3 hsmon on without uprobes (TC programs and
+    // tracepoints only); the order rotates every round.
+    const ARMS: usize = 4;
+    let arm_args = |arm: usize| -> Option<Vec<String>> {
+        let mut a = agent_args();
+        match arm {
+            0 => return None,
+            2 => a.extend(["--uprobes".to_owned(), "full".to_owned()]),
+            3 => a.push("--no-uprobes".to_owned()),
+            _ => {}
+        }
+        Some(a)
+    };
+    let mut h_arm: [Vec<f64>; ARMS] = Default::default();
+    let mut t_arm: [Vec<f64>; ARMS] = Default::default();
     // The agent's own CPU (share of one core) during the handshake runs.
-    let mut cpu_arm: [Vec<f64>; 3] = Default::default();
+    let mut cpu_arm: [Vec<f64>; ARMS] = Default::default();
+    // CPU (nginx + load tool) per handshake (us) and per MiB (ms), and
+    // nginx's share alone.
+    let mut hs_cpu: [Vec<f64>; ARMS] = Default::default();
+    let mut hs_cpu_nginx: [Vec<f64>; ARMS] = Default::default();
+    let mut mib_cpu: [Vec<f64>; ARMS] = Default::default();
+    let mut mib_cpu_nginx: [Vec<f64>; ARMS] = Default::default();
     let mut bulk_err: Option<anyhow::Error> = None;
     for r in 0..rounds {
-        for k in 0..3u32 {
-            let arm = ((r + k) % 3) as usize;
-            let agent = match arm {
-                0 => None,
-                1 => Some(Agent::start_with_args(&net, dir.path(), &agent_args())?),
-                _ => {
-                    let mut a = agent_args();
-                    a.push("--no-uprobes".into());
-                    Some(Agent::start_with_args(&net, dir.path(), &a)?)
-                }
+        for k in 0..ARMS {
+            let arm = (r as usize + k) % ARMS;
+            let agent = match arm_args(arm) {
+                None => None,
+                Some(a) => Some(Agent::start_with_args(&net, dir.path(), &a)?),
             };
             let cpu0 = match &agent {
                 Some(a) => Some(bench::cpu_time(a.pid())?),
                 None => None,
             };
-            h_arm[arm].push(handshake_rate(&net, addr, secs)?);
+            let (ngx0, kids0) = (bench::cpu_time(nginx_pid)?, children_cpu());
+            let rate = handshake_rate(&net, addr, secs)?;
+            h_arm[arm].push(rate);
+            let ngx = (bench::cpu_time(nginx_pid)? - ngx0).as_secs_f64();
+            let kids = (children_cpu() - kids0).as_secs_f64();
+            let n = rate * secs as f64;
+            hs_cpu[arm].push((ngx + kids) * 1e6 / n);
+            hs_cpu_nginx[arm].push(ngx * 1e6 / n);
             if let (Some(a), Some(c0)) = (&agent, cpu0) {
                 let used = (bench::cpu_time(a.pid())? - c0).as_secs_f64();
                 cpu_arm[arm].push(used / secs as f64 * 100.0);
             }
             if bulk_err.is_none() {
+                let (ngx0, kids0) = (bench::cpu_time(nginx_pid)?, children_cpu());
                 match throughput(&net, addr, secs) {
-                    Ok(t) => t_arm[arm].push(t),
+                    Ok(t) => {
+                        t_arm[arm].push(t);
+                        let ngx = (bench::cpu_time(nginx_pid)? - ngx0).as_secs_f64();
+                        let kids = (children_cpu() - kids0).as_secs_f64();
+                        let mib = t * secs as f64;
+                        mib_cpu[arm].push((ngx + kids) * 1e3 / mib);
+                        mib_cpu_nginx[arm].push(ngx * 1e3 / mib);
+                    }
                     Err(e) => bulk_err = Some(e),
                 }
             }
             drop(agent);
         }
     }
-    let pair = |v: &[Vec<f64>; 3], b: usize| AbSamples {
+    let pair = |v: &[Vec<f64>; ARMS], b: usize| AbSamples {
         a: v[0].clone(),
         b: v[b].clone(),
     };
-    for (arm, what) in [(1, "hsmon on"), (2, "hsmon on without uprobes")] {
+    let names = [
+        "",
+        "hsmon on",
+        "hsmon on --uprobes full",
+        "hsmon on without uprobes",
+    ];
+    for (arm, what) in names.iter().enumerate().skip(1) {
         Row::new(
             SECTION,
             &format!("agent CPU during the handshake run, {what}"),
@@ -239,41 +259,92 @@ fn main() -> Result<()> {
         )
         .emit();
     }
-    let hs = pair(&h_arm, 1);
-    let bulk = pair(&t_arm, 1);
-    let hs_tc = pair(&h_arm, 2);
-    let bulk_tc = pair(&t_arm, 2);
-    Row::new(
-        SECTION,
-        "handshake rate, hsmon without uprobes / off",
-        hs_tc.ratio(),
-        "ratio",
-        &format!(
-            "hsmon run --no-uprobes (TC programs + tracepoint only), same rounds; {}",
-            hs_tc.describe("off", "on, no uprobes", "handshakes/s")
+    // Reference arms first, then the target rows (default set).
+    for (arm, what, how) in [
+        (
+            3,
+            "hsmon without uprobes",
+            "hsmon run --no-uprobes (TC programs + tracepoint only)",
         ),
-    )
-    .emit();
-    if bulk_err.is_none() {
+        (
+            2,
+            "hsmon --uprobes full",
+            "hsmon run --uprobes full (read/write and SSL_get_error probes too)",
+        ),
+    ] {
+        let hs_ref = pair(&h_arm, arm);
         Row::new(
             SECTION,
-            "bulk throughput, hsmon without uprobes / off",
-            bulk_tc.ratio(),
+            &format!("handshake rate, {what} / off"),
+            hs_ref.ratio(),
             "ratio",
             &format!(
-                "hsmon run --no-uprobes, same rounds; {}",
-                bulk_tc.describe("off", "on, no uprobes", "MiB/s")
+                "{how}, same rounds; {}",
+                hs_ref.describe("off", names[arm], "handshakes/s")
             ),
         )
         .emit();
+        if bulk_err.is_none() {
+            let bulk_ref = pair(&t_arm, arm);
+            Row::new(
+                SECTION,
+                &format!("bulk throughput, {what} / off"),
+                bulk_ref.ratio(),
+                "ratio",
+                &format!(
+                    "{how}, same rounds; {}",
+                    bulk_ref.describe("off", names[arm], "MiB/s")
+                ),
+            )
+            .emit();
+        }
     }
+    // CPU per unit of work, each arm over off (> 1: the arm costs more).
+    for (arm, what) in names.iter().enumerate().skip(1) {
+        let c = pair(&hs_cpu, arm);
+        let cn = pair(&hs_cpu_nginx, arm);
+        Row::new(
+            SECTION,
+            &format!("CPU per handshake (nginx + s_time), {what} / off"),
+            c.ratio(),
+            "ratio",
+            &format!(
+                "utime+stime per handshake, same rounds; {}; nginx alone {:.4} ({:.0} vs {:.0} us)",
+                c.describe("off", what, "us"),
+                cn.ratio(),
+                cn.a_median(),
+                cn.b_median()
+            ),
+        )
+        .emit();
+        if bulk_err.is_none() {
+            let c = pair(&mib_cpu, arm);
+            let cn = pair(&mib_cpu_nginx, arm);
+            Row::new(
+                SECTION,
+                &format!("CPU per MiB (nginx + wrk), {what} / off"),
+                c.ratio(),
+                "ratio",
+                &format!(
+                    "utime+stime per MiB transferred, same rounds; {}; nginx alone {:.4} ({:.2} vs {:.2} ms)",
+                    c.describe("off", what, "ms"),
+                    cn.ratio(),
+                    cn.a_median(),
+                    cn.b_median()
+                ),
+            )
+            .emit();
+        }
+    }
+    let hs = pair(&h_arm, 1);
+    let bulk = pair(&t_arm, 1);
     Row::new(
         SECTION,
         "handshake rate, hsmon on / off",
         hs.ratio(),
         "ratio",
         &format!(
-            "openssl s_time -new for {secs}s per round, TLS 1.3, nginx 1 worker, arms rotated (off, on, on without uprobes); {}",
+            "default probe set (--uprobes handshake); openssl s_time -new for {secs}s per round, TLS 1.3, nginx 1 worker, arms rotated (off, on, on --uprobes full, on without uprobes); {}",
             hs.describe("off", "on", "handshakes/s")
         ),
     )
@@ -304,7 +375,7 @@ fn main() -> Result<()> {
                 bulk.ratio(),
                 "ratio",
                 &format!(
-                    "wrk -t1 -c4 for {secs}s per round, GET of a 1 MiB file over keep-alive HTTPS; {}",
+                    "default probe set (--uprobes handshake); wrk -t1 -c4 for {secs}s per round, GET of a 1 MiB file over keep-alive HTTPS; {}",
                     bulk.describe("off", "on", "MiB/s")
                 ),
             )

@@ -13,46 +13,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-/// nginx config for `conns` concurrent TLS connections: one worker, the
-/// file limit raised, idle and handshake timeouts long enough to hold them.
-pub fn nginx_config(prefix: &Path, addr: SocketAddr, cert: &TestCert, conns: usize) -> String {
-    let p = prefix.display();
-    format!(
-        "daemon off;
-master_process off;
-worker_processes 1;
-worker_rlimit_nofile {nofile};
-pid {p}/nginx.pid;
-error_log {p}/error.log warn;
-events {{ worker_connections {wc}; }}
-http {{
-    access_log {p}/access.log;
-    client_body_temp_path {p}/client_body;
-    proxy_temp_path {p}/proxy;
-    fastcgi_temp_path {p}/fastcgi;
-    uwsgi_temp_path {p}/uwsgi;
-    scgi_temp_path {p}/scgi;
-    client_header_timeout 300s;
-    keepalive_timeout 300s;
-    server {{
-        listen {addr} ssl backlog=4096;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache off;
-        ssl_session_tickets off;
-        location / {{ return 200 \"ok\\n\"; }}
-    }}
-}}
-",
-        nofile = conns * 4 + 1024,
-        wc = conns * 2 + 1024,
-        cert = cert.cert.display(),
-        key = cert.key.display(),
-    )
-}
-
-/// Starts nginx (config [`nginx_config`]) in the server namespace and waits
+/// Starts nginx sized for `conns` concurrent TLS connections
+/// ([`crate::nginx::NginxConfig::load`]) in the server namespace and waits
 /// until it listens.
 pub fn start_nginx(
     net: &NetPair,
@@ -61,26 +23,8 @@ pub fn start_nginx(
     addr: SocketAddr,
     conns: usize,
 ) -> Result<Proc> {
-    let prefix = dir.join("nginx-load");
-    std::fs::create_dir_all(&prefix).with_context(|| format!("creating {}", prefix.display()))?;
-    let conf = prefix.join("nginx.conf");
-    std::fs::write(&conf, nginx_config(&prefix, addr, cert, conns))
-        .with_context(|| format!("writing {}", conf.display()))?;
-    let mut c = net.server_cmd("nginx");
-    c.arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg(prefix.join("error.log"));
-    let mut proc = Proc::spawn("nginx-load", c, dir, false)?;
-    proc.wait_listening(&net.server_ns, addr, Duration::from_secs(15))
-        .with_context(|| {
-            format!(
-                "nginx error.log:\n{}",
-                crate::process::read_lossy(&prefix.join("error.log"))
-            )
-        })?;
+    let cfg = crate::nginx::NginxConfig::load(conns);
+    let (proc, _conf) = crate::nginx::spawn(net, dir, cert, addr, "nginx-load", &cfg)?;
     Ok(proc)
 }
 

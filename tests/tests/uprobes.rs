@@ -14,9 +14,19 @@
 //! `LD_PRELOAD` under a name that is not `libssl*` is never probed: the
 //! tests use one to have an OpenSSL process the probes do not see.
 //!
+//! Probe sets (`hsmon run --uprobes`): the scenario's agent runs the
+//! default `handshake` set, so every test here that does not name a set
+//! checks that set (nginx, Python `ssl`, s_server, late and static servers
+//! attributed with their library and timed). The `SSL_get_error` failure
+//! reasons need `--uprobes full`; those tests name it. A server whose
+//! libssl is not probed at all is still attributed, from its socket I/O;
+//! bulk I/O on an established connection hits no uprobe in the default set
+//! (and one per call in `full`); `--uprobes off` leaves every process field
+//! null.
+//!
 //! `uprobe_cost` measures (and prints, asserting nothing about time) probe
 //! hits per server-side handshake and the per-handshake cost with and
-//! without the uprobes.
+//! without the uprobes, for the default and the full set.
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -34,6 +44,22 @@ const LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
 const UNPROBED_COPY: &str = "unprobed-ssl-copy.so";
 /// How long attribution may take to show in `hsmon conns`.
 const ATTRIBUTION: Duration = Duration::from_secs(5);
+
+/// `hsmon run` arguments for the full probe set (per-I/O probes and
+/// `SSL_get_error`).
+fn full_set() -> Vec<String> {
+    vec!["--uprobes".to_owned(), "full".to_owned()]
+}
+
+/// The probe set the agent reports in `hsmon status --json`.
+fn status_uprobe_set(agent: &Agent) -> Result<String> {
+    let out = agent.cli(&["status", "--json"])?;
+    let v: Value = serde_json::from_str(&out).with_context(|| format!("status: {out}"))?;
+    v["uprobe_set"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no uprobe_set in {v}"))
+}
 
 /// The port of a record's `server` (`"ip:port"`).
 fn server_port(c: &Value) -> Option<u16> {
@@ -124,7 +150,9 @@ fn unprobed_libssl(dir: &std::path::Path) -> Result<std::path::PathBuf> {
 
 /// Handshakes with `openssl s_client` (whose own libssl is an unprobed
 /// copy) to `addr`, one every 200 ms, until `hsmon conns` shows one
-/// attributed to `pid`; returns that connection. Gives up at `deadline`.
+/// attributed to `pid` through its probed library (`library` set: the
+/// socket I/O alone names the process but not the library); returns that
+/// connection. Gives up at `deadline`.
 fn handshake_until_attributed(
     sc: &mut Scenario,
     addr: SocketAddr,
@@ -147,7 +175,9 @@ fn handshake_until_attributed(
         }
         let agent = sc.agent().context("no agent")?;
         if let Some(c) = agent.conns_values()?.into_iter().find(|c| {
-            server_port(c) == Some(addr.port()) && c["pid"].as_u64() == Some(u64::from(pid))
+            server_port(c) == Some(addr.port())
+                && c["pid"].as_u64() == Some(u64::from(pid))
+                && !c["library"].is_null()
         }) {
             return Ok(c);
         }
@@ -208,6 +238,7 @@ fn s_server_connection_attributed_to_its_process() {
         let pid = srv.proc.pid();
         let wall = one_handshake(sc, &SClientOpts::new(addr))?;
         let agent = sc.agent().context("no agent")?;
+        assert_eq!(status_uprobe_set(agent)?, "handshake", "the default set");
         let c = attributed(agent, addr.port())?;
         assert_server_process(&c, pid)?;
         assert_eq!(c["comm"].as_str(), Some("openssl"), "{c}");
@@ -304,25 +335,167 @@ fn kernel_stat(agent: &Agent, name: &str) -> Result<u64> {
         .with_context(|| format!("no kernel.{name} in {s}"))
 }
 
-/// Without uprobes the connections are still counted from the wire and
-/// every process field is null.
+/// With `--uprobes off` (and its alias `--no-uprobes`) the connections
+/// are still counted from the wire and every process field is null: no
+/// uprobes and no attribution tracepoints.
 #[test]
-fn without_uprobes_process_fields_are_null() {
+fn uprobes_off_process_fields_are_null() {
     tests::with_scenario_no_agent("uprobes-off", |sc| {
         let addr = sc.server_addr(false, 4438);
         let _srv = sc.s_server(&SServerOpts::new(addr))?;
         let lib_dir = unprobed_libssl(sc.dir.path())?;
         let dir = sc.dir.path().to_owned();
-        let agent = Agent::start_with_args(&sc.net, &dir, &["--no-uprobes".to_owned()])?;
-        timed_handshakes(sc, addr, &lib_dir, 3)?;
-        let conns = agent.conns_values()?;
-        assert_eq!(conns.len(), 3, "the handshakes were tracked: {conns:?}");
-        for c in &conns {
-            assert_eq!(c["handshakes"], 1, "{c}");
-            for k in ["pid", "comm", "library", "handshake_ms_max"] {
-                assert!(c[k].is_null(), "{k} without uprobes: {c}");
+        let mut seen = 0;
+        for flags in [&["--uprobes", "off"][..], &["--no-uprobes"][..]] {
+            let args: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+            let agent = Agent::start_with_args(&sc.net, &dir, &args)?;
+            assert_eq!(status_uprobe_set(&agent)?, "off", "{flags:?}");
+            let stats = agent.stats_value()?;
+            assert!(
+                stats["kernel"]["ssl_probe_entries"].is_null(),
+                "{flags:?}: no uprobe counters: {stats}"
+            );
+            timed_handshakes(sc, addr, &lib_dir, 3)?;
+            let conns = agent.conns_values()?;
+            assert_eq!(
+                conns.len(),
+                3,
+                "{flags:?}: the handshakes were tracked: {conns:?}"
+            );
+            for c in &conns {
+                assert_eq!(c["handshakes"], 1, "{c}");
+                for k in [
+                    "pid",
+                    "comm",
+                    "cgroup_id",
+                    "library",
+                    "process_side",
+                    "handshake_ms_max",
+                    "handshake_failures",
+                ] {
+                    assert!(c[k].is_null(), "{k} with {flags:?}: {c}");
+                }
             }
+            seen += conns.len();
         }
+        assert_eq!(seen, 6);
+        Ok(())
+    });
+}
+
+/// The Python TLS echo client: `client HOST PORT N`: one connection, then
+/// `N` round trips of 100 bytes (each one `SSL_write_ex` and at least one
+/// `SSL_read_ex` on both ends); prints `DONE N`.
+const PY_ECHO_CLIENT: &str = r#"import socket, ssl, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+with socket.create_connection((host, port), timeout=30) as raw:
+    with ctx.wrap_socket(raw) as tls:
+        msg = b"x" * 100
+        for _ in range(n):
+            tls.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                chunk = tls.recv(len(msg) - len(got))
+                if not chunk:
+                    raise SystemExit("server closed")
+                got += chunk
+        print("DONE", n, flush=True)
+"#;
+
+/// Round trips in [`io_calls_hit_no_uprobe_in_the_default_set`].
+const ROUND_TRIPS: u64 = 300;
+
+/// Bulk `SSL_write`/`SSL_read` on an established connection: in the
+/// default set the entry-probe counter grows by a handshake's worth of
+/// hits, not by the number of I/O calls; with `--uprobes full` (the same
+/// run, the check that the counter would show them) it grows by at least
+/// two per round trip. Server and client are Python `ssl` with a private
+/// libssl copy, the only file the agent probes, so nothing else on the
+/// host moves the counter. In the default set the connection still gets
+/// the server's pid and comm.
+#[test]
+fn io_calls_hit_no_uprobe_in_the_default_set() {
+    tests::with_scenario_no_agent("uprobes-io-calls", |sc| {
+        let addr = sc.server_addr(false, 4448);
+        let lib_dir = sc.dir.path().join("io-libssl");
+        std::fs::create_dir_all(&lib_dir).context("creating the libssl copy's directory")?;
+        let lib = lib_dir.join("libssl.so.3");
+        std::fs::copy(LIBSSL, &lib).context("copying libssl")?;
+        let script = sc.dir.path().join("tls_echo_server.py");
+        std::fs::write(&script, tests::pyssl::SCRIPT).context("writing the server script")?;
+        let mut c = sc.net.server_cmd(tests::pyssl::python());
+        c.arg(&script)
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .arg(&sc.cert.cert)
+            .arg(&sc.cert.key)
+            .arg(sc.dir.path().join("io.keylog"))
+            .env("LD_LIBRARY_PATH", &lib_dir);
+        let mut srv = tests::process::Proc::spawn("py_echo_server", c, sc.dir.path(), false)?;
+        srv.wait_for("READY", Duration::from_secs(15), |out, _| {
+            out.contains("READY")
+        })?;
+        srv.wait_listening(&sc.net.server_ns, addr, Duration::from_secs(15))?;
+        sc.add_logs(&srv);
+        sc.add_tls_port(addr.port());
+        let client_script = sc.dir.path().join("tls_echo_client.py");
+        std::fs::write(&client_script, PY_ECHO_CLIENT).context("writing the client script")?;
+        let dir = sc.dir.path().to_owned();
+        let mut grew = Vec::new();
+        for set in ["handshake", "full"] {
+            let agent = Agent::start_with_args(
+                &sc.net,
+                &dir,
+                &[
+                    "--uprobes".to_owned(),
+                    set.to_owned(),
+                    "--uprobe-target".to_owned(),
+                    lib.display().to_string(),
+                ],
+            )?;
+            assert_eq!(status_uprobe_set(&agent)?, set);
+            let before = kernel_stat(&agent, "ssl_probe_entries")?;
+            let mut c = sc.net.client_cmd(tests::pyssl::python());
+            c.arg(&client_script)
+                .arg(addr.ip().to_string())
+                .arg(addr.port().to_string())
+                .arg(ROUND_TRIPS.to_string())
+                .env("LD_LIBRARY_PATH", &lib_dir);
+            let out = tests::cmd::run_ok(&mut c, Duration::from_secs(60))?;
+            assert!(out.contains(&format!("DONE {ROUND_TRIPS}")), "{out}");
+            let hits = kernel_stat(&agent, "ssl_probe_entries")? - before;
+            println!("--uprobes {set}: {hits} entry probe hits for {ROUND_TRIPS} round trips");
+            let conn = wait_conn(&agent, addr.port(), ATTRIBUTION, "the server's pid", |c| {
+                c["pid"].as_u64() == Some(u64::from(srv.pid()))
+            })?;
+            assert_eq!(
+                conn["comm"].as_str(),
+                Some(comm_of(srv.pid())?.as_str()),
+                "{conn}"
+            );
+            assert_eq!(conn["process_side"].as_str(), Some("server"), "{conn}");
+            assert_eq!(
+                conn["library"].as_str(),
+                Some(lib.display().to_string().as_str()),
+                "{conn}"
+            );
+            grew.push(hits);
+        }
+        // A handshake is a few calls on each end (SSL_do_handshake,
+        // SSL_free); far below one per round trip.
+        assert!(
+            grew[0] < ROUND_TRIPS / 10,
+            "default set: {} entry hits for {ROUND_TRIPS} round trips",
+            grew[0]
+        );
+        assert!(
+            grew[1] >= 2 * ROUND_TRIPS,
+            "full set: {} entry hits for {ROUND_TRIPS} round trips (the counter sees I/O probes)",
+            grew[1]
+        );
         Ok(())
     });
 }
@@ -381,7 +554,8 @@ const COST_SECS: u32 = 5;
 /// server's handshakes and nothing else on the host; the client is
 /// `openssl s_time -new` (full handshakes in one process) with an unprobed
 /// copy. Prints the server-side probe hits per handshake and the time per
-/// handshake without and with the uprobes, in alternating rounds.
+/// handshake without the uprobes, with the default (`handshake`) set and
+/// with the `full` set, in alternating rounds.
 #[test]
 #[ignore = "benchmark: run by `cargo xtask bench`"]
 fn uprobe_cost() {
@@ -407,9 +581,13 @@ fn uprobe_cost() {
             "ssl_probe_returns",
             "ssl_sock_io",
             "ssl_flows_attributed",
+            "ssl_flows_attributed_by_socket",
         ];
-        let (mut without, mut with) = ((0u64, Duration::ZERO), (0u64, Duration::ZERO));
-        let mut hits = [0u64; 4];
+        // Phases: without uprobes, the default set, the full set.
+        let sets = ["handshake", "full"];
+        let mut without = (0u64, Duration::ZERO);
+        let mut with = [(0u64, Duration::ZERO); 2];
+        let mut hits = [[0u64; 5]; 2];
         let rounds = cost_rounds();
         for _ in 0..rounds {
             {
@@ -417,19 +595,26 @@ fn uprobe_cost() {
                 let (n, t) = s_time(sc, addr, &copy, COST_SECS)?;
                 without = (without.0 + n, without.1 + t);
             }
-            let agent = Agent::start_with_args(
-                &sc.net,
-                &dir,
-                &["--uprobe-target".to_owned(), lib.display().to_string()],
-            )?;
-            let before: Vec<u64> = names
-                .iter()
-                .map(|n| kernel_stat(&agent, n))
-                .collect::<Result<_>>()?;
-            let (n, t) = s_time(sc, addr, &copy, COST_SECS)?;
-            with = (with.0 + n, with.1 + t);
-            for (i, name) in names.iter().enumerate() {
-                hits[i] += kernel_stat(&agent, name)? - before[i];
+            for (k, set) in sets.iter().enumerate() {
+                let agent = Agent::start_with_args(
+                    &sc.net,
+                    &dir,
+                    &[
+                        "--uprobes".to_owned(),
+                        (*set).to_owned(),
+                        "--uprobe-target".to_owned(),
+                        lib.display().to_string(),
+                    ],
+                )?;
+                let before: Vec<u64> = names
+                    .iter()
+                    .map(|n| kernel_stat(&agent, n))
+                    .collect::<Result<_>>()?;
+                let (n, t) = s_time(sc, addr, &copy, COST_SECS)?;
+                with[k] = (with[k].0 + n, with[k].1 + t);
+                for (i, name) in names.iter().enumerate() {
+                    hits[k][i] += kernel_stat(&agent, name)? - before[i];
+                }
             }
         }
         let per = |(n, d): (u64, Duration)| d.as_secs_f64() * 1e6 / n.max(1) as f64;
@@ -442,34 +627,53 @@ fn uprobe_cost() {
             without.0
         );
         println!(
-            "  with uprobes:    {:.0} us per handshake ({} handshakes)",
-            per(with),
-            with.0
+            "  with uprobes:    {:.0} us per handshake ({} handshakes; default set)",
+            per(with[0]),
+            with[0].0
         );
         println!(
-            "  difference:      {:+.0} us per handshake ({:+.1}%)",
-            per(with) - per(without),
-            (per(with) / per(without) - 1.0) * 100.0
+            "  with uprobes (full set): {:.0} us per handshake ({} handshakes)",
+            per(with[1]),
+            with[1].0
         );
-        for (n, h) in names.iter().zip(hits) {
-            println!(
-                "  server-side {n} per handshake: {:.2}",
-                h as f64 / with.0.max(1) as f64
-            );
+        println!(
+            "  difference:      {:+.0} us per handshake ({:+.1}%; default set)",
+            per(with[0]) - per(without),
+            (per(with[0]) / per(without) - 1.0) * 100.0
+        );
+        for (k, set) in sets.iter().enumerate() {
+            let label = if k == 0 {
+                String::new()
+            } else {
+                format!(", {set} set")
+            };
+            for (n, h) in names.iter().zip(hits[k]) {
+                println!(
+                    "  server-side {n}{label} per handshake: {:.2}",
+                    h as f64 / with[k].0.max(1) as f64
+                );
+            }
         }
         let (entry, ret) = measure_call_cost(sc, 1)?;
-        let h = |i: usize| hits[i] as f64 / with.0.max(1) as f64;
-        println!(
-            "  estimated probe CPU per server handshake: {:.0} us ({:.2} entry hits x {entry:.0} ns + {:.2} return hits x {ret:.0} ns; tracepoints not included)",
-            (h(0) * entry + h(1) * ret) / 1e3,
-            h(0),
-            h(1)
-        );
-        assert!(with.0 > 0 && without.0 > 0, "handshakes completed");
+        for (k, set) in sets.iter().enumerate() {
+            let h = |i: usize| hits[k][i] as f64 / with[k].0.max(1) as f64;
+            println!(
+                "  estimated probe CPU per server handshake, {set} set: {:.0} us ({:.2} entry hits x {entry:.0} ns + {:.2} return hits x {ret:.0} ns; tracepoints not included)",
+                (h(0) * entry + h(1) * ret) / 1e3,
+                h(0),
+                h(1)
+            );
+        }
         assert!(
-            hits[0] >= with.0,
-            "the server's probes fired on every handshake: {hits:?}"
+            with.iter().all(|w| w.0 > 0) && without.0 > 0,
+            "handshakes completed"
         );
+        for (k, set) in sets.iter().enumerate() {
+            assert!(
+                hits[k][0] >= with[k].0,
+                "the server's probes fired on every handshake ({set}): {hits:?}"
+            );
+        }
         Ok(())
     });
 }
@@ -574,10 +778,16 @@ fn measure_call_cost(sc: &Scenario, rounds: usize) -> Result<(f64, f64)> {
     let mut with = [0.0f64; 3];
     for _ in 0..rounds {
         let w = call_cost(&exe, &copy)?;
+        // `full`: SSL_get_error is probed only in that set.
         let agent = Agent::start_with_args(
             &sc.net,
             &dir,
-            &["--uprobe-target".to_owned(), copy.display().to_string()],
+            &[
+                "--uprobes".to_owned(),
+                "full".to_owned(),
+                "--uprobe-target".to_owned(),
+                copy.display().to_string(),
+            ],
         )?;
         let p = call_cost(&exe, &copy)?;
         drop(agent);
@@ -615,11 +825,12 @@ fn cost_rounds() -> usize {
 }
 
 /// A server whose libssl is not probed (a preloaded copy under another
-/// name) leaves the connection to the probed client: `process_side` is
-/// `"client"`.
+/// name) hits no uprobe, yet its socket I/O names it: the connection gets
+/// its pid, comm and side, no library and no handshake time (the probed
+/// client, `openssl s_client`, is the other end: the server wins).
 #[test]
-fn client_attributed_when_the_server_is_not_probed() {
-    tests::with_scenario("uprobes-client-side", |sc| {
+fn unprobed_server_attributed_by_its_socket_io() {
+    tests::with_scenario("uprobes-unprobed-server", |sc| {
         let addr = sc.server_addr(false, 4437);
         let copy = unprobed_libssl(sc.dir.path())?;
         let mut c = sc.net.server_cmd("env");
@@ -637,31 +848,29 @@ fn client_attributed_when_the_server_is_not_probed() {
         srv.wait_listening(&sc.net.server_ns, addr, Duration::from_secs(15))?;
         sc.add_tls_port(addr.port());
         sc.add_logs(&srv);
+        let server_pid = srv.pid();
 
         let mut client = sc.s_client(&SClientOpts::new(addr))?;
         client.wait_established(PER_CONN)?;
-        let client_pid = client.proc.pid();
+        client.send_data("hello")?;
         let agent = sc.agent().context("no agent")?;
-        let deadline = Instant::now() + ATTRIBUTION;
-        let conn = loop {
-            let conns = agent.conns_values()?;
-            if let Some(c) = conns
-                .iter()
-                .find(|c| server_port(c) == Some(addr.port()) && !c["pid"].is_null())
-            {
-                break c.clone();
-            }
-            if Instant::now() > deadline {
-                bail!("no attributed connection within {ATTRIBUTION:?}: {conns:?}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        assert_eq!(conn["pid"].as_u64(), Some(u64::from(client_pid)), "{conn}");
-        assert_eq!(conn["process_side"].as_str(), Some("client"), "{conn}");
+        let conn = wait_conn(agent, addr.port(), ATTRIBUTION, "the server's pid", |c| {
+            c["pid"].as_u64() == Some(u64::from(server_pid))
+        })?;
+        let by_socket = kernel_stat(agent, "ssl_flows_attributed_by_socket")?;
+        assert_eq!(conn["process_side"].as_str(), Some("server"), "{conn}");
         assert_eq!(conn["comm"].as_str(), Some("openssl"), "{conn}");
-        assert_eq!(conn["library"].as_str(), Some(LIBSSL), "{conn}");
-        // s_client handshakes inside SSL_read/SSL_write: nothing to time.
-        assert!(conn["handshake_ms_last"].is_null(), "{conn}");
+        assert_eq!(
+            conn["cgroup_path"].as_str(),
+            Some(cgroup_of(server_pid)?.as_str()),
+            "{conn}"
+        );
+        assert!(conn["library"].is_null(), "no probed library: {conn}");
+        assert!(conn["handshake_ms_last"].is_null(), "nothing timed: {conn}");
+        assert!(
+            by_socket >= 1,
+            "counted as attributed by socket I/O: {by_socket}"
+        );
         client.close(PER_CONN)?;
         Ok(())
     });
@@ -771,10 +980,10 @@ fn s_server_key_update_calls_counted() {
 
 /// A client that sends its ClientHello and closes: s_server's `SSL_accept`
 /// fails, which counts a `handshake_failures`, and the error s_server
-/// reads with `SSL_get_error` is a failure reason.
+/// reads with `SSL_get_error` is a failure reason (`--uprobes full`).
 #[test]
 fn client_aborted_handshake_counts_a_failure() {
-    tests::with_scenario("uprobes-abort", |sc| {
+    tests::scenario::with_scenario_agent_args("uprobes-abort", &full_set(), |sc| {
         let addr = sc.server_addr(false, 4443);
         let srv = sc.s_server(&SServerOpts::new(addr))?;
         let pid = srv.proc.pid();
@@ -920,10 +1129,10 @@ fn failing_client(sc: &mut Scenario, opts: &SClientOpts) -> Result<()> {
 
 /// A client offering only TLS 1.2 to a TLS 1.3-only s_server: the server's
 /// cleartext `protocol_version` alert, and the `SSL_ERROR_SSL` s_server
-/// read after its failed `SSL_accept`.
+/// read after its failed `SSL_accept` (`--uprobes full`).
 #[test]
 fn refused_version_failure_reasons() {
-    tests::with_scenario("uprobes-version", |sc| {
+    tests::scenario::with_scenario_agent_args("uprobes-version", &full_set(), |sc| {
         let addr = sc.server_addr(false, 4446);
         let srv = sc.s_server(&SServerOpts::new(addr).version(TlsVersion::Tls13))?;
         let pid = srv.proc.pid();
@@ -952,10 +1161,10 @@ fn refused_version_failure_reasons() {
 
 /// A TLS 1.2 client that does not trust the server's (self-signed)
 /// certificate: its cleartext `unknown_ca` alert, and the `SSL_ERROR_SSL`
-/// s_server read after its failed `SSL_accept`.
+/// s_server read after its failed `SSL_accept` (`--uprobes full`).
 #[test]
 fn rejected_certificate_failure_reasons() {
-    tests::with_scenario("uprobes-cert", |sc| {
+    tests::scenario::with_scenario_agent_args("uprobes-cert", &full_set(), |sc| {
         let addr = sc.server_addr(false, 4447);
         let srv = sc.s_server(&SServerOpts::new(addr).version(TlsVersion::Tls12))?;
         let pid = srv.proc.pid();

@@ -48,6 +48,7 @@ use flows::{FlowTable, DEFAULT_KEEP_CLOSED};
 pub use persist::remove_all;
 pub use pins::DEFAULT_PIN_DIR;
 use state::Shared;
+pub use uprobes::UprobeSet;
 
 /// Arguments of `hsmon run`.
 #[derive(Debug, clap::Args)]
@@ -100,9 +101,16 @@ pub struct Args {
     /// to this file; SIGHUP reopens it (for logrotate).
     #[arg(long, value_name = "PATH")]
     pub events_file: Option<std::path::PathBuf>,
-    /// Attach no libssl uprobes: connections get no process attribution or
-    /// handshake timing (wire counting is unchanged).
-    #[arg(long)]
+    /// Which libssl functions get uprobes: `handshake` (functions called
+    /// once or a few times per connection; process, library and handshake
+    /// timing for apps that call SSL_do_handshake/SSL_accept/SSL_connect),
+    /// `full` (also SSL_read/SSL_write on every I/O call and SSL_get_error:
+    /// a trap per call, costly), or `off` (no process fields). The README's
+    /// "Probe sets" section lists the fields each provides.
+    #[arg(long, value_name = "SET", value_enum, default_value_t = UprobeSet::Handshake)]
+    pub uprobes: UprobeSet,
+    /// Same as `--uprobes off`.
+    #[arg(long, conflicts_with = "uprobes")]
     pub no_uprobes: bool,
     /// Probe only this file (repeatable; a libssl or an executable carrying
     /// OpenSSL): no discovery, no rescans.
@@ -310,9 +318,16 @@ async fn agent(args: Args) -> Result<()> {
     let state_writer = persistence.writer(&args.socket.socket.display().to_string(), &attachments);
     tasks.spawn(persist::save_loop(shared.clone(), state_writer.clone()));
     let mut tracepoints = attachments.tracepoints().to_vec();
-    if args.no_uprobes {
-        tracing::info!("--no-uprobes: libssl uprobes not attached");
-    } else if let Some(u) = uprobes::Uprobes::attach_or_warn(&mut ebpf, &args.uprobe_target) {
+    let uprobe_set = if args.no_uprobes {
+        UprobeSet::Off
+    } else {
+        args.uprobes
+    };
+    if uprobe_set == UprobeSet::Off {
+        tracing::info!("--uprobes off: libssl uprobes not attached");
+    } else if let Some(u) =
+        uprobes::Uprobes::attach_or_warn(&mut ebpf, &args.uprobe_target, uprobe_set)
+    {
         tracepoints.extend(u.tracepoints().iter().cloned());
         if shared.uprobes.set(u).is_err() {
             tracing::warn!("the libssl uprobes were already set");

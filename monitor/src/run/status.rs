@@ -61,6 +61,12 @@ impl Shared {
                 .get()
                 .map(|u| u.libraries())
                 .unwrap_or_default(),
+            uprobe_set: self
+                .uprobes
+                .get()
+                .map_or(super::UprobeSet::Off, |u| u.set())
+                .name()
+                .to_owned(),
             maps: MapFills {
                 flows: Fill {
                     entries: flows as u64,

@@ -12,6 +12,14 @@
 //! in a list that only grows, which is how a connection's `library` is
 //! known.
 //!
+//! Which functions get probes is the [`UprobeSet`] (`hsmon run --uprobes`):
+//! `handshake` by default (functions called O(1) times per connection),
+//! `full` adds the per-read/write functions and `SSL_get_error`. In both,
+//! the `sock/sock_send_length`/`sock_recv_length` tracepoints name the
+//! process of every tracked TLS flow from its socket I/O (no trap), so
+//! `pid`/`comm`/`cgroup` do not need the per-I/O probes (the README's
+//! "Probe sets" matrix lists the fields each set provides).
+//!
 //! Nothing here can stop the agent: when the probes cannot be loaded, one
 //! warning is logged and wire counting goes on without process fields.
 
@@ -30,6 +38,7 @@ use aya::programs::TracePoint;
 use aya::Ebpf;
 use monitor_common::flow::{addr_from_bytes, FlowKey};
 use monitor_common::ssl::{comm_bytes, ProcInfo, SIDE_CLIENT, SIDE_SERVER, SSL_STAT_COUNT};
+use serde::{Deserialize, Serialize};
 
 use super::loader::program;
 use super::state::{lock, Shared};
@@ -53,10 +62,42 @@ const STAT_NAMES: [&str; SSL_STAT_COUNT as usize] = [
     "ssl_probe_returns",
     "ssl_sock_io",
     "ssl_flows_attributed",
+    "ssl_flows_attributed_by_socket",
 ];
+
+/// Which libssl functions the agent probes (`hsmon run --uprobes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UprobeSet {
+    /// No uprobes and no `sock/*` attribution tracepoints: no process
+    /// fields.
+    Off,
+    /// Functions called O(1) times per connection: `SSL_do_handshake`,
+    /// `SSL_accept`, `SSL_connect` (entry and return),
+    /// `SSL_renegotiate(_abbreviated)`, `SSL_key_update`.
+    #[default]
+    Handshake,
+    /// `handshake` plus `SSL_read(_ex)`, `SSL_write(_ex)` (every I/O call),
+    /// `SSL_get_error` (entry and return) and `SSL_free`: adds `library` for
+    /// processes that handshake inside `SSL_read`/`SSL_write` and the
+    /// `ssl_get_error` failure reasons.
+    Full,
+}
+
+impl UprobeSet {
+    /// The set's name on the command line and in `hsmon status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            UprobeSet::Off => "off",
+            UprobeSet::Handshake => "handshake",
+            UprobeSet::Full => "full",
+        }
+    }
+}
 
 /// The attached probes' maps and what they are attached to.
 pub struct Uprobes {
+    set: UprobeSet,
     procs: BpfHashMap<MapData, FlowKey, ProcInfo>,
     stats: PerCpuArray<MapData, u64>,
     tracepoints: Vec<TracepointHook>,
@@ -81,14 +122,17 @@ struct Targets {
     verdicts: discover::ExeVerdicts,
     /// `--uprobe-target`: probe only these files (no discovery).
     only: Vec<PathBuf>,
+    /// The functions probed.
+    set: UprobeSet,
 }
 
 impl Uprobes {
     /// Loads the probes, attaches the tracepoints and probes every target
-    /// found now (only the files in `only` when it is not empty); `None`,
-    /// after one warning, when the kernel refuses.
-    pub fn attach_or_warn(ebpf: &mut Ebpf, only: &[PathBuf]) -> Option<Self> {
-        match Self::attach(ebpf, only) {
+    /// found now (only the files in `only` when it is not empty) with the
+    /// functions of `set` (not [`UprobeSet::Off`]); `None`, after one
+    /// warning, when the kernel refuses.
+    pub fn attach_or_warn(ebpf: &mut Ebpf, only: &[PathBuf], set: UprobeSet) -> Option<Self> {
+        match Self::attach(ebpf, only, set) {
             Ok(u) => {
                 let n = lock(&u.targets).attached.len();
                 if n == 0 {
@@ -110,7 +154,7 @@ impl Uprobes {
         }
     }
 
-    fn attach(ebpf: &mut Ebpf, only: &[PathBuf]) -> Result<Self> {
+    fn attach(ebpf: &mut Ebpf, only: &[PathBuf], set: UprobeSet) -> Result<Self> {
         probes::load(ebpf)?;
         let mut tracepoints = Vec::new();
         for (name, category, tp) in TRACEPOINTS {
@@ -134,11 +178,13 @@ impl Uprobes {
             .ok_or_else(|| anyhow!("the eBPF object has no SSL_STATS map"))?;
         let stats = PerCpuArray::try_from(stats).context("SSL_STATS is not a per-CPU array")?;
         let u = Uprobes {
+            set,
             procs,
             stats,
             tracepoints,
             targets: Mutex::new(Targets {
                 only: only.to_vec(),
+                set,
                 ..Targets::default()
             }),
             cgroups: Mutex::new(cgroup::CgroupNames::default()),
@@ -222,13 +268,19 @@ impl Uprobes {
         out
     }
 
+    /// The probe set attached.
+    pub fn set(&self) -> UprobeSet {
+        self.set
+    }
+
     /// The tracepoints these probes added, as `hsmon status` lists them.
     pub fn tracepoints(&self) -> &[TracepointHook] {
         &self.tracepoints
     }
 
     /// Probe counters summed over CPUs: entry uprobe hits, return uprobe
-    /// hits, send/recv tracepoint hits inside an SSL call, flows attributed.
+    /// hits, send/recv tracepoint hits inside an SSL call, flows attributed
+    /// (inside an SSL call), flows attributed by a send/recv outside one.
     pub fn stats(&self) -> Result<[u64; SSL_STAT_COUNT as usize]> {
         let mut out = [0u64; SSL_STAT_COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
@@ -243,7 +295,7 @@ impl Uprobes {
 
     /// [`Uprobes::stats`] by the names `GET /v1/stats` lists them under
     /// `kernel`: `ssl_probe_entries`, `ssl_probe_returns`, `ssl_sock_io`,
-    /// `ssl_flows_attributed`.
+    /// `ssl_flows_attributed`, `ssl_flows_attributed_by_socket`.
     pub fn stats_by_name(&self) -> Result<Vec<(String, u64)>> {
         let s = self.stats()?;
         let out: Vec<(String, u64)> = STAT_NAMES
@@ -279,13 +331,14 @@ impl Targets {
         if cookie == next {
             self.names.push(target.display.clone());
         }
-        match probes::attach(ebpf, &target.attach_path, u64::from(cookie)) {
+        match probes::attach(ebpf, &target.attach_path, u64::from(cookie), self.set) {
             Ok(a) => {
                 tracing::info!(
                     target = %target.display,
                     kind = if target.library { "library" } else { "executable" },
                     probes = a.len(),
-                    of = probes::PROBES_PER_TARGET,
+                    of = probes::probes_per_target(self.set),
+                    set = self.set.name(),
                     "attached OpenSSL uprobes"
                 );
                 self.attached.insert(target.id, a);
@@ -407,8 +460,10 @@ mod tests {
 
     #[test]
     fn every_probe_counted() {
-        // 3 + 3 handshake, 4 read/write, 2 renegotiate, key update, free,
-        // SSL_get_error entry and return.
-        assert_eq!(probes::PROBES_PER_TARGET, 16);
+        // 3 + 3 handshake, 2 renegotiate, key update.
+        assert_eq!(probes::probes_per_target(UprobeSet::Handshake), 9);
+        // ... plus 4 read/write, SSL_get_error entry and return, free.
+        assert_eq!(probes::probes_per_target(UprobeSet::Full), 16);
+        assert_eq!(probes::probes_per_target(UprobeSet::Off), 0);
     }
 }

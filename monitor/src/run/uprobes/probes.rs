@@ -1,5 +1,5 @@
 //! The uprobe programs, and attaching them to (and detaching them from) one
-//! target file.
+//! target file, for one probe set ([`UprobeSet`]).
 
 use anyhow::{bail, Context as _, Result};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
@@ -8,6 +8,7 @@ use aya::Ebpf;
 use std::path::Path;
 
 use super::super::loader::program;
+use super::UprobeSet;
 
 /// Entry probe of the handshake calls.
 const PROG_HS_ENTER: &str = "hsmon_ssl_hs_enter";
@@ -21,33 +22,42 @@ const HANDSHAKE_FNS: &[&str] = &["SSL_do_handshake", "SSL_accept", "SSL_connect"
 /// Read/write calls: entry probes only.
 const IO_FNS: &[&str] = &["SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex"];
 
-/// Every program and the functions it is attached to. The first three are
-/// the ones attribution needs; a file lacking the others (an older OpenSSL
-/// without `SSL_key_update`, say) is still probed.
-const PLAN: [(&str, &[&str]); 8] = [
-    (PROG_HS_ENTER, HANDSHAKE_FNS),
-    (PROG_HS_RETURN, HANDSHAKE_FNS),
-    (PROG_IO_ENTER, IO_FNS),
+/// Every program, the functions it is attached to, and whether only the
+/// `full` set has it (the functions called on every read and write;
+/// `SSL_get_error`, which non-blocking servers call after every
+/// `WANT_READ`; `SSL_free`, whose work the socket's close does in the
+/// default set). The handshake entry probe (and, in `full`, the read/write
+/// one) is what attribution with a library needs; a file lacking the
+/// others (an older OpenSSL without `SSL_key_update`, say) is still
+/// probed.
+const PLAN: [(&str, &[&str], bool); 8] = [
+    (PROG_HS_ENTER, HANDSHAKE_FNS, false),
+    (PROG_HS_RETURN, HANDSHAKE_FNS, false),
+    (PROG_IO_ENTER, IO_FNS, true),
     (
         "hsmon_ssl_reneg_enter",
         &["SSL_renegotiate", "SSL_renegotiate_abbreviated"],
+        false,
     ),
-    ("hsmon_ssl_key_update_enter", &["SSL_key_update"]),
-    ("hsmon_ssl_free_enter", &["SSL_free"]),
-    ("hsmon_ssl_get_error_enter", &["SSL_get_error"]),
-    ("hsmon_ssl_get_error_return", &["SSL_get_error"]),
+    ("hsmon_ssl_key_update_enter", &["SSL_key_update"], false),
+    ("hsmon_ssl_free_enter", &["SSL_free"], true),
+    ("hsmon_ssl_get_error_enter", &["SSL_get_error"], true),
+    ("hsmon_ssl_get_error_return", &["SSL_get_error"], true),
 ];
 
-/// Probes attached per full set: one per (program, function) of [`PLAN`].
-pub const PROBES_PER_TARGET: usize = {
-    let mut n = 0;
-    let mut i = 0;
-    while i < PLAN.len() {
-        n += PLAN[i].1.len();
-        i += 1;
-    }
-    n
-};
+/// The part of [`PLAN`] a set attaches.
+fn plan(set: UprobeSet) -> impl Iterator<Item = (&'static str, &'static [&'static str])> {
+    PLAN.into_iter()
+        .filter(move |(_, _, full_only)| set == UprobeSet::Full || !full_only)
+        .filter(move |_| set != UprobeSet::Off)
+        .map(|(name, fns, _)| (name, fns))
+}
+
+/// Probes attached per file with every function present: one per
+/// (program, function) of the set's part of [`PLAN`].
+pub fn probes_per_target(set: UprobeSet) -> usize {
+    plan(set).map(|(_, fns)| fns.len()).sum()
+}
 
 /// The links of one target file.
 #[derive(Debug, Default)]
@@ -62,9 +72,10 @@ impl Attached {
     }
 }
 
-/// Loads every uprobe program into the kernel (the verifier runs here).
+/// Loads every uprobe program into the kernel (the verifier runs here),
+/// those of the `full` set too, whatever set is attached.
 pub fn load(ebpf: &mut Ebpf) -> Result<()> {
-    for (name, _) in PLAN {
+    for (name, _, _) in PLAN {
         let p = uprobe(ebpf, name)?;
         if p.fd().is_err() {
             p.load().with_context(|| format!("loading {name}"))?;
@@ -79,15 +90,15 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
         .with_context(|| format!("{name} is not a uprobe"))
 }
 
-/// Attaches every probe of [`PLAN`] to `path` with attach cookie `cookie`.
+/// Attaches the probes of `set` to `path` with attach cookie `cookie`.
 /// Functions the file lacks are skipped; a file with none of the
 /// handshake or read/write functions is an error (and nothing stays
 /// attached).
-pub fn attach(ebpf: &mut Ebpf, path: &Path, cookie: u64) -> Result<Attached> {
+pub fn attach(ebpf: &mut Ebpf, path: &Path, cookie: u64, set: UprobeSet) -> Result<Attached> {
     let mut out = Attached::default();
     let mut core = 0;
     let mut missing = Vec::new();
-    for (name, fns) in PLAN {
+    for (name, fns) in plan(set) {
         let p = uprobe(ebpf, name)?;
         for f in fns {
             let point = UProbeAttachPoint {
