@@ -46,6 +46,7 @@ impl NetPair {
     /// Creates both namespaces, the veth pair and the addresses, brings the
     /// links up and waits until both address families carry TCP.
     pub fn create() -> Result<Self> {
+        remove_stale_namespaces();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let block = n % 16384; // 16384 /30 blocks in 10.200.0.0/16
@@ -245,6 +246,34 @@ pub fn ns_cmd(ns: &str, program: &str) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns, program]);
     c
+}
+
+/// Deletes the `hsmt-PID-N-*` namespaces of test processes that no longer
+/// exist (a test killed with SIGKILL cannot run its drops), once per
+/// process; each deletion is reported on stderr.
+fn remove_stale_namespaces() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let Ok(list) = ip(&["netns", "list"]) else {
+            return;
+        };
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            let Some(pid) = name
+                .strip_prefix("hsmt-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            match ip(&["netns", "del", name]) {
+                Ok(_) => eprintln!("removed namespace {name} left by the dead test process {pid}"),
+                Err(e) => eprintln!("could not remove the stale namespace {name}: {e:#}"),
+            }
+        }
+    });
 }
 
 /// Runs `ip ARGS` and returns stdout; fails with stderr on a non-zero exit.
