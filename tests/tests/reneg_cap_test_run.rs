@@ -8,7 +8,7 @@
 //! the same cap.
 
 use monitor_common::{
-    flow::{Stat, TrackerConfig, EVENT_FLOW_OPENED, EVENT_LIMIT_HIT},
+    flow::{Stat, TrackerConfig, EVENT_FLOW_OPENED, EVENT_FLOW_PROGRESS, EVENT_LIMIT_HIT},
     testing::*,
     tracker::{CapVerdict, FlowState, CLIENT, EBPF_MAX_STEPS, FF_OVER_CAP, SERVER},
 };
@@ -263,15 +263,31 @@ fn egress_never_drops() {
     let e = ends(false);
     let k = h.flow(e[CLIENT], e[SERVER]).expect("flows").expect("flow");
     // Egress applies no cap at all: no flag, no limit event, no drop
-    // counted. Its only event is the flow's EVENT_FLOW_OPENED, sent after
-    // the first segment (the ClientHello) was parsed.
+    // counted. Its events are the flow's EVENT_FLOW_OPENED, sent after the
+    // first segment (the ClientHello) was parsed, then one
+    // EVENT_FLOW_PROGRESS per renegotiation, carrying the count so far.
     assert_eq!(k.tracker, user.state);
     assert_eq!(k.tracker.counters.renegotiations_client, 4);
     assert_eq!(k.tracker.flags & FF_OVER_CAP, 0);
     assert_eq!(h.stat(Stat::RenegCapDrops).expect("stats"), 0);
     let events = h.drain_events().expect("events");
     let kinds: Vec<u32> = events.iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, [EVENT_FLOW_OPENED], "{events:?}");
+    assert_eq!(
+        kinds,
+        [
+            EVENT_FLOW_OPENED,
+            EVENT_FLOW_PROGRESS,
+            EVENT_FLOW_PROGRESS,
+            EVENT_FLOW_PROGRESS,
+            EVENT_FLOW_PROGRESS
+        ],
+        "{events:?}"
+    );
     assert_eq!(events[0].value.tracker.counters.client_hellos, 1);
     assert_eq!(events[0].value.tracker.counters.handshakes, 0);
+    let renegs: Vec<u32> = events[1..]
+        .iter()
+        .map(|e| e.value.tracker.counters.renegotiations_client)
+        .collect();
+    assert_eq!(renegs, [1, 2, 3, 4], "{events:?}");
 }

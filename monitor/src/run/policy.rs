@@ -718,9 +718,17 @@ impl Policy {
     }
 
     /// Replaces the settings (SIGHUP reload); the windows, the ban history
-    /// and the per-connection watch state stay.
+    /// and the per-connection watch state stay. Every known peer is
+    /// evaluated again at the next step: a lowered threshold applies to what
+    /// the windows already hold, not only to peers that send more.
     pub fn set_settings(&mut self, settings: Settings) {
         self.settings = settings;
+        for (ip, peer) in self.peers.iter_mut() {
+            if !peer.dirty {
+                peer.dirty = true;
+                self.dirty.push(*ip);
+            }
+        }
     }
 
     /// Takes in one flow (live or departed) at `now`: counts a new flow's
@@ -1362,6 +1370,24 @@ mod tests {
         let flood: Vec<_> = (0..6).map(|i| flow(4000 + i, late, 0)).collect();
         let none = p.step(late + SEC, &flood, &[], &mut e);
         assert!(none.is_empty(), "{none:?}");
+    }
+
+    #[test]
+    fn a_lowered_threshold_applies_to_what_the_windows_hold() {
+        let mut s = settings();
+        s.handshakes_per_10s = 100;
+        let mut p = Policy::new(s.clone());
+        let mut e = Fake::default();
+        let now = 100 * SEC;
+        let flows: Vec<_> = (0..8).map(|i| flow(1000 + i, now - SEC, 0)).collect();
+        assert!(p.step(now, &flows, &[], &mut e).is_empty(), "8 <= 100");
+        // Nothing new arrives; only the threshold drops below what is held.
+        s.handshakes_per_10s = 5;
+        p.set_settings(s);
+        let d = p.step(now + SEC, &flows, &[], &mut e);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!((d[0].rule, d[0].action), ("handshakes_per_10s", "ban"));
+        assert_eq!(e.bans.len(), 1);
     }
 
     #[test]
