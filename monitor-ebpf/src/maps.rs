@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use monitor_common::flow::{FlowKey, FlowValue, Stat, TrackerConfig, STAT_COUNT};
+use monitor_common::flow::{FlowEvent, FlowKey, FlowValue, Stat, TrackerConfig, STAT_COUNT};
 
 /// Default number of tracked flows; the agent sets the real size at load time.
 const DEFAULT_FLOWS: u32 = 65536;
@@ -35,5 +35,27 @@ pub fn count(stat: Stat) {
     if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
         // Per-CPU slot: no other writer.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Writes one [`FlowEvent`] of `kind` with the flow's state to `EVENTS`; a
+/// full ring buffer counts `EventsLost`. Inlined into each event kind's own
+/// non-inlined sender (one per kind: see `tc.rs`'s `flow_opened`).
+#[inline(always)]
+pub fn send_flow_event(kind: u32, flow: &FlowValue, key: &FlowKey) {
+    match EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.as_mut_ptr();
+            // SAFETY: `ev` points at reserved ring-buffer memory of the right size.
+            unsafe {
+                (*ev).kind = kind;
+                (*ev)._pad = 0;
+                (*ev).value = *flow;
+                (*ev).key = *key;
+                (*ev)._tail = 0;
+            }
+            entry.submit(0);
+        }
+        None => count(Stat::EventsLost),
     }
 }

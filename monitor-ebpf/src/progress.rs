@@ -8,11 +8,9 @@
 //! (renegotiations are rare and expensive for the sender; `keyupdate_like`
 //! records are reported once per [`KEYUPDATE_EVENT_EVERY`]).
 
-use monitor_common::flow::{
-    FlowEvent, FlowKey, FlowValue, Stat, EVENT_FLOW_PROGRESS, KEYUPDATE_EVENT_EVERY,
-};
+use monitor_common::flow::{FlowKey, FlowValue, EVENT_FLOW_PROGRESS, KEYUPDATE_EVENT_EVERY};
 
-use crate::maps::{count, EVENTS};
+use crate::maps::send_flow_event;
 
 const _: () = assert!(KEYUPDATE_EVENT_EVERY.is_power_of_two());
 /// `keyupdate_like >> KEYUPDATE_SHIFT` changes once per `KEYUPDATE_EVENT_EVERY`.
@@ -52,19 +50,5 @@ pub fn send_if_changed(before: &Snapshot, flow: &FlowValue, key: &FlowKey) {
 /// `tc.rs`'s `flow_opened` for why).
 #[inline(never)]
 fn flow_progress(flow: &FlowValue, key: &FlowKey) {
-    match EVENTS.reserve::<FlowEvent>(0) {
-        Some(mut entry) => {
-            let ev = entry.as_mut_ptr();
-            // SAFETY: `ev` points at reserved ring-buffer memory of the right size.
-            unsafe {
-                (*ev).kind = EVENT_FLOW_PROGRESS;
-                (*ev)._pad = 0;
-                (*ev).value = *flow;
-                (*ev).key = *key;
-                (*ev)._tail = 0;
-            }
-            entry.submit(0);
-        }
-        None => count(Stat::EventsLost),
-    }
+    send_flow_event(EVENT_FLOW_PROGRESS, flow, key);
 }

@@ -2,9 +2,9 @@
 //! finishes its flow and reports the final state.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use monitor_common::flow::{Addr, FlowEvent, FlowKey, Stat, EVENT_FLOW_CLOSED};
+use monitor_common::flow::{Addr, FlowKey, Stat, EVENT_FLOW_CLOSED};
 
-use crate::maps::{count, EVENTS, FLOWS};
+use crate::maps::{count, send_flow_event, FLOWS};
 
 // Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format
 // (stable tracepoint ABI); `crate::ssl` reads the same record.
@@ -54,20 +54,6 @@ fn on_state(ctx: &TracePointContext) -> Option<()> {
     let flow = unsafe { &mut *flow };
     flow.tracker.finish();
     count(Stat::FlowsClosed);
-    match EVENTS.reserve::<FlowEvent>(0) {
-        Some(mut entry) => {
-            let ev = entry.as_mut_ptr();
-            // SAFETY: `ev` points at reserved ring-buffer memory of the right size.
-            unsafe {
-                (*ev).kind = EVENT_FLOW_CLOSED;
-                (*ev)._pad = 0;
-                (*ev).value = *flow;
-                (*ev).key = key;
-                (*ev)._tail = 0;
-            }
-            entry.submit(0);
-        }
-        None => count(Stat::EventsLost),
-    }
+    send_flow_event(EVENT_FLOW_CLOSED, flow, &key);
     Some(())
 }

@@ -11,8 +11,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     flow::{
-        FlowEvent, FlowKey, FlowValue, Stat, TrackerConfig, EVENT_FLOW_OPENED, EVENT_LIMIT_HIT,
-        MAX_PORTS,
+        FlowKey, FlowValue, Stat, TrackerConfig, EVENT_FLOW_OPENED, EVENT_LIMIT_HIT, MAX_PORTS,
     },
     payload::Payload,
     tls::{could_start_client_hello, CT_HANDSHAKE},
@@ -20,7 +19,7 @@ use monitor_common::{
 };
 
 use crate::{
-    maps::{count, CONFIG, EVENTS, FLOWS, SCRATCH},
+    maps::{count, send_flow_event, CONFIG, FLOWS, SCRATCH},
     packet::{parse, Segment, SkbPayload, TCP_FIN, TCP_RST},
 };
 
@@ -222,34 +221,13 @@ fn reneg_cap_drops(flow: &mut FlowValue, key: &FlowKey, cfg: Option<&TrackerConf
 /// BTF func info, which the verifier refuses ("missing btf func_info").
 #[inline(never)]
 fn flow_opened(flow: &FlowValue, key: &FlowKey) {
-    send_event(EVENT_FLOW_OPENED, flow, key);
+    send_flow_event(EVENT_FLOW_OPENED, flow, key);
 }
 
 /// Sends `EVENT_LIMIT_HIT` for the flow (see [`flow_opened`]).
 #[inline(never)]
 fn limit_hit(flow: &FlowValue, key: &FlowKey) {
-    send_event(EVENT_LIMIT_HIT, flow, key);
-}
-
-/// Sends an event of `kind` with the flow's state; a full ring buffer
-/// counts `EventsLost`.
-#[inline(always)]
-fn send_event(kind: u32, flow: &FlowValue, key: &FlowKey) {
-    match EVENTS.reserve::<FlowEvent>(0) {
-        Some(mut entry) => {
-            let ev = entry.as_mut_ptr();
-            // SAFETY: `ev` points at reserved ring-buffer memory of the right size.
-            unsafe {
-                (*ev).kind = kind;
-                (*ev)._pad = 0;
-                (*ev).value = *flow;
-                (*ev).key = *key;
-                (*ev)._tail = 0;
-            }
-            entry.submit(0);
-        }
-        None => count(Stat::EventsLost),
-    }
+    send_flow_event(EVENT_LIMIT_HIT, flow, key);
 }
 
 /// Feeds the payload to the tracker, as `FlowState::on_segment` does: a
@@ -390,21 +368,7 @@ unsafe fn zero_flow_value(value: *mut FlowValue) {
 /// Is `server_port` in the configured port list (or is the list empty)?
 #[inline(always)]
 fn port_watched(server_port: u16) -> bool {
-    let Some(cfg) = CONFIG.get(0) else {
-        return true;
-    };
-    let n = cfg.port_count as usize;
-    if n == 0 {
-        return true;
-    }
-    let mut i = 0;
-    while i < MAX_PORTS {
-        if i < n && cfg.ports[i] == server_port {
-            return true;
-        }
-        i += 1;
-    }
-    false
+    either_port_watched(CONFIG.get(0), server_port, server_port)
 }
 
 /// Could a segment between these ports belong to a tracked flow: is either

@@ -27,7 +27,6 @@
 //!   the key and its line named), a missing file (exit 1).
 
 use anyhow::{bail, ensure, Context, Result};
-use socket2::{Domain, SockAddr, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
@@ -36,7 +35,7 @@ use tests::{
     cmd,
     decisions::{decisions, policy_args, wait_decision},
     hsmon::hsmon_bin,
-    netns::in_netns,
+    netns::tcp_connects,
     openssl::{SServerOpts, TlsVersion},
     scenario::with_scenario_agent_args,
     side_net::SideNet,
@@ -80,24 +79,7 @@ fn handshakes(
 /// One TCP connect from namespace `ns` (from `src` if given); false when it
 /// times out.
 fn connects(ns: &str, src: Option<IpAddr>, dst: SocketAddr) -> Result<bool> {
-    in_netns(ns, move || -> Result<bool> {
-        let s = Socket::new(Domain::for_address(dst), Type::STREAM, None)
-            .context("creating a socket")?;
-        if let Some(src) = src {
-            s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
-                .with_context(|| format!("binding to {src}"))?;
-        }
-        match s.connect_timeout(&SockAddr::from(dst), Duration::from_millis(700)) {
-            Ok(()) => Ok(true),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::TimedOut
-                    || e.kind() == std::io::ErrorKind::WouldBlock =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e).with_context(|| format!("connecting to {dst}")),
-        }
-    })?
+    tcp_connects(ns, src, dst, Duration::from_millis(700), false)
 }
 
 /// Seconds since the Unix epoch, now.
