@@ -94,17 +94,7 @@ pub fn start_holder(
 
 /// `ok` and `failed` of the holder's `OPENED ok=N failed=M` line.
 pub fn opened_counts(stdout: &str) -> Option<(usize, usize)> {
-    let line = stdout.lines().find(|l| l.starts_with("OPENED "))?;
-    let mut ok = None;
-    let mut failed = None;
-    for part in line.split_whitespace() {
-        if let Some(v) = part.strip_prefix("ok=") {
-            ok = v.parse().ok();
-        } else if let Some(v) = part.strip_prefix("failed=") {
-            failed = v.parse().ok();
-        }
-    }
-    Some((ok?, failed?))
+    crate::tlsclient::ok_failed_counts(stdout, "OPENED")
 }
 
 /// What h2load reported.

@@ -188,7 +188,16 @@ pub fn ports(stdout: &str, tag: &str) -> Vec<u16> {
 
 /// `ok` and `failed` of a `DONE ok=N failed=M` line.
 pub fn done_counts(stdout: &str) -> Option<(usize, usize)> {
-    let line = stdout.lines().find(|l| l.starts_with("DONE "))?;
+    ok_failed_counts(stdout, "DONE")
+}
+
+/// `ok` and `failed` of the first `TAG ok=N failed=M` line of a client's
+/// output (this module's `DONE`, the load holder's `OPENED`).
+pub fn ok_failed_counts(stdout: &str, tag: &str) -> Option<(usize, usize)> {
+    let line = stdout.lines().find(|l| {
+        l.strip_prefix(tag)
+            .is_some_and(|rest| rest.starts_with(' '))
+    })?;
     let mut ok = None;
     let mut failed = None;
     for part in line.split_whitespace() {
