@@ -37,11 +37,16 @@ impl Capture {
     /// Starts `tcpdump -i SERVER_IF -w DIR/NAME.pcap tcp` in the server
     /// namespace and waits until it captures.
     pub fn start(net: &NetPair, dir: &Path, name: &str) -> Result<Self> {
+        Self::start_in(&net.server_ns, &net.server_if, dir, name)
+    }
+
+    /// Like [`Capture::start`], on interface `iface` of namespace `ns`.
+    pub fn start_in(ns: &str, iface: &str, dir: &Path, name: &str) -> Result<Self> {
         let pcap = dir.join(format!("{name}.pcap"));
-        let mut c = net.server_cmd("tcpdump");
+        let mut c = crate::netns::ns_cmd(ns, "tcpdump");
         c.args([
             "-i",
-            &net.server_if,
+            iface,
             "-n",
             "-U",
             "--immediate-mode",

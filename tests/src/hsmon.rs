@@ -99,14 +99,18 @@ pub fn hsmon_bin() -> PathBuf {
 /// `HSMON_AGENT_ENTER=nsenter` the agent runs under `nsenter --net=…`
 /// instead, which switches only the network namespace.
 pub fn agent_cmd(net: &NetPair, bin: &Path) -> Command {
+    agent_cmd_in(&net.server_ns, bin)
+}
+
+/// Like [`agent_cmd`], for the network namespace `ns`.
+pub fn agent_cmd_in(ns: &str, bin: &Path) -> Command {
     let nsenter = std::env::var("HSMON_AGENT_ENTER").is_ok_and(|v| v == "nsenter");
     if nsenter {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/var/run/netns/{}", net.server_ns))
-            .arg(bin);
+        c.arg(format!("--net=/var/run/netns/{ns}")).arg(bin);
         c
     } else {
-        net.server_cmd(&bin.to_string_lossy())
+        crate::netns::ns_cmd(ns, &bin.to_string_lossy())
     }
 }
 
@@ -132,6 +136,11 @@ pub struct AgentState {
 impl AgentState {
     /// Mounts a fresh bpffs under `dir` (unique per process and call).
     pub fn new(net: &NetPair, dir: &Path) -> Result<Arc<Self>> {
+        Self::new_in(&net.server_ns, dir)
+    }
+
+    /// Like [`AgentState::new`], for an agent in the network namespace `ns`.
+    pub fn new_in(ns: &str, dir: &Path) -> Result<Arc<Self>> {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let mount = dir.join(format!("bpffs-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&mount).with_context(|| format!("creating {}", mount.display()))?;
@@ -143,7 +152,7 @@ impl AgentState {
             pin_dir: mount.join("hsmon"),
             state_file: dir.join(format!("hsmon-state-{}-{n}.json", std::process::id())),
             mount,
-            server_ns: net.server_ns.clone(),
+            server_ns: ns.to_owned(),
             bin: hsmon_bin(),
         }))
     }
@@ -313,6 +322,28 @@ impl Agent {
         extra: &[String],
         state: Arc<AgentState>,
     ) -> Result<Self> {
+        let mut args = vec!["--iface".to_owned(), net.server_if.clone()];
+        args.extend_from_slice(extra);
+        // The embedded policy caps renegotiations at 3 per connection; tests
+        // that renegotiate more set their own cap (or none).
+        if !extra.iter().any(|a| a == "--reneg-cap") {
+            args.extend(["--reneg-cap".to_owned(), "0".to_owned()]);
+        }
+        Self::start_in(agent_cmd(net, &hsmon_bin()), dir, &args, state)
+    }
+
+    /// Starts `hsmon run` through `enter` (a command that runs the hsmon
+    /// binary in the agent's namespace: [`agent_cmd`] or `ip netns exec NS
+    /// BIN`) with `--socket DIR/hsmon.sock`, the state's pin directory and
+    /// state file, then exactly `args` (no `--iface`: every interface that
+    /// is up; no `--reneg-cap`: the policy's), and waits until `conns`
+    /// answers.
+    pub fn start_in(
+        enter: Command,
+        dir: &Path,
+        args: &[String],
+        state: Arc<AgentState>,
+    ) -> Result<Self> {
         let bin = hsmon_bin();
         if !bin.is_file() {
             bail!(
@@ -321,19 +352,12 @@ impl Agent {
             );
         }
         let socket = dir.join("hsmon.sock");
-        let mut c = agent_cmd(net, &bin);
+        let mut c = enter;
         c.arg("run")
-            .arg("--iface")
-            .arg(&net.server_if)
             .arg("--socket")
             .arg(&socket)
             .args(state.args())
-            .args(extra);
-        // The embedded policy caps renegotiations at 3 per connection; tests
-        // that renegotiate more set their own cap (or none).
-        if !extra.iter().any(|a| a == "--reneg-cap") {
-            c.arg("--reneg-cap").arg("0");
-        }
+            .args(args);
         let n = AGENTS.fetch_add(1, Ordering::Relaxed);
         let name = if n == 0 {
             "hsmon-agent".to_owned()

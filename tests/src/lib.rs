@@ -34,11 +34,13 @@
 //! - processes, namespaces and temporary files are removed on drop, also when
 //!   the test panics (set `HSMON_KEEP_TMP=1` to keep the temporary directory).
 
+pub mod attack;
 pub mod bench;
 pub mod capture;
 pub mod cert;
 pub mod cmd;
 pub mod decisions;
+pub mod hosts;
 pub mod hsmon;
 pub mod loadgen;
 pub mod netns;

@@ -112,7 +112,18 @@ impl SServer {
         opts: &SServerOpts,
         name: &str,
     ) -> Result<Self> {
-        let mut c = net.server_cmd("openssl");
+        Self::start_in(&net.server_ns, logdir, cert, opts, name)
+    }
+
+    /// Like [`SServer::start`], in the network namespace `ns`.
+    pub fn start_in(
+        ns: &str,
+        logdir: &Path,
+        cert: &TestCert,
+        opts: &SServerOpts,
+        name: &str,
+    ) -> Result<Self> {
+        let mut c = crate::netns::ns_cmd(ns, "openssl");
         c.arg("s_server")
             .arg("-accept")
             .arg(opts.addr.to_string())
@@ -130,7 +141,7 @@ impl SServer {
         c.args(&opts.extra_args);
         // stdin stays open for the server's life: on EOF s_server quits.
         let mut proc = Proc::spawn(name, c, logdir, true)?;
-        proc.wait_listening(&net.server_ns, opts.addr, Duration::from_secs(15))?;
+        proc.wait_listening(ns, opts.addr, Duration::from_secs(15))?;
         Ok(Self {
             proc,
             addr: opts.addr,
@@ -277,7 +288,18 @@ impl SClient {
         opts: &SClientOpts,
         name: &str,
     ) -> Result<Self> {
-        let mut c = net.client_cmd("openssl");
+        Self::start_in(&net.client_ns, logdir, keylog, opts, name)
+    }
+
+    /// Like [`SClient::start`], in the network namespace `ns`.
+    pub fn start_in(
+        ns: &str,
+        logdir: &Path,
+        keylog: &Path,
+        opts: &SClientOpts,
+        name: &str,
+    ) -> Result<Self> {
+        let mut c = crate::netns::ns_cmd(ns, "openssl");
         c.arg("s_client")
             .arg("-connect")
             .arg(opts.connect.to_string())

@@ -1,0 +1,985 @@
+//! hsmon on real host topologies and against a hostile client (issue 11).
+//!
+//! Topologies ([`tests::hosts::Host`]): a Docker-like bridge host (server
+//! and client containers on `br0`, a client on the host itself, an uplink
+//! with a port published through nft DNAT), two bridges carrying the same
+//! 4-tuple, and the plain veth pair ([`tests::rig::Rig`]) for the attacks
+//! that need no bridge. The agent runs in the host namespace with the
+//! default policy (renegotiation cap 3) and the hooks each test names.
+//!
+//! Ground truth is the peers' own account: `openssl s_server -msg` (every
+//! ClientHello it read), the attacker client's lines ([`tests::attack`]:
+//! each renegotiation's result, whether the server side ended the
+//! connection), and for retransmissions a tcpdump capture read by tshark.
+//!
+//! The cap check every topology runs ([`cap_run`]): a benign connection
+//! renegotiates twice (under the cap), an attacker connection tries 6
+//! renegotiations (exactly 3 may be honoured, the 4th ClientHello must not
+//! reach the server and the connection must be reset), then a benign
+//! connection renegotiates once more (no ban, not cut off). With the cap
+//! holding, `s_server` reads exactly 3 + 4 + 2 ClientHellos.
+//!
+//! Tests that fail on today's code are `#[ignore = "issue 11: …"]` with what
+//! they measured; run them with `--ignored`.
+
+use anyhow::{ensure, Context, Result};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tests::attack::{self, ok_count, Client};
+use tests::capture::Capture;
+use tests::cert::TestCert;
+use tests::decisions::decisions;
+use tests::hosts::{self, Host};
+use tests::hsmon::{Agent, HsmonConn};
+use tests::openssl::{msg_count, SServer, SServerOpts, TlsVersion};
+use tests::process::Proc;
+use tests::pyssl::PyTlsServer;
+use tests::require_root;
+use tests::rig::Rig;
+use tests::workdir::WorkDir;
+
+const PORT: u16 = 4433;
+const PUBLISHED: u16 = 8443;
+const CAP: usize = 3;
+const TRIES: usize = 6;
+const CLIENT_WAIT: Duration = Duration::from_secs(60);
+
+/// Where the peers of one cap check run.
+struct Peers<'a> {
+    client_ns: &'a str,
+    server_ns: &'a str,
+    /// Where the server listens.
+    listen: SocketAddr,
+    /// Where the clients connect (differs from `listen` behind DNAT).
+    connect: SocketAddr,
+    dir: &'a Path,
+    cert: &'a TestCert,
+    agent: &'a Agent,
+}
+
+/// What one cap check measured.
+#[derive(Debug)]
+struct CapRun {
+    benign_ok: usize,
+    attack_ok: usize,
+    attack_end: String,
+    after_ok: usize,
+    server_hellos: usize,
+    bans: usize,
+    /// hsmon's entries per client port: benign, attacker, after.
+    entries: [Vec<HsmonConn>; 3],
+    decisions: Vec<String>,
+}
+
+impl CapRun {
+    fn summary(&self) -> String {
+        let e = |i: usize| {
+            self.entries[i]
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}->{} reneg_c={} hs={} unsynced={} state={}",
+                        c.client,
+                        c.server,
+                        c.renegotiations_client,
+                        c.handshakes,
+                        c.unsynced,
+                        c.state
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        format!(
+            "benign {} ok; attacker {} ok, end {}; after {} ok; s_server ClientHellos {}; bans {}; \
+             decisions {:?}\n  benign entries [{}]\n  attacker entries [{}]\n  after entries [{}]",
+            self.benign_ok,
+            self.attack_ok,
+            self.attack_end,
+            self.after_ok,
+            self.server_hellos,
+            self.bans,
+            self.decisions,
+            e(0),
+            e(1),
+            e(2)
+        )
+    }
+
+    /// The cap held, the benign connections were left alone and hsmon
+    /// listed each connection once with the server's counts.
+    fn check(&self) -> Result<()> {
+        let s = self.summary();
+        eprintln!("cap run: {s}");
+        ensure!(self.benign_ok == 2, "benign renegotiations: {s}");
+        ensure!(
+            self.attack_ok == CAP,
+            "attacker's honoured renegotiations: {s}"
+        );
+        ensure!(
+            self.server_hellos == 3 + (1 + CAP) + 2,
+            "s_server's ClientHellos (want 3 + 4 + 2): {s}"
+        );
+        ensure!(
+            self.attack_end == "reset",
+            "the attacker was not reset: {s}"
+        );
+        ensure!(self.after_ok == 1, "the later benign connection: {s}");
+        ensure!(self.bans == 0, "a benign peer was banned: {s}");
+        for (i, want) in [(0, 2), (2, 1)] {
+            ensure!(
+                self.entries[i].len() == 1,
+                "hsmon lists connection {i} {} times: {s}",
+                self.entries[i].len()
+            );
+            let c = &self.entries[i][0];
+            ensure!(
+                c.renegotiations_client == want && c.handshakes == want + 1 && !c.unsynced,
+                "hsmon's counts for connection {i}: {s}"
+            );
+        }
+        ensure!(
+            self.entries[1].len() == 1,
+            "hsmon lists the attacker {} times: {s}",
+            self.entries[1].len()
+        );
+        Ok(())
+    }
+}
+
+/// Starts a TLS 1.2 `s_server` that honours client renegotiation.
+fn reneg_server(p: &Peers) -> Result<SServer> {
+    SServer::start_in(
+        p.server_ns,
+        p.dir,
+        p.cert,
+        &SServerOpts::new(p.listen)
+            .version(TlsVersion::Tls12)
+            .client_renegotiation(true),
+        "s_server",
+    )
+}
+
+fn steps(s: &[&str]) -> Vec<String> {
+    s.iter().map(|s| s.to_string()).collect()
+}
+
+/// hsmon's entries whose client port is `port`, once they settled (at
+/// most 5 s).
+fn entries_for(agent: &Agent, port: u16) -> Result<Vec<HsmonConn>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut prev = Vec::new();
+    loop {
+        let now: Vec<HsmonConn> = agent
+            .conns()?
+            .into_iter()
+            .filter(|c| c.client_addr().is_ok_and(|a| a.port() == port))
+            .collect();
+        if (!now.is_empty() && now == prev) || Instant::now() >= deadline {
+            return Ok(now);
+        }
+        prev = now;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The cap check (see the module docs). `attack` are the attacker's steps
+/// before its renegotiations; `between` runs when the attacker printed
+/// `between_marker` and before the test writes a line to its stdin (only
+/// when `attack` has a `wait` step).
+fn cap_run(
+    p: &Peers,
+    attack: &[&str],
+    between_marker: Option<&str>,
+    between: impl FnOnce() -> Result<()>,
+) -> Result<CapRun> {
+    let srv = reneg_server(p)?;
+    let mut benign = Client::start(
+        p.client_ns,
+        p.dir,
+        "benign",
+        p.connect,
+        &steps(&["tls=1.2", "reneg=2"]),
+    )?;
+    let benign_out = benign.finish(CLIENT_WAIT);
+    let benign_port = benign.local_port().context("benign client's port")?;
+
+    let mut all = vec!["tls=1.2"];
+    all.extend_from_slice(attack);
+    let reneg = format!("reneg={TRIES}");
+    all.extend([reneg.as_str(), "awaitclose=10"]);
+    let mut attacker = Client::start(p.client_ns, p.dir, "attacker", p.connect, &steps(&all))?;
+    if let Some(marker) = between_marker {
+        attacker
+            .proc
+            .wait_for(marker, CLIENT_WAIT, |out, _| out.contains(marker))?;
+        between()?;
+        attacker.proc.write_line("go")?;
+    }
+    let attack_out = attacker.finish(CLIENT_WAIT);
+    let attack_port = attacker.local_port().context("attacker's port")?;
+
+    let mut after = Client::start(
+        p.client_ns,
+        p.dir,
+        "after",
+        p.connect,
+        &steps(&["tls=1.2", "reneg=1"]),
+    )?;
+    let after_out = after.finish(CLIENT_WAIT);
+    let after_port = after.local_port().unwrap_or(0);
+
+    let attack_end = attack_out
+        .lines()
+        .find_map(|l| l.strip_prefix("CLOSED "))
+        .unwrap_or("no CLOSED line")
+        .to_owned();
+    Ok(CapRun {
+        benign_ok: ok_count(&benign_out, "RENEG"),
+        attack_ok: ok_count(&attack_out, "RENEG"),
+        attack_end,
+        after_ok: ok_count(&after_out, "RENEG"),
+        server_hellos: msg_count(&srv.proc.stdout(), "<<<", "ClientHello"),
+        bans: p.agent.bans()?.len(),
+        entries: [
+            entries_for(p.agent, benign_port)?,
+            entries_for(p.agent, attack_port)?,
+            entries_for(p.agent, after_port)?,
+        ],
+        decisions: decisions(p.agent)?
+            .iter()
+            .map(|d| format!("{}:{}", d["rule"], d["action"]))
+            .collect(),
+    })
+}
+
+fn fail(e: anyhow::Error) -> ! {
+    panic!("{e:#}")
+}
+
+/// The bridge host's cap check with the agent on `hooks` and the client in
+/// the container `client` (or the host itself for `None`).
+fn bridge_cap(name: &str, hooks: &[&str], client: Option<&str>) {
+    let dir = WorkDir::new(name).unwrap_or_else(|e| fail(e));
+    let host = Host::docker_like().unwrap_or_else(|e| fail(e));
+    let cert = TestCert::generate(dir.path()).unwrap_or_else(|e| fail(e));
+    let agent = host.agent(dir.path(), hooks).unwrap_or_else(|e| fail(e));
+    let srv = host.container("srv").unwrap_or_else(|e| fail(e)).clone();
+    let client_ns = match client {
+        Some(c) => host.container(c).unwrap_or_else(|e| fail(e)).ns.clone(),
+        None => host.ns.clone(),
+    };
+    let listen = SocketAddr::from((hosts::SERVER_IP, PORT));
+    // The server container's own view: real retransmissions on its eth0.
+    let mut cap =
+        Capture::start_in(&srv.ns, "eth0", dir.path(), "tcpdump").unwrap_or_else(|e| fail(e));
+    let p = Peers {
+        client_ns: &client_ns,
+        server_ns: &srv.ns,
+        listen,
+        connect: listen,
+        dir: dir.path(),
+        cert: &cert,
+        agent: &agent,
+    };
+    let run = cap_run(&p, &[], None, || Ok(())).unwrap_or_else(|e| fail(e));
+    cap.stop().unwrap_or_else(|e| fail(e));
+    let retrans = run.entries[0].first().map(|c| c.client_addr());
+    let real = match retrans {
+        Some(Ok(a)) => hosts::tshark_count(
+            &cap.pcap,
+            &format!("tcp.port == {} && tcp.analysis.retransmission", a.port()),
+        )
+        .unwrap_or_else(|e| fail(e)),
+        _ => 0,
+    };
+    let seen = benign_retransmits(&agent, &run);
+    eprintln!("benign connection: retransmissions captured {real}, hsmon {seen:?}");
+    if let Err(e) = run.check() {
+        fail(e.context(agent.logs(40)));
+    }
+    assert_eq!(
+        seen,
+        Some(real as u64),
+        "hsmon's retransmissions of the benign connection vs the capture"
+    );
+}
+
+/// hsmon's `retransmits` for the benign connection of a cap run.
+fn benign_retransmits(agent: &Agent, run: &CapRun) -> Option<u64> {
+    let client = run.entries[0].first()?.client.clone();
+    let values = agent.conns_values().ok()?;
+    values
+        .iter()
+        .find(|v| v["client"] == client.as_str())
+        .and_then(|v| v["retransmits"].as_u64())
+}
+
+#[test]
+#[ignore = "issue 11: bridge, default hooks: every segment seen twice (benign: 2 renegotiations, hsmon retransmits = segments, capture 0)"]
+fn bridge_default_hooks_count_once_and_cap_holds() {
+    require_root!();
+    bridge_cap("hosts-bridge-default", &[], Some("cli"));
+}
+
+#[test]
+fn bridge_client_veth_hook_counts_once_and_cap_holds() {
+    require_root!();
+    bridge_cap("hosts-bridge-iface", &["--iface", "v-cli"], Some("cli"));
+}
+
+#[test]
+#[ignore = "issue 11: egress-only hooks (--iface = the server container's veth host end): no drop, no reset"]
+fn egress_only_hooks_still_cap() {
+    require_root!();
+    bridge_cap("hosts-egress-only", &["--iface", "v-srv"], Some("cli"));
+}
+
+#[test]
+fn host_client_to_container_server_cap_holds() {
+    require_root!();
+    bridge_cap("hosts-host-client", &[], None);
+}
+
+#[test]
+#[ignore = "issue 11: published port (nft DNAT): each connection listed twice, per-peer windows doubled"]
+fn published_port_through_dnat_counts_once_and_cap_holds() {
+    require_root!();
+    let dir = WorkDir::new("hosts-dnat").unwrap_or_else(|e| fail(e));
+    let host = Host::docker_like().unwrap_or_else(|e| fail(e));
+    let cert = TestCert::generate(dir.path()).unwrap_or_else(|e| fail(e));
+    host.publish(PUBLISHED, SocketAddrV4::new(hosts::SERVER_IP, PORT))
+        .unwrap_or_else(|e| fail(e));
+    let agent = host.agent(dir.path(), &[]).unwrap_or_else(|e| fail(e));
+    let srv = host.container("srv").unwrap_or_else(|e| fail(e)).clone();
+    let out = host.outside.clone().expect("uplink");
+    let p = Peers {
+        client_ns: &out.ns,
+        server_ns: &srv.ns,
+        listen: SocketAddr::from((hosts::SERVER_IP, PORT)),
+        connect: SocketAddr::from((hosts::UPLINK_HOST, PUBLISHED)),
+        dir: dir.path(),
+        cert: &cert,
+        agent: &agent,
+    };
+    let run = cap_run(&p, &[], None, || Ok(())).unwrap_or_else(|e| fail(e));
+    if let Err(e) = run.check() {
+        fail(e.context(agent.logs(40)));
+    }
+}
+
+/// Two bridges, each with a server and a client container with the same
+/// addresses; both clients bind the same port, so both connections have
+/// the same 4-tuple. Connection A renegotiates twice and closes; then
+/// connection B tries 6 renegotiations: its cap must hold (3 honoured,
+/// server B reads 4 ClientHellos) and A must not have been cut off.
+#[test]
+#[ignore = "issue 11: two bridges with the same 4-tuple share one entry"]
+fn same_four_tuple_on_two_bridges_keeps_separate_caps() {
+    require_root!();
+    let dir = WorkDir::new("hosts-twins").unwrap_or_else(|e| fail(e));
+    let host = Host::twin_bridges().unwrap_or_else(|e| fail(e));
+    let cert = TestCert::generate(dir.path()).unwrap_or_else(|e| fail(e));
+    let agent = host.agent(dir.path(), &[]).unwrap_or_else(|e| fail(e));
+    let listen = SocketAddr::from((hosts::TWIN_SERVER, PORT));
+    let ns = |n: &str| host.container(n).unwrap_or_else(|e| fail(e)).ns.clone();
+    let opts = SServerOpts::new(listen)
+        .version(TlsVersion::Tls12)
+        .client_renegotiation(true);
+    let srv_a = SServer::start_in(&ns("srv0"), dir.path(), &cert, &opts, "s_server_a")
+        .unwrap_or_else(|e| fail(e));
+    let srv_b = SServer::start_in(&ns("srv1"), dir.path(), &cert, &opts, "s_server_b")
+        .unwrap_or_else(|e| fail(e));
+    let bind = format!("bind={}:40001", hosts::TWIN_CLIENT);
+    let mut b = Client::start(
+        &ns("cli1"),
+        dir.path(),
+        "client_b",
+        listen,
+        &steps(&["tls=1.2", &bind, "wait", "reneg=6", "awaitclose=10"]),
+    )
+    .unwrap_or_else(|e| fail(e));
+    b.wait_connected(CLIENT_WAIT).unwrap_or_else(|e| fail(e));
+    let mut a = Client::start(
+        &ns("cli0"),
+        dir.path(),
+        "client_a",
+        listen,
+        &steps(&["tls=1.2", &bind, "reneg=2"]),
+    )
+    .unwrap_or_else(|e| fail(e));
+    let a_out = a.finish(CLIENT_WAIT);
+    std::thread::sleep(Duration::from_secs(1));
+    b.proc.write_line("go").unwrap_or_else(|e| fail(e));
+    let b_out = b.finish(CLIENT_WAIT);
+    let a_hellos = msg_count(&srv_a.proc.stdout(), "<<<", "ClientHello");
+    let b_hellos = msg_count(&srv_b.proc.stdout(), "<<<", "ClientHello");
+    let entries = entries_for(&agent, 40001).unwrap_or_else(|e| fail(e));
+    let summary = format!(
+        "A: {} ok, server A ClientHellos {a_hellos}; B: {} ok, {}, server B ClientHellos \
+         {b_hellos}; hsmon entries for port 40001: {}",
+        ok_count(&a_out, "RENEG"),
+        ok_count(&b_out, "RENEG"),
+        b_out
+            .lines()
+            .find(|l| l.starts_with("CLOSED"))
+            .unwrap_or("-"),
+        entries.len()
+    );
+    eprintln!("{summary}");
+    assert_eq!(ok_count(&a_out, "RENEG"), 2, "{summary}");
+    assert_eq!(a_hellos, 3, "{summary}");
+    assert_eq!(ok_count(&b_out, "RENEG"), CAP, "{summary}");
+    assert_eq!(b_hellos, 1 + CAP, "{summary}");
+    assert!(b_out.contains("CLOSED reset"), "{summary}");
+    assert_eq!(entries.len(), 2, "{summary}");
+}
+
+/// A Rig (veth pair, agent on the server's veth) with the default cap.
+fn rig(name: &str, extra: &[&str]) -> Rig {
+    let mut args = vec!["--reneg-cap", "3"];
+    args.extend_from_slice(extra);
+    Rig::start(name, &args).unwrap_or_else(|e| fail(e))
+}
+
+fn rig_peers(r: &Rig) -> Peers<'_> {
+    let listen = r.server_addr(PORT);
+    Peers {
+        client_ns: &r.net.client_ns,
+        server_ns: &r.net.server_ns,
+        listen,
+        connect: listen,
+        dir: r.dir.path(),
+        cert: &r.cert,
+        agent: &r.agent,
+    }
+}
+
+fn rig_attack(name: &str, extra: &[&str], attack: &[&str]) {
+    let r = rig(name, extra);
+    let p = rig_peers(&r);
+    let run = cap_run(&p, attack, None, || Ok(())).unwrap_or_else(|e| fail(e));
+    if let Err(e) = run.check() {
+        fail(e.context(r.agent.logs(40)));
+    }
+}
+
+#[test]
+#[ignore = "issue 11: one segment of 3,000 tiny records: overflows 1, unsynced, 6/6 renegotiations honoured"]
+fn burst_of_3000_tiny_records_keeps_the_cap() {
+    require_root!();
+    rig_attack("hosts-burst", &[], &["burst=3000"]);
+}
+
+#[test]
+#[ignore = "issue 11: one out-of-order segment (seq + 200): gaps 1, unsynced, 6/6 renegotiations honoured"]
+fn out_of_order_segment_keeps_the_cap() {
+    require_root!();
+    rig_attack("hosts-ooo", &[], &["ooo"]);
+}
+
+/// The unprivileged ghost: a user without privileges creates its own user
+/// and network namespace (`unshare -rn`), puts the real connection's
+/// addresses on its loopback and opens and closes a TCP connection with the
+/// same 4-tuple. The real connection (1 renegotiation before, 6 tries
+/// after) must keep its cap.
+#[test]
+#[ignore = "issue 11: a same-4-tuple close in an unprivileged namespace closes the real entry; cap gone"]
+fn ghost_close_in_an_unprivileged_namespace_keeps_the_cap() {
+    require_root!();
+    let r = rig("hosts-ghost", &[]);
+    let p = rig_peers(&r);
+    let client = r.net.client_v4;
+    let server = r.server_addr(PORT);
+    let dir = r.dir.path().to_path_buf();
+    let ghost = move || -> Result<()> {
+        let script = dir.join("ghost.py");
+        std::fs::write(&script, GHOST).context("writing the ghost script")?;
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        let shell = format!(
+            "ip link set lo up && ip addr add {client}/32 dev lo && ip addr add {}/32 dev lo && \
+             exec /usr/bin/python3 {} {client} 40002 {} {}",
+            server.ip(),
+            script.display(),
+            server.ip(),
+            server.port()
+        );
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "unshare",
+            "-rn",
+            "sh",
+            "-c",
+        ])
+        .arg(&shell);
+        let out = tests::cmd::run_ok(&mut c, Duration::from_secs(20))?;
+        ensure!(out.contains("GHOST closed"), "the ghost printed {out:?}");
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(())
+    };
+    // The attacker binds port 40002 so the ghost can copy its 4-tuple.
+    let run = cap_run(
+        &p,
+        &["bind=0.0.0.0:40002", "reneg=1", "wait"],
+        Some("RENEG 1"),
+        ghost,
+    );
+    // The attacker's first renegotiation counts towards the cap: 1 + 2.
+    let run = run.unwrap_or_else(|e| fail(e));
+    if let Err(e) = run.check() {
+        fail(e.context(r.agent.logs(40)));
+    }
+}
+
+/// The ghost: connect from `client:cport` to `server:sport` on this
+/// namespace's loopback, then close both ends.
+const GHOST: &str = r#"import socket, sys
+c, cp, s, sp = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind((s, sp)); l.listen(1)
+k = socket.socket(); k.bind((c, cp)); k.connect((s, sp))
+a, _ = l.accept()
+k.sendall(b"\x16\x03\x01\x00\x05hello"); a.recv(100)
+k.close(); a.close(); l.close()
+print("GHOST closed", flush=True)
+"#;
+
+fn eviction_flood(name: &str, map_size: Option<u32>, packets: usize) {
+    let size = map_size.map(|s| s.to_string());
+    let extra: Vec<&str> = match &size {
+        Some(s) => vec!["--flow-map-size", s.as_str()],
+        None => Vec::new(),
+    };
+    let r = rig(name, &extra);
+    let p = rig_peers(&r);
+    let client_ns = r.net.client_ns.clone();
+    let dir = r.dir.path().to_path_buf();
+    let target = r.server_addr(PORT);
+    let flood = move || -> Result<()> {
+        let t = Instant::now();
+        let n = attack::flood(&client_ns, &dir, target, packets)?;
+        eprintln!("flooded {n} forged packets in {:?}", t.elapsed());
+        ensure!(n == packets, "sent {n} of {packets}");
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(())
+    };
+    let run = cap_run(&p, &["reneg=1", "wait"], Some("RENEG 1"), flood).unwrap_or_else(|e| fail(e));
+    if let Err(e) = run.check() {
+        fail(e.context(r.agent.logs(40)));
+    }
+}
+
+#[test]
+#[ignore = "issue 11: forged-source flood evicts the attacker's flow (smallest map)"]
+fn eviction_flood_at_the_smallest_map_keeps_the_cap() {
+    require_root!();
+    eviction_flood("hosts-flood-small", Some(1), 1000);
+}
+
+#[test]
+#[ignore = "issue 11: forged-source flood of 80,000 packets evicts the attacker's flow (default map)"]
+fn eviction_flood_at_the_default_map_keeps_the_cap() {
+    require_root!();
+    eviction_flood("hosts-flood-default", None, 80_000);
+}
+
+/// The agent with the embedded default policy (cap 3, KeyUpdate rule,
+/// handshake timeout) on the veth pair.
+fn default_rig(name: &str) -> Rig {
+    rig(name, &[])
+}
+
+/// A TLS 1.3 server answering 5-byte writes (`+OK\r\n`, a 22-byte record,
+/// the size of a KeyUpdate) 20 times a second for 2 s, like Redis: no
+/// reset, every reply arrives, no KeyUpdate decision.
+#[test]
+#[ignore = "issue 11: Redis-like +OK replies 20/s are reset by keyupdates_per_second after about 12"]
+fn redis_like_small_replies_are_not_reset() {
+    require_root!();
+    let r = default_rig("hosts-redis");
+    let addr = r.server_addr(PORT);
+    let _srv = PyTlsServer::start(
+        &r.net,
+        r.dir.path(),
+        &r.cert,
+        addr,
+        Some(TlsVersion::Tls13),
+        "pyserver",
+    )
+    .unwrap_or_else(|e| fail(e));
+    let mut c = Client::start(
+        &r.net.client_ns,
+        r.dir.path(),
+        "redis_client",
+        addr,
+        &steps(&["tls=1.3", "ping=40,50,+OK\\r\\n"]),
+    )
+    .unwrap_or_else(|e| fail(e));
+    let out = c.finish(CLIENT_WAIT);
+    let ds: Vec<String> = decisions(&r.agent)
+        .unwrap_or_else(|e| fail(e))
+        .iter()
+        .map(|d| format!("{}:{}", d["rule"], d["action"]))
+        .collect();
+    eprintln!("replies {} of 40; decisions {ds:?}", ok_count(&out, "PING"));
+    assert_eq!(ok_count(&out, "PING"), 40, "replies\n{out}");
+    assert!(ds.is_empty(), "decisions for a benign workload: {ds:?}");
+}
+
+/// A real KeyUpdate flood (one `SSL_key_update` with a requested answer
+/// every 20 ms) is reset within 1 s: the server reads at most 60.
+#[test]
+fn keyupdate_flood_is_reset_within_a_second() {
+    require_root!();
+    let r = default_rig("hosts-ku-flood");
+    let addr = r.server_addr(PORT);
+    let srv = SServer::start(
+        &r.net,
+        r.dir.path(),
+        &r.cert,
+        &SServerOpts::new(addr).version(TlsVersion::Tls13),
+        "s_server",
+    )
+    .unwrap_or_else(|e| fail(e));
+    let mut c = Client::start(
+        &r.net.client_ns,
+        r.dir.path(),
+        "flooder",
+        addr,
+        &steps(&["tls=1.3", "keyupdate=150,20", "awaitclose=5"]),
+    )
+    .unwrap_or_else(|e| fail(e));
+    let out = c.finish(CLIENT_WAIT);
+    let received = srv.key_updates_received();
+    let ds: Vec<String> = decisions(&r.agent)
+        .unwrap_or_else(|e| fail(e))
+        .iter()
+        .map(|d| format!("{}:{}", d["rule"], d["action"]))
+        .collect();
+    let closed = out.lines().find(|l| l.starts_with("CLOSED")).unwrap_or("-");
+    eprintln!("server read {received} KeyUpdates; client: {closed}; decisions {ds:?}");
+    assert!(
+        ds.iter()
+            .any(|d| d == "\"keyupdates_per_second\":\"reset\""),
+        "{ds:?}"
+    );
+    assert!(received <= 60, "the server read {received} KeyUpdates");
+    assert!(
+        attack::step_count(&out, "KEYUPDATE") < 150,
+        "the flood went through\n{out}"
+    );
+}
+
+/// A connection opened while no agent runs; the agent starts 12 s later
+/// and must adopt it without a false `handshake_timeout`: 30 echoes over
+/// the next 15 s all arrive, no decision.
+#[test]
+#[ignore = "issue 11: a connection that predates the agent is reset by a false handshake_timeout"]
+fn connection_predating_the_agent_is_adopted() {
+    require_root!();
+    let dir = WorkDir::new("hosts-adopt").unwrap_or_else(|e| fail(e));
+    let net = tests::netns::NetPair::create().unwrap_or_else(|e| fail(e));
+    let cert = TestCert::generate(dir.path()).unwrap_or_else(|e| fail(e));
+    let addr = net.server_addr(false, PORT);
+    let _srv = PyTlsServer::start(
+        &net,
+        dir.path(),
+        &cert,
+        addr,
+        Some(TlsVersion::Tls13),
+        "pyserver",
+    )
+    .unwrap_or_else(|e| fail(e));
+    let mut c = Client::start(
+        &net.client_ns,
+        dir.path(),
+        "early",
+        addr,
+        &steps(&[
+            "tls=1.3",
+            "ping=1,0,hello",
+            "wait",
+            "ping=30,500,still-here",
+        ]),
+    )
+    .unwrap_or_else(|e| fail(e));
+    c.proc
+        .wait_for("PING 1", CLIENT_WAIT, |o, _| o.contains("PING 1 ok"))
+        .unwrap_or_else(|e| fail(e));
+    std::thread::sleep(Duration::from_secs(12));
+    let agent = Agent::start_with_args(&net, dir.path(), &["--reneg-cap".into(), "3".into()])
+        .unwrap_or_else(|e| fail(e));
+    c.proc.write_line("go").unwrap_or_else(|e| fail(e));
+    let out = c.finish(CLIENT_WAIT);
+    let ds: Vec<String> = decisions(&agent)
+        .unwrap_or_else(|e| fail(e))
+        .iter()
+        .map(|d| format!("{}:{}", d["rule"], d["action"]))
+        .collect();
+    eprintln!("echoes {} of 31; decisions {ds:?}", ok_count(&out, "PING"));
+    assert_eq!(ok_count(&out, "PING"), 31, "{out}");
+    assert!(ds.is_empty(), "{ds:?}");
+}
+
+const DOWNLOAD: usize = 20 * 1024 * 1024;
+
+/// `openssl s_server -msg` whose stdin carries `bytes` of `a` (sent to the
+/// first client as application data) and then stays open.
+fn download_server(r: &Rig, version: TlsVersion, bytes: usize) -> Result<Proc> {
+    let addr = r.server_addr(PORT);
+    let mut c = tests::netns::ns_cmd(&r.net.server_ns, "sh");
+    c.arg("-c").arg(format!(
+        "(head -c {bytes} /dev/zero | tr '\\0' a; exec sleep 300) | exec openssl s_server \
+         -accept {addr} -cert {} -key {} -msg {} -client_renegotiation",
+        r.cert.cert.display(),
+        r.cert.key.display(),
+        version.flag()
+    ));
+    let mut p = Proc::spawn("s_server_dl", c, r.dir.path(), false)?;
+    p.wait_listening(&r.net.server_ns, addr, Duration::from_secs(15))?;
+    Ok(p)
+}
+
+fn download(name: &str, version: TlsVersion, tls: &str) {
+    let r = default_rig(name);
+    let addr = r.server_addr(PORT);
+    let srv = download_server(&r, version, DOWNLOAD).unwrap_or_else(|e| fail(e));
+    let mut c = Client::start(
+        &r.net.client_ns,
+        r.dir.path(),
+        "downloader",
+        addr,
+        &steps(&[tls, &format!("download={DOWNLOAD}"), "hold=1"]),
+    )
+    .unwrap_or_else(|e| fail(e));
+    let out = c.finish(CLIENT_WAIT);
+    let port = c.local_port().unwrap_or(0);
+    let entries = entries_for(&r.agent, port).unwrap_or_else(|e| fail(e));
+    let values = r.agent.conns_values().unwrap_or_else(|e| fail(e));
+    let v = values.iter().find(|v| {
+        v["client"]
+            .as_str()
+            .is_some_and(|c| c.ends_with(&format!(":{port}")))
+    });
+    let hellos = msg_count(&srv.stdout(), "<<<", "ClientHello");
+    eprintln!(
+        "{out:?}; s_server ClientHellos {hellos}; hsmon: {entries:?}; overflows {:?} gaps {:?}",
+        v.map(|v| v["overflows"].clone()),
+        v.map(|v| v["gaps"].clone())
+    );
+    assert!(out.contains(&format!("DOWNLOADED {DOWNLOAD}")), "{out}");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(!entries[0].unsynced, "{entries:?}");
+    assert_eq!(entries[0].client_hellos as usize, hellos, "{entries:?}");
+    assert_eq!(entries[0].handshakes, 1, "{entries:?}");
+}
+
+#[test]
+#[ignore = "issue 11: a 20 MB TLS 1.2 download leaves the server direction unsynced (overflows)"]
+fn tls12_download_of_20_mb_stays_in_sync() {
+    require_root!();
+    download("hosts-dl12", TlsVersion::Tls12, "tls=1.2");
+}
+
+#[test]
+#[ignore = "issue 11: a 20 MB TLS 1.3 download leaves the server direction unsynced (overflows)"]
+fn tls13_download_of_20_mb_stays_in_sync() {
+    require_root!();
+    download("hosts-dl13", TlsVersion::Tls13, "tls=1.3");
+}
+
+/// A 20 MB TLS 1.2 download, then 6 renegotiations: exactly 3 honoured
+/// (never fewer: no false reset under the cap), the 4th dropped and the
+/// connection reset.
+#[test]
+#[ignore = "issue 11: after a 20 MB download the cap misfires or is gone"]
+fn download_then_six_renegotiations_caps_at_three() {
+    require_root!();
+    let r = default_rig("hosts-dl-reneg");
+    let addr = r.server_addr(PORT);
+    let srv = download_server(&r, TlsVersion::Tls12, DOWNLOAD).unwrap_or_else(|e| fail(e));
+    let mut c = Client::start(
+        &r.net.client_ns,
+        r.dir.path(),
+        "downloader",
+        addr,
+        &steps(&[
+            "tls=1.2",
+            &format!("download={DOWNLOAD}"),
+            "reneg=6",
+            "awaitclose=10",
+        ]),
+    )
+    .unwrap_or_else(|e| fail(e));
+    let out = c.finish(CLIENT_WAIT);
+    let hellos = msg_count(&srv.stdout(), "<<<", "ClientHello");
+    let closed = out.lines().find(|l| l.starts_with("CLOSED")).unwrap_or("-");
+    eprintln!(
+        "honoured {}; s_server ClientHellos {hellos}; {closed}",
+        ok_count(&out, "RENEG")
+    );
+    assert!(out.contains(&format!("DOWNLOADED {DOWNLOAD}")), "{out}");
+    assert_eq!(ok_count(&out, "RENEG"), CAP, "{out}");
+    assert_eq!(hellos, 1 + CAP, "s_server's ClientHellos");
+    assert_eq!(closed, "CLOSED reset", "{out}");
+}
+
+/// Five short exchanges with a Python `ssl` TLS 1.3 echo server, on three
+/// connections: every connection stays in sync.
+#[test]
+#[ignore = "issue 11: Python ssl TLS 1.3 server direction unsynced (overflows 1) in most runs"]
+fn python_tls13_short_exchanges_stay_in_sync() {
+    require_root!();
+    let r = default_rig("hosts-pyssl");
+    let addr = r.server_addr(PORT);
+    let _srv = PyTlsServer::start(
+        &r.net,
+        r.dir.path(),
+        &r.cert,
+        addr,
+        Some(TlsVersion::Tls13),
+        "pyserver",
+    )
+    .unwrap_or_else(|e| fail(e));
+    let mut report = Vec::new();
+    for i in 0..3 {
+        let mut c = Client::start(
+            &r.net.client_ns,
+            r.dir.path(),
+            &format!("py_client_{i}"),
+            addr,
+            &steps(&["tls=1.3", "ping=5,100,hello over tls 1.3"]),
+        )
+        .unwrap_or_else(|e| fail(e));
+        let out = c.finish(CLIENT_WAIT);
+        let port = c.local_port().unwrap_or(0);
+        let e = entries_for(&r.agent, port).unwrap_or_else(|e| fail(e));
+        report.push((ok_count(&out, "PING"), e));
+    }
+    let summary: Vec<String> = report
+        .iter()
+        .map(|(ok, e)| {
+            format!(
+                "{ok} echoes, {} entries, unsynced {:?}",
+                e.len(),
+                e.iter().map(|c| c.unsynced).collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    eprintln!("{summary:?}");
+    for (ok, e) in &report {
+        assert_eq!(*ok, 5, "{summary:?}");
+        assert_eq!(e.len(), 1, "{summary:?}");
+        assert!(!e[0].unsynced && e[0].handshakes == 1, "{summary:?}");
+    }
+}
+
+/// 20,000 idle clients hold the control socket: `hsmon status` still
+/// answers within 10 s and a cap reset still happens.
+#[test]
+#[ignore = "issue 11: 20,000 idle control-socket clients exhaust the agent's file descriptors"]
+fn idle_control_socket_clients_do_not_starve_the_agent() {
+    require_root!();
+    const IDLE: usize = 20_000;
+    raise_nofile(IDLE as u64 + 1024);
+    let r = rig("hosts-idle-ctl", &[]);
+    let mut idle = Vec::with_capacity(IDLE);
+    let mut failed = None;
+    for _ in 0..IDLE {
+        match std::os::unix::net::UnixStream::connect(&r.agent.socket) {
+            Ok(s) => idle.push(s),
+            Err(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    let status = r.agent.cli(&["status", "--json"]);
+    eprintln!(
+        "{} idle clients connected ({failed:?}); status answered: {} after {:?}",
+        idle.len(),
+        status.is_ok(),
+        t.elapsed()
+    );
+    let p = rig_peers(&r);
+    let run = cap_run(&p, &[], None, || Ok(()));
+    drop(idle);
+    status.unwrap_or_else(|e| fail(e));
+    let run = run.unwrap_or_else(|e| fail(e));
+    if let Err(e) = run.check() {
+        fail(e.context(r.agent.logs(40)));
+    }
+}
+
+/// Raises this process's open-file limit (soft and hard) to at least `n`.
+fn raise_nofile(n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with valid pointers to rlimit structs.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur);
+        if cur.rlim_cur < n {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The harness itself on the bridge host, without the agent: the server
+/// container is reachable from the client container, the host and through
+/// the published port, and the attacker client reports honoured
+/// renegotiations that match the server's own ClientHellos.
+#[test]
+fn harness_selfcheck_bridge_host_and_attacker_client() {
+    require_root!();
+    let dir = WorkDir::new("hosts-selfcheck").unwrap_or_else(|e| fail(e));
+    let host = Host::docker_like().unwrap_or_else(|e| fail(e));
+    let cert = TestCert::generate(dir.path()).unwrap_or_else(|e| fail(e));
+    host.publish(PUBLISHED, SocketAddrV4::new(hosts::SERVER_IP, PORT))
+        .unwrap_or_else(|e| fail(e));
+    let srv = host.container("srv").unwrap_or_else(|e| fail(e)).clone();
+    let listen = SocketAddr::from((hosts::SERVER_IP, PORT));
+    let s = SServer::start_in(
+        &srv.ns,
+        dir.path(),
+        &cert,
+        &SServerOpts::new(listen)
+            .version(TlsVersion::Tls12)
+            .client_renegotiation(true),
+        "s_server",
+    )
+    .unwrap_or_else(|e| fail(e));
+    let out_ns = host.outside.clone().expect("uplink").ns;
+    let cli_ns = host.container("cli").unwrap_or_else(|e| fail(e)).ns.clone();
+    let published = SocketAddr::new(IpAddr::V4(hosts::UPLINK_HOST), PUBLISHED);
+    let mut honoured = 0;
+    for (i, (ns, to)) in [(&cli_ns, listen), (&host.ns, listen), (&out_ns, published)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = Client::start(
+            ns,
+            dir.path(),
+            &format!("c{i}"),
+            to,
+            &steps(&["tls=1.2", "reneg=2"]),
+        )
+        .unwrap_or_else(|e| fail(e));
+        let out = c.finish(CLIENT_WAIT);
+        assert_eq!(ok_count(&out, "RENEG"), 2, "client {i}: {out}");
+        honoured += 3;
+    }
+    assert_eq!(msg_count(&s.proc.stdout(), "<<<", "ClientHello"), honoured);
+}
