@@ -7,7 +7,7 @@
 //! (`SSL_key_update`). The same script is the benign client of the
 //! download and small-request workloads.
 //!
-//! It prints one line per step (`CONNECTED PORT VERSION`, `RENEG I ok|fail`,
+//! It prints one line per step (`CONNECTED PORT VERSION IP`, `RENEG I ok|fail`,
 //! `DOWNLOADED N`, `BURST N`, `OOO SEQ`, `PING I ok|fail`, `KEYUPDATE I`,
 //! `DONE`), so a test reads the client's own account of what happened.
 //! Every blocking call has a socket timeout.
@@ -72,7 +72,7 @@ s = lib.SSL_new(ctx)
 lib.SSL_set_fd(s, sock.fileno())
 if lib.SSL_connect(s) != 1:
     out("ERROR handshake"); sys.exit(2)
-out("CONNECTED", sock.getsockname()[1], lib.SSL_get_version(s).decode())
+out("CONNECTED", sock.getsockname()[1], lib.SSL_get_version(s).decode(), sock.getsockname()[0])
 buf = ctypes.create_string_buffer(65536)
 
 def csum(data):
@@ -90,13 +90,19 @@ def queue_seq(q):
 for step in steps:
     key, _, val = step.partition("=")
     if key == "download":
-        want, got = int(val), 0
+        want, got, why = int(val), 0, ""
+        end = time.monotonic() + 60
         while got < want:
             n = lib.SSL_read(s, buf, len(buf))
             if n <= 0:
+                err, eno = lib.SSL_get_error(s, n), ctypes.get_errno()
+                # A slow server (SO_RCVTIMEO): keep reading until the deadline.
+                if err == 5 and eno == 11 and time.monotonic() < end:
+                    continue
+                why = "error %d errno %d" % (err, eno)
                 break
             got += n
-        out("DOWNLOADED", got)
+        out("DOWNLOADED", got, why)
     elif key == "burst":
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
@@ -224,6 +230,68 @@ pub fn flood(ns: &str, dir: &Path, dst: SocketAddr, count: usize) -> Result<usiz
         .with_context(|| format!("the flood printed {out:?}"))
 }
 
+/// Idle control-socket clients: `SOCKET N` connects N times to the Unix
+/// socket (waiting up to 60 s in all while the listener's backlog is
+/// full), prints `HELD N` (or `HELD K error` when a connect fails), then
+/// holds them until stdin closes.
+pub const IDLE_SCRIPT: &str = r#"import socket, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+held, why = [], ""
+end = time.monotonic() + 60
+while len(held) < n and not why:
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.settimeout(5)
+    try:
+        c.connect(path)
+        held.append(c)
+    except BlockingIOError as e:
+        # The listener's backlog is full: wait for the agent to accept.
+        c.close()
+        if time.monotonic() >= end:
+            why = repr(e)
+        time.sleep(0.01)
+    except OSError as e:
+        why = repr(e); c.close()
+print("HELD", len(held), why, flush=True)
+sys.stdin.read()
+"#;
+
+/// A process holding idle connections to a Unix socket
+/// ([`IDLE_SCRIPT`]); they close when it is dropped (killed).
+pub struct IdleClients {
+    /// The process (stdin is a pipe; closing it ends the script).
+    pub proc: Proc,
+}
+
+impl IdleClients {
+    /// Starts the script with `n` connections to `socket` and waits (at
+    /// most `timeout`) until it holds them; returns it and how many it
+    /// holds.
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        socket: &Path,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(Self, usize)> {
+        let script = dir.join("hsmon_idle.py");
+        std::fs::write(&script, IDLE_SCRIPT)
+            .with_context(|| format!("writing {}", script.display()))?;
+        let mut c = std::process::Command::new(crate::pyssl::python());
+        c.arg(&script).arg(socket).arg(n.to_string());
+        let mut proc = Proc::spawn(name, c, dir, true)?;
+        proc.wait_for("HELD", timeout, |out, _| out.contains("HELD "))?;
+        let held = proc
+            .stdout()
+            .lines()
+            .find_map(|l| l.strip_prefix("HELD "))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no count in the HELD line")?;
+        Ok((Self { proc }, held))
+    }
+}
+
 /// A running attacker (or benign) client.
 pub struct Client {
     /// The process (stdin is a pipe: the `wait` step reads a line).
@@ -272,6 +340,15 @@ impl Client {
             .and_then(|p| p.parse().ok())
     }
 
+    /// The client's local address (from `CONNECTED`).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        let out = self.proc.stdout();
+        let rest = out.lines().find_map(|l| l.strip_prefix("CONNECTED "))?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ip: std::net::IpAddr = f.get(2)?.parse().ok()?;
+        Some(SocketAddr::new(ip, f.first()?.parse().ok()?))
+    }
+
     /// Waits until the client is connected (at most `timeout`).
     pub fn wait_connected(&mut self, timeout: Duration) -> Result<u16> {
         self.proc
@@ -304,7 +381,7 @@ mod unit {
 
     #[test]
     fn counts_the_client_lines() {
-        let out = "CONNECTED 40000 TLSv1.2\nRENEG 1 ok 1 1 0\nRENEG 2 ok 1 1 0\n\
+        let out = "CONNECTED 40000 TLSv1.2 10.0.0.2\nRENEG 1 ok 1 1 0\nRENEG 2 ok 1 1 0\n\
                    RENEG 3 fail 1 -1 5\nPING 1 ok\nDONE\n";
         assert_eq!(ok_count(out, "RENEG"), 2);
         assert_eq!(step_count(out, "RENEG"), 3);

@@ -261,8 +261,12 @@ impl Host {
     /// rule in the host namespace (Docker's `-p host_port:port`).
     pub fn publish(&self, host_port: u16, to: SocketAddrV4) -> Result<()> {
         let out = self.outside.as_ref().context("publish needs the uplink")?;
+        // `add` is idempotent for the table and chain: a second call adds
+        // a second rule.
         let rules = format!(
-            "table ip hsmt_nat {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {} tcp dport {host_port} dnat to {to}\n  }}\n}}\n",
+            "add table ip hsmt_nat\n\
+             add chain ip hsmt_nat prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
+             add rule ip hsmt_nat prerouting ip daddr {} tcp dport {host_port} dnat to {to}\n",
             out.host_ip
         );
         let mut c = crate::netns::ns_cmd(&self.ns, "nft");

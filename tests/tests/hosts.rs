@@ -16,13 +16,15 @@
 //! renegotiates twice (under the cap), an attacker connection tries 6
 //! renegotiations (exactly 3 may be honoured, the 4th ClientHello must not
 //! reach the server and the connection must be reset), then a benign
-//! connection renegotiates once more (no ban, not cut off). With the cap
-//! holding, `s_server` reads exactly 3 + 4 + 2 ClientHellos.
+//! connection renegotiates once more with a second server (no ban, not cut
+//! off). With the cap holding, the first `s_server` reads exactly 3 + 4
+//! ClientHellos, the second 2.
 //!
 //! Tests that fail on today's code are `#[ignore = "issue 11: …"]` with what
 //! they measured; run them with `--ignored`.
 
 use anyhow::{ensure, Context, Result};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -40,6 +42,7 @@ use tests::rig::Rig;
 use tests::workdir::WorkDir;
 
 const PORT: u16 = 4433;
+const AFTER_PORT: u16 = 4434;
 const PUBLISHED: u16 = 8443;
 const CAP: usize = 3;
 const TRIES: usize = 6;
@@ -53,6 +56,12 @@ struct Peers<'a> {
     listen: SocketAddr,
     /// Where the clients connect (differs from `listen` behind DNAT).
     connect: SocketAddr,
+    /// The second server, for the later benign connection (s_server serves
+    /// one connection at a time: an attacker connection left stuck would
+    /// hold the first one).
+    after_listen: SocketAddr,
+    /// Where the later benign connection connects.
+    after_connect: SocketAddr,
     dir: &'a Path,
     cert: &'a TestCert,
     agent: &'a Agent,
@@ -66,10 +75,26 @@ struct CapRun {
     attack_end: String,
     after_ok: usize,
     server_hellos: usize,
+    after_hellos: usize,
     bans: usize,
     /// hsmon's entries per client port: benign, attacker, after.
     entries: [Vec<HsmonConn>; 3],
-    decisions: Vec<String>,
+    /// The agent's decisions, counted by `rule:action`.
+    decisions: BTreeMap<String, usize>,
+}
+
+/// The agent's decisions so far, counted by `rule:action`.
+fn decision_counts(agent: &Agent) -> Result<BTreeMap<String, usize>> {
+    let mut m = BTreeMap::new();
+    for d in decisions(agent)? {
+        let key = format!(
+            "{}:{}",
+            d["rule"].as_str().unwrap_or("?"),
+            d["action"].as_str().unwrap_or("?")
+        );
+        *m.entry(key).or_default() += 1;
+    }
+    Ok(m)
 }
 
 impl CapRun {
@@ -92,13 +117,14 @@ impl CapRun {
                 .join("; ")
         };
         format!(
-            "benign {} ok; attacker {} ok, end {}; after {} ok; s_server ClientHellos {}; bans {}; \
+            "benign {} ok; attacker {} ok, end {}; after {} ok; s_server ClientHellos {} (after: {}); bans {}; \
              decisions {:?}\n  benign entries [{}]\n  attacker entries [{}]\n  after entries [{}]",
             self.benign_ok,
             self.attack_ok,
             self.attack_end,
             self.after_ok,
             self.server_hellos,
+            self.after_hellos,
             self.bans,
             self.decisions,
             e(0),
@@ -118,12 +144,18 @@ impl CapRun {
             "attacker's honoured renegotiations: {s}"
         );
         ensure!(
-            self.server_hellos == 3 + (1 + CAP) + 2,
-            "s_server's ClientHellos (want 3 + 4 + 2): {s}"
+            self.server_hellos == 3 + (1 + CAP),
+            "s_server's ClientHellos (want 3 + 4): {s}"
         );
         ensure!(
-            self.attack_end == "reset",
-            "the attacker was not reset: {s}"
+            self.after_hellos == 2,
+            "the second s_server's ClientHellos: {s}"
+        );
+        // Reset by the agent (the server's socket destroyed): the client
+        // sees a RST or the server's close, never a connection left open.
+        ensure!(
+            self.attack_end == "reset" || self.attack_end == "eof",
+            "the attacker's connection was not ended: {s}"
         );
         ensure!(self.after_ok == 1, "the later benign connection: {s}");
         ensure!(self.bans == 0, "a benign peer was banned: {s}");
@@ -148,16 +180,17 @@ impl CapRun {
     }
 }
 
-/// Starts a TLS 1.2 `s_server` that honours client renegotiation.
-fn reneg_server(p: &Peers) -> Result<SServer> {
+/// Starts a TLS 1.2 `s_server` on `listen` that honours client
+/// renegotiation.
+fn reneg_server(p: &Peers, listen: SocketAddr, name: &str) -> Result<SServer> {
     SServer::start_in(
         p.server_ns,
         p.dir,
         p.cert,
-        &SServerOpts::new(p.listen)
+        &SServerOpts::new(listen)
             .version(TlsVersion::Tls12)
             .client_renegotiation(true),
-        "s_server",
+        name,
     )
 }
 
@@ -165,16 +198,16 @@ fn steps(s: &[&str]) -> Vec<String> {
     s.iter().map(|s| s.to_string()).collect()
 }
 
-/// hsmon's entries whose client port is `port`, once they settled (at
-/// most 5 s).
-fn entries_for(agent: &Agent, port: u16) -> Result<Vec<HsmonConn>> {
+/// hsmon's entries whose client address is `client`, once they settled
+/// (at most 5 s).
+fn entries_for(agent: &Agent, client: Option<SocketAddr>) -> Result<Vec<HsmonConn>> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut prev = Vec::new();
     loop {
         let now: Vec<HsmonConn> = agent
             .conns()?
             .into_iter()
-            .filter(|c| c.client_addr().is_ok_and(|a| a.port() == port))
+            .filter(|c| c.client_addr().ok() == client)
             .collect();
         if (!now.is_empty() && now == prev) || Instant::now() >= deadline {
             return Ok(now);
@@ -194,7 +227,8 @@ fn cap_run(
     between_marker: Option<&str>,
     between: impl FnOnce() -> Result<()>,
 ) -> Result<CapRun> {
-    let srv = reneg_server(p)?;
+    let srv = reneg_server(p, p.listen, "s_server")?;
+    let after_srv = reneg_server(p, p.after_listen, "s_server_after")?;
     let mut benign = Client::start(
         p.client_ns,
         p.dir,
@@ -203,7 +237,7 @@ fn cap_run(
         &steps(&["tls=1.2", "reneg=2"]),
     )?;
     let benign_out = benign.finish(CLIENT_WAIT);
-    let benign_port = benign.local_port().context("benign client's port")?;
+    let benign_addr = benign.local_addr().context("benign client's address")?;
 
     let mut all = vec!["tls=1.2"];
     all.extend_from_slice(attack);
@@ -218,17 +252,17 @@ fn cap_run(
         attacker.proc.write_line("go")?;
     }
     let attack_out = attacker.finish(CLIENT_WAIT);
-    let attack_port = attacker.local_port().context("attacker's port")?;
+    let attack_addr = attacker.local_addr().context("attacker's address")?;
 
     let mut after = Client::start(
         p.client_ns,
         p.dir,
         "after",
-        p.connect,
+        p.after_connect,
         &steps(&["tls=1.2", "reneg=1"]),
     )?;
     let after_out = after.finish(CLIENT_WAIT);
-    let after_port = after.local_port().unwrap_or(0);
+    let after_addr = after.local_addr();
 
     let attack_end = attack_out
         .lines()
@@ -241,16 +275,14 @@ fn cap_run(
         attack_end,
         after_ok: ok_count(&after_out, "RENEG"),
         server_hellos: msg_count(&srv.proc.stdout(), "<<<", "ClientHello"),
+        after_hellos: msg_count(&after_srv.proc.stdout(), "<<<", "ClientHello"),
         bans: p.agent.bans()?.len(),
         entries: [
-            entries_for(p.agent, benign_port)?,
-            entries_for(p.agent, attack_port)?,
-            entries_for(p.agent, after_port)?,
+            entries_for(p.agent, Some(benign_addr))?,
+            entries_for(p.agent, Some(attack_addr))?,
+            entries_for(p.agent, after_addr)?,
         ],
-        decisions: decisions(p.agent)?
-            .iter()
-            .map(|d| format!("{}:{}", d["rule"], d["action"]))
-            .collect(),
+        decisions: decision_counts(p.agent)?,
     })
 }
 
@@ -279,6 +311,8 @@ fn bridge_cap(name: &str, hooks: &[&str], client: Option<&str>) {
         server_ns: &srv.ns,
         listen,
         connect: listen,
+        after_listen: SocketAddr::from((hosts::SERVER_IP, AFTER_PORT)),
+        after_connect: SocketAddr::from((hosts::SERVER_IP, AFTER_PORT)),
         dir: dir.path(),
         cert: &cert,
         agent: &agent,
@@ -317,33 +351,35 @@ fn benign_retransmits(agent: &Agent, run: &CapRun) -> Option<u64> {
 }
 
 #[test]
-#[ignore = "issue 11: bridge, default hooks: every segment seen twice (benign: 2 renegotiations, hsmon retransmits = segments, capture 0)"]
+#[ignore = "issue 11: benign: hsmon retransmits 14, capture 0 (every segment seen twice); cap reset `already_closed`, attacker left open"]
 fn bridge_default_hooks_count_once_and_cap_holds() {
     require_root!();
     bridge_cap("hosts-bridge-default", &[], Some("cli"));
 }
 
 #[test]
+#[ignore = "issue 11: 4th ClientHello dropped but the reset is `already_closed` (agent's namespace): attacker left open"]
 fn bridge_client_veth_hook_counts_once_and_cap_holds() {
     require_root!();
     bridge_cap("hosts-bridge-iface", &["--iface", "v-cli"], Some("cli"));
 }
 
 #[test]
-#[ignore = "issue 11: egress-only hooks (--iface = the server container's veth host end): no drop, no reset"]
+#[ignore = "issue 11: --iface = server veth host end: 6 of 6 renegotiations honoured, no decision"]
 fn egress_only_hooks_still_cap() {
     require_root!();
     bridge_cap("hosts-egress-only", &["--iface", "v-srv"], Some("cli"));
 }
 
 #[test]
+#[ignore = "issue 11: host client, default hooks: 6 of 6 honoured, no decision; retransmits 14 vs 0 captured"]
 fn host_client_to_container_server_cap_holds() {
     require_root!();
     bridge_cap("hosts-host-client", &[], None);
 }
 
 #[test]
-#[ignore = "issue 11: published port (nft DNAT): each connection listed twice, per-peer windows doubled"]
+#[ignore = "issue 11: each connection listed twice (pre/post-NAT); benign peer banned (renegotiations_per_minute), later client 0 of 1; reset `already_closed`"]
 fn published_port_through_dnat_counts_once_and_cap_holds() {
     require_root!();
     let dir = WorkDir::new("hosts-dnat").unwrap_or_else(|e| fail(e));
@@ -351,6 +387,11 @@ fn published_port_through_dnat_counts_once_and_cap_holds() {
     let cert = TestCert::generate(dir.path()).unwrap_or_else(|e| fail(e));
     host.publish(PUBLISHED, SocketAddrV4::new(hosts::SERVER_IP, PORT))
         .unwrap_or_else(|e| fail(e));
+    host.publish(
+        PUBLISHED + 1,
+        SocketAddrV4::new(hosts::SERVER_IP, AFTER_PORT),
+    )
+    .unwrap_or_else(|e| fail(e));
     let agent = host.agent(dir.path(), &[]).unwrap_or_else(|e| fail(e));
     let srv = host.container("srv").unwrap_or_else(|e| fail(e)).clone();
     let out = host.outside.clone().expect("uplink");
@@ -359,6 +400,8 @@ fn published_port_through_dnat_counts_once_and_cap_holds() {
         server_ns: &srv.ns,
         listen: SocketAddr::from((hosts::SERVER_IP, PORT)),
         connect: SocketAddr::from((hosts::UPLINK_HOST, PUBLISHED)),
+        after_listen: SocketAddr::from((hosts::SERVER_IP, AFTER_PORT)),
+        after_connect: SocketAddr::from((hosts::UPLINK_HOST, PUBLISHED + 1)),
         dir: dir.path(),
         cert: &cert,
         agent: &agent,
@@ -375,7 +418,7 @@ fn published_port_through_dnat_counts_once_and_cap_holds() {
 /// connection B tries 6 renegotiations: its cap must hold (3 honoured,
 /// server B reads 4 ClientHellos) and A must not have been cut off.
 #[test]
-#[ignore = "issue 11: two bridges with the same 4-tuple share one entry"]
+#[ignore = "issue 11: one shared entry for both 4-tuples; B 6 of 6 honoured, not reset"]
 fn same_four_tuple_on_two_bridges_keeps_separate_caps() {
     require_root!();
     let dir = WorkDir::new("hosts-twins").unwrap_or_else(|e| fail(e));
@@ -415,7 +458,8 @@ fn same_four_tuple_on_two_bridges_keeps_separate_caps() {
     let b_out = b.finish(CLIENT_WAIT);
     let a_hellos = msg_count(&srv_a.proc.stdout(), "<<<", "ClientHello");
     let b_hellos = msg_count(&srv_b.proc.stdout(), "<<<", "ClientHello");
-    let entries = entries_for(&agent, 40001).unwrap_or_else(|e| fail(e));
+    let entries = entries_for(&agent, Some(SocketAddr::from((hosts::TWIN_CLIENT, 40001))))
+        .unwrap_or_else(|e| fail(e));
     let summary = format!(
         "A: {} ok, server A ClientHellos {a_hellos}; B: {} ok, {}, server B ClientHellos \
          {b_hellos}; hsmon entries for port 40001: {}",
@@ -432,7 +476,10 @@ fn same_four_tuple_on_two_bridges_keeps_separate_caps() {
     assert_eq!(a_hellos, 3, "{summary}");
     assert_eq!(ok_count(&b_out, "RENEG"), CAP, "{summary}");
     assert_eq!(b_hellos, 1 + CAP, "{summary}");
-    assert!(b_out.contains("CLOSED reset"), "{summary}");
+    assert!(
+        b_out.contains("CLOSED reset") || b_out.contains("CLOSED eof"),
+        "B's connection was not ended: {summary}"
+    );
     assert_eq!(entries.len(), 2, "{summary}");
 }
 
@@ -450,6 +497,8 @@ fn rig_peers(r: &Rig) -> Peers<'_> {
         server_ns: &r.net.server_ns,
         listen,
         connect: listen,
+        after_listen: r.server_addr(AFTER_PORT),
+        after_connect: r.server_addr(AFTER_PORT),
         dir: r.dir.path(),
         cert: &r.cert,
         agent: &r.agent,
@@ -466,14 +515,14 @@ fn rig_attack(name: &str, extra: &[&str], attack: &[&str]) {
 }
 
 #[test]
-#[ignore = "issue 11: one segment of 3,000 tiny records: overflows 1, unsynced, 6/6 renegotiations honoured"]
+#[ignore = "issue 11: attacker unsynced (reneg_c 0), 6 of 6 honoured"]
 fn burst_of_3000_tiny_records_keeps_the_cap() {
     require_root!();
     rig_attack("hosts-burst", &[], &["burst=3000"]);
 }
 
 #[test]
-#[ignore = "issue 11: one out-of-order segment (seq + 200): gaps 1, unsynced, 6/6 renegotiations honoured"]
+#[ignore = "issue 11: attacker unsynced (reneg_c 0), 6 of 6 honoured"]
 fn out_of_order_segment_keeps_the_cap() {
     require_root!();
     rig_attack("hosts-ooo", &[], &["ooo"]);
@@ -485,7 +534,7 @@ fn out_of_order_segment_keeps_the_cap() {
 /// same 4-tuple. The real connection (1 renegotiation before, 6 tries
 /// after) must keep its cap.
 #[test]
-#[ignore = "issue 11: a same-4-tuple close in an unprivileged namespace closes the real entry; cap gone"]
+#[ignore = "issue 11: the ghost's close closes the real entry (reneg_c 1): 7 of 7 honoured"]
 fn ghost_close_in_an_unprivileged_namespace_keeps_the_cap() {
     require_root!();
     let r = rig("hosts-ghost", &[]);
@@ -569,20 +618,35 @@ fn eviction_flood(name: &str, map_size: Option<u32>, packets: usize) {
         Ok(())
     };
     let run = cap_run(&p, &["reneg=1", "wait"], Some("RENEG 1"), flood).unwrap_or_else(|e| fail(e));
+    // Only real sockets get state: no entry for a forged source.
+    let forged = r
+        .agent
+        .conns()
+        .unwrap_or_else(|e| fail(e))
+        .iter()
+        .filter(|c| c.client_addr().is_ok_and(|a| is_forged(a.ip())))
+        .count();
+    eprintln!("entries for forged sources: {forged}");
     if let Err(e) = run.check() {
         fail(e.context(r.agent.logs(40)));
     }
+    assert_eq!(forged, 0, "hsmon tracks connections that never existed");
+}
+
+/// Whether `ip` is one of the flood's forged sources (10.128.0.0/9).
+fn is_forged(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 10 && v4.octets()[1] >= 128)
 }
 
 #[test]
-#[ignore = "issue 11: forged-source flood evicts the attacker's flow (smallest map)"]
+#[ignore = "issue 11: map 1, 1,000 forged packets: attacker entry evicted, 7 of 7 honoured"]
 fn eviction_flood_at_the_smallest_map_keeps_the_cap() {
     require_root!();
     eviction_flood("hosts-flood-small", Some(1), 1000);
 }
 
 #[test]
-#[ignore = "issue 11: forged-source flood of 80,000 packets evicts the attacker's flow (default map)"]
+#[ignore = "issue 11: 80,000 forged packets (2 s): forged flows tracked (65,409 handshake_timeout decisions); attacker evicted, 7 of 7 honoured in 1 of 2 runs"]
 fn eviction_flood_at_the_default_map_keeps_the_cap() {
     require_root!();
     eviction_flood("hosts-flood-default", None, 80_000);
@@ -598,7 +662,7 @@ fn default_rig(name: &str) -> Rig {
 /// the size of a KeyUpdate) 20 times a second for 2 s, like Redis: no
 /// reset, every reply arrives, no KeyUpdate decision.
 #[test]
-#[ignore = "issue 11: Redis-like +OK replies 20/s are reset by keyupdates_per_second after about 12"]
+#[ignore = "issue 11: 15 of 40 replies, then reset by keyupdates_per_second"]
 fn redis_like_small_replies_are_not_reset() {
     require_root!();
     let r = default_rig("hosts-redis");
@@ -621,11 +685,7 @@ fn redis_like_small_replies_are_not_reset() {
     )
     .unwrap_or_else(|e| fail(e));
     let out = c.finish(CLIENT_WAIT);
-    let ds: Vec<String> = decisions(&r.agent)
-        .unwrap_or_else(|e| fail(e))
-        .iter()
-        .map(|d| format!("{}:{}", d["rule"], d["action"]))
-        .collect();
+    let ds = decision_counts(&r.agent).unwrap_or_else(|e| fail(e));
     eprintln!("replies {} of 40; decisions {ds:?}", ok_count(&out, "PING"));
     assert_eq!(ok_count(&out, "PING"), 40, "replies\n{out}");
     assert!(ds.is_empty(), "decisions for a benign workload: {ds:?}");
@@ -656,18 +716,10 @@ fn keyupdate_flood_is_reset_within_a_second() {
     .unwrap_or_else(|e| fail(e));
     let out = c.finish(CLIENT_WAIT);
     let received = srv.key_updates_received();
-    let ds: Vec<String> = decisions(&r.agent)
-        .unwrap_or_else(|e| fail(e))
-        .iter()
-        .map(|d| format!("{}:{}", d["rule"], d["action"]))
-        .collect();
+    let ds = decision_counts(&r.agent).unwrap_or_else(|e| fail(e));
     let closed = out.lines().find(|l| l.starts_with("CLOSED")).unwrap_or("-");
     eprintln!("server read {received} KeyUpdates; client: {closed}; decisions {ds:?}");
-    assert!(
-        ds.iter()
-            .any(|d| d == "\"keyupdates_per_second\":\"reset\""),
-        "{ds:?}"
-    );
+    assert!(ds.contains_key("keyupdates_per_second:reset"), "{ds:?}");
     assert!(received <= 60, "the server read {received} KeyUpdates");
     assert!(
         attack::step_count(&out, "KEYUPDATE") < 150,
@@ -679,7 +731,6 @@ fn keyupdate_flood_is_reset_within_a_second() {
 /// and must adopt it without a false `handshake_timeout`: 30 echoes over
 /// the next 15 s all arrive, no decision.
 #[test]
-#[ignore = "issue 11: a connection that predates the agent is reset by a false handshake_timeout"]
 fn connection_predating_the_agent_is_adopted() {
     require_root!();
     let dir = WorkDir::new("hosts-adopt").unwrap_or_else(|e| fail(e));
@@ -716,11 +767,58 @@ fn connection_predating_the_agent_is_adopted() {
         .unwrap_or_else(|e| fail(e));
     c.proc.write_line("go").unwrap_or_else(|e| fail(e));
     let out = c.finish(CLIENT_WAIT);
-    let ds: Vec<String> = decisions(&agent)
-        .unwrap_or_else(|e| fail(e))
-        .iter()
-        .map(|d| format!("{}:{}", d["rule"], d["action"]))
-        .collect();
+    let ds = decision_counts(&agent).unwrap_or_else(|e| fail(e));
+    eprintln!("echoes {} of 31; decisions {ds:?}", ok_count(&out, "PING"));
+    assert_eq!(ok_count(&out, "PING"), 31, "{out}");
+    assert!(ds.is_empty(), "{ds:?}");
+}
+
+/// The restart variant: an agent runs and stops (its programs and pins
+/// stay, as by default), a connection is opened while it is stopped, and a
+/// new agent starts on the same pins 12 s later: no false
+/// `handshake_timeout`, 30 echoes over the next 15 s all arrive.
+#[test]
+#[ignore = "issue 11: reset by a false handshake_timeout: 1 of 31 echoes"]
+fn connection_opened_while_the_agent_was_stopped_is_adopted_on_restart() {
+    require_root!();
+    let dir = WorkDir::new("hosts-adopt-restart").unwrap_or_else(|e| fail(e));
+    let net = tests::netns::NetPair::create().unwrap_or_else(|e| fail(e));
+    let cert = TestCert::generate(dir.path()).unwrap_or_else(|e| fail(e));
+    let addr = net.server_addr(false, PORT);
+    let args = ["--reneg-cap".to_owned(), "3".to_owned()];
+    let mut first = Agent::start_with_args(&net, dir.path(), &args).unwrap_or_else(|e| fail(e));
+    let state = first.state();
+    first.stop();
+    let _srv = PyTlsServer::start(
+        &net,
+        dir.path(),
+        &cert,
+        addr,
+        Some(TlsVersion::Tls13),
+        "pyserver",
+    )
+    .unwrap_or_else(|e| fail(e));
+    let mut c = Client::start(
+        &net.client_ns,
+        dir.path(),
+        "early",
+        addr,
+        &steps(&[
+            "tls=1.3",
+            "ping=1,0,hello",
+            "wait",
+            "ping=30,500,still-here",
+        ]),
+    )
+    .unwrap_or_else(|e| fail(e));
+    c.proc
+        .wait_for("PING 1", CLIENT_WAIT, |o, _| o.contains("PING 1 ok"))
+        .unwrap_or_else(|e| fail(e));
+    std::thread::sleep(Duration::from_secs(12));
+    let agent = Agent::start_with_state(&net, dir.path(), &args, state).unwrap_or_else(|e| fail(e));
+    c.proc.write_line("go").unwrap_or_else(|e| fail(e));
+    let out = c.finish(CLIENT_WAIT);
+    let ds = decision_counts(&agent).unwrap_or_else(|e| fail(e));
     eprintln!("echoes {} of 31; decisions {ds:?}", ok_count(&out, "PING"));
     assert_eq!(ok_count(&out, "PING"), 31, "{out}");
     assert!(ds.is_empty(), "{ds:?}");
@@ -758,8 +856,9 @@ fn download(name: &str, version: TlsVersion, tls: &str) {
     )
     .unwrap_or_else(|e| fail(e));
     let out = c.finish(CLIENT_WAIT);
-    let port = c.local_port().unwrap_or(0);
-    let entries = entries_for(&r.agent, port).unwrap_or_else(|e| fail(e));
+    let client = c.local_addr();
+    let port = client.map_or(0, |a| a.port());
+    let entries = entries_for(&r.agent, client).unwrap_or_else(|e| fail(e));
     let values = r.agent.conns_values().unwrap_or_else(|e| fail(e));
     let v = values.iter().find(|v| {
         v["client"]
@@ -780,14 +879,13 @@ fn download(name: &str, version: TlsVersion, tls: &str) {
 }
 
 #[test]
-#[ignore = "issue 11: a 20 MB TLS 1.2 download leaves the server direction unsynced (overflows)"]
+#[ignore = "issue 11: server direction unsynced after the download (overflows 1)"]
 fn tls12_download_of_20_mb_stays_in_sync() {
     require_root!();
     download("hosts-dl12", TlsVersion::Tls12, "tls=1.2");
 }
 
 #[test]
-#[ignore = "issue 11: a 20 MB TLS 1.3 download leaves the server direction unsynced (overflows)"]
 fn tls13_download_of_20_mb_stays_in_sync() {
     require_root!();
     download("hosts-dl13", TlsVersion::Tls13, "tls=1.3");
@@ -797,7 +895,7 @@ fn tls13_download_of_20_mb_stays_in_sync() {
 /// (never fewer: no false reset under the cap), the 4th dropped and the
 /// connection reset.
 #[test]
-#[ignore = "issue 11: after a 20 MB download the cap misfires or is gone"]
+#[ignore = "issue 11: 1 run of 2: 1 renegotiation honoured then reset (false cap); the other 3"]
 fn download_then_six_renegotiations_caps_at_three() {
     require_root!();
     let r = default_rig("hosts-dl-reneg");
@@ -826,13 +924,16 @@ fn download_then_six_renegotiations_caps_at_three() {
     assert!(out.contains(&format!("DOWNLOADED {DOWNLOAD}")), "{out}");
     assert_eq!(ok_count(&out, "RENEG"), CAP, "{out}");
     assert_eq!(hellos, 1 + CAP, "s_server's ClientHellos");
-    assert_eq!(closed, "CLOSED reset", "{out}");
+    assert!(
+        closed == "CLOSED reset" || closed == "CLOSED eof",
+        "the connection was not ended\n{out}"
+    );
 }
 
 /// Five short exchanges with a Python `ssl` TLS 1.3 echo server, on three
 /// connections: every connection stays in sync.
 #[test]
-#[ignore = "issue 11: Python ssl TLS 1.3 server direction unsynced (overflows 1) in most runs"]
+#[ignore = "issue 11: 1 of 3 connections unsynced, in both runs"]
 fn python_tls13_short_exchanges_stay_in_sync() {
     require_root!();
     let r = default_rig("hosts-pyssl");
@@ -857,8 +958,7 @@ fn python_tls13_short_exchanges_stay_in_sync() {
         )
         .unwrap_or_else(|e| fail(e));
         let out = c.finish(CLIENT_WAIT);
-        let port = c.local_port().unwrap_or(0);
-        let e = entries_for(&r.agent, port).unwrap_or_else(|e| fail(e));
+        let e = entries_for(&r.agent, c.local_addr()).unwrap_or_else(|e| fail(e));
         report.push((ok_count(&out, "PING"), e));
     }
     let summary: Vec<String> = report
@@ -879,62 +979,50 @@ fn python_tls13_short_exchanges_stay_in_sync() {
     }
 }
 
-/// 20,000 idle clients hold the control socket: `hsmon status` still
-/// answers within 10 s and a cap reset still happens.
+/// 20,000 idle clients hold the control socket (two processes of 10,000,
+/// each within its own open-file limit): `hsmon status` still answers
+/// within 10 s and a cap reset still happens.
 #[test]
-#[ignore = "issue 11: 20,000 idle control-socket clients exhaust the agent's file descriptors"]
+#[ignore = "issue 11: with 20,000 idle clients `hsmon status` does not answer within 10 s"]
 fn idle_control_socket_clients_do_not_starve_the_agent() {
     require_root!();
-    const IDLE: usize = 20_000;
-    raise_nofile(IDLE as u64 + 1024);
+    const EACH: usize = 10_000;
     let r = rig("hosts-idle-ctl", &[]);
-    let mut idle = Vec::with_capacity(IDLE);
-    let mut failed = None;
-    for _ in 0..IDLE {
-        match std::os::unix::net::UnixStream::connect(&r.agent.socket) {
-            Ok(s) => idle.push(s),
-            Err(e) => {
-                failed = Some(e.to_string());
-                break;
-            }
-        }
+    let mut idle = Vec::new();
+    let mut held = 0;
+    for i in 0..2 {
+        let (p, n) = attack::IdleClients::start(
+            r.dir.path(),
+            &format!("idle{i}"),
+            &r.agent.socket,
+            EACH,
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| fail(e));
+        eprintln!("idle{i}: {}", p.proc.stdout().trim());
+        idle.push(p);
+        held += n;
     }
     std::thread::sleep(Duration::from_secs(1));
     let t = Instant::now();
     let status = r.agent.cli(&["status", "--json"]);
     eprintln!(
-        "{} idle clients connected ({failed:?}); status answered: {} after {:?}",
-        idle.len(),
+        "{held} idle clients connected; status answered: {} after {:?}",
         status.is_ok(),
         t.elapsed()
     );
     let p = rig_peers(&r);
     let run = cap_run(&p, &[], None, || Ok(()));
+    if let Ok(r) = &run {
+        eprintln!("cap run with the idle clients: {}", r.summary());
+    }
     drop(idle);
     status.unwrap_or_else(|e| fail(e));
     let run = run.unwrap_or_else(|e| fail(e));
     if let Err(e) = run.check() {
         fail(e.context(r.agent.logs(40)));
     }
-}
-
-/// Raises this process's open-file limit (soft and hard) to at least `n`.
-fn raise_nofile(n: u64) {
-    let lim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
-    };
-    let mut cur = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with valid pointers to rlimit structs.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur);
-        if cur.rlim_cur < n {
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
+    assert_eq!(held, 2 * EACH, "idle clients connected");
 }
 
 /// The harness itself on the bridge host, without the agent: the server
