@@ -97,7 +97,7 @@ for step in steps:
             if n <= 0:
                 err, eno = lib.SSL_get_error(s, n), ctypes.get_errno()
                 # A slow server (SO_RCVTIMEO): keep reading until the deadline.
-                if err == 5 and eno == 11 and time.monotonic() < end:
+                if (err == 2 or (err == 5 and eno == 11)) and time.monotonic() < end:
                     continue
                 why = "error %d errno %d" % (err, eno)
                 break
