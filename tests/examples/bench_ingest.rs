@@ -103,7 +103,7 @@ fn decode(bytes: &[u8]) -> Option<FlowEvent> {
 /// Events per second through decode + `Policy::step` in sweeps of `batch`.
 fn run_sweeps(evs: &[Vec<u8>], batch: usize, now: u64) -> Result<f64> {
     let config = Config::parse("", "bench")?;
-    let mut policy = Policy::new(Settings::from_config(&config, false));
+    let mut policy = Policy::new(Settings::from_config(&config));
     let mut enf = NoEnforcer;
     let t0 = Instant::now();
     let mut departed = Vec::with_capacity(batch);
@@ -128,7 +128,7 @@ fn run_sweeps(evs: &[Vec<u8>], batch: usize, now: u64) -> Result<f64> {
 /// batches of `batch`, with a sweep per simulated second.
 fn run_events(evs: &[Vec<u8>], batch: usize, now: u64) -> Result<f64> {
     let config = Config::parse("", "bench")?;
-    let mut policy = Policy::new(Settings::from_config(&config, false));
+    let mut policy = Policy::new(Settings::from_config(&config));
     let mut enf = NoEnforcer;
     let t0 = Instant::now();
     let mut updates = Vec::with_capacity(batch);

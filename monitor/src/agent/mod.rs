@@ -101,30 +101,13 @@ impl Signals {
     }
 }
 
-/// The renegotiation cap the kernel enforces: none in dry-run, where nothing
-/// may be dropped (the policy then reports `would_reset` for a connection
-/// over the cap).
-fn kernel_reneg_cap(configured: u32, dry_run: bool) -> u32 {
-    if dry_run && configured != 0 {
-        tracing::warn!(
-            configured,
-            "dry-run: the renegotiation cap is not enforced in the kernel (the policy reports would_reset)"
-        );
-        return 0;
-    }
-    configured
-}
-
 async fn agent(args: Args) -> Result<()> {
     let started = std::time::Instant::now();
-    let (policy_config, policy_source) = crate::config::Config::resolve(args.config.as_deref())?;
-    let mut policy_settings = policy::Settings::from_config(&policy_config, args.dry_run);
-    policy_settings.reneg_cap = args.reneg_cap.unwrap_or(policy_config.limits.reneg_cap);
-    let reneg_cap = kernel_reneg_cap(
-        args.reneg_cap.unwrap_or(policy_config.limits.reneg_cap),
-        policy_settings.dry_run,
-    );
-    tracing::info!(source = %policy_source, ?policy_settings, reneg_cap, "policy");
+    let overrides = crate::config::Overrides::from_args(&args);
+    let effective = crate::config::resolve(&overrides)?;
+    let policy_settings = policy::Settings::from_config(&effective.config);
+    let reneg_cap = effective.kernel_reneg_cap;
+    tracing::info!(source = %effective.source, ?policy_settings, reneg_cap, "policy");
     let mut signals = Signals::new()?;
     system::raise_memlock_limit();
     system::ensure_tracefs()?;
@@ -146,9 +129,7 @@ async fn agent(args: Args) -> Result<()> {
     config.reneg_cap = reneg_cap;
     maps::write_config(&mut ebpf, &config)?;
     let kernel_maps = maps::take(&mut ebpf, args.flow_map_size)?;
-    let mut extra_allow = args.allow.clone();
-    extra_allow.extend(policy_config.allow.iter().copied());
-    let allow = bans::allowlist(&extra_allow)?;
+    let allow = bans::allowlist(&effective.allow)?;
     tracing::info!(
         allowlist = %allow.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
         "addresses that are never banned"
@@ -163,16 +144,7 @@ async fn agent(args: Args) -> Result<()> {
     ));
     *state::lock(&shared.policy) = policy::Policy::new(policy_settings);
     state::lock(&shared.policy).import_history(&persistence.history());
-    signals.reload = Some(reload::Reloader::new(
-        &mut ebpf,
-        shared.clone(),
-        reload::Overrides {
-            config: args.config.clone(),
-            dry_run: args.dry_run,
-            reneg_cap: args.reneg_cap,
-            allow: args.allow.clone(),
-        },
-    )?);
+    signals.reload = Some(reload::Reloader::new(&mut ebpf, shared.clone(), overrides)?);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(logger) = logger {
         tasks.spawn(ebpf_log::forward(logger));
@@ -217,7 +189,7 @@ async fn agent(args: Args) -> Result<()> {
         flow_map_capacity: args.flow_map_size,
         hooks: attachments.hooks().to_vec(),
         tracepoints,
-        policy_source: policy_source.clone(),
+        policy_source: effective.source.clone(),
         persist: persistence.info(),
     };
     if shared.info.set(info).is_err() {
@@ -331,17 +303,5 @@ async fn sweep(
         if let Some(w) = watchdog.as_mut() {
             w.tick();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dry_run_enforces_no_renegotiation_cap_in_the_kernel() {
-        assert_eq!(kernel_reneg_cap(3, true), 0);
-        assert_eq!(kernel_reneg_cap(3, false), 3);
-        assert_eq!(kernel_reneg_cap(0, false), 0);
     }
 }

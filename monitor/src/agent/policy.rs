@@ -177,8 +177,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// From a config; `dry_run` forces dry-run on.
-    pub fn from_config(c: &Config, dry_run: bool) -> Self {
+    /// From the effective config ([`crate::config::resolve`] applied the
+    /// command line to it).
+    pub fn from_config(c: &Config) -> Self {
         Settings {
             renegotiations_per_minute: c.peer.renegotiations_per_minute,
             handshakes_per_10s: c.peer.handshakes_per_10s,
@@ -198,7 +199,7 @@ impl Settings {
             ban_ttl: c.action.ban_ttl,
             escalation: c.action.ban_escalation.max(1),
             max_ban_ttl: c.action.max_ban_ttl,
-            dry_run: c.dry_run || dry_run,
+            dry_run: c.dry_run,
         }
     }
 
@@ -1308,7 +1309,7 @@ mod tests {
         c.peer.renegotiations_per_minute = 3;
         c.action.handshakes_per_10s = Action::Ban;
         c.action.ban_ttl = Duration::from_secs(3);
-        Settings::from_config(&c, false)
+        Settings::from_config(&c)
     }
 
     fn flow(port: u16, first_seen: u64, renegs: u32) -> (FlowKey, FlowValue) {
@@ -1492,7 +1493,7 @@ mod tests {
         c.limits.handshake_timeout = Duration::from_secs(2);
         c.limits.keyupdates_per_second = 10;
         c.limits.reneg_cap = 3;
-        Settings::from_config(&c, false)
+        Settings::from_config(&c)
     }
 
     #[test]
@@ -1652,7 +1653,7 @@ mod tests {
         c.prefix.handshakes_per_10s = 5;
         c.action.ban_ttl = Duration::from_secs(3);
         c.limits.handshake_timeout = Duration::ZERO;
-        Settings::from_config(&c, false)
+        Settings::from_config(&c)
     }
 
     #[test]
@@ -1905,7 +1906,10 @@ mod tests {
 
     #[test]
     fn summary_lists_the_rules_that_are_on() {
-        let s = Settings::from_config(&Config::default(), true);
+        let s = Settings::from_config(&Config {
+            dry_run: true,
+            ..Config::default()
+        });
         let sum = s.summary("embedded defaults");
         assert!(sum.dry_run);
         let rules: Vec<&str> = sum.rules.iter().map(|r| r.rule.as_str()).collect();

@@ -20,20 +20,7 @@ use serde_json::json;
 
 use super::event_bus::Kind;
 use super::state::{lock, Shared};
-use crate::api::cidr::Cidr;
-
-/// What the command line fixed, applied again on every reload.
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    /// `--config`, if given (else the default path, else the defaults).
-    pub config: Option<PathBuf>,
-    /// `--dry-run`.
-    pub dry_run: bool,
-    /// `--reneg-cap`.
-    pub reneg_cap: Option<u32>,
-    /// `--allow`.
-    pub allow: Vec<Cidr>,
-}
+use crate::config::Overrides;
 
 /// Re-applies the policy file on SIGHUP.
 pub struct Reloader {
@@ -90,18 +77,12 @@ impl Reloader {
 
     /// Reads and applies; returns (where from, kernel cap, dry-run).
     fn try_reload(&mut self) -> Result<(String, u32, bool)> {
-        let (config, source) = crate::config::Config::resolve(self.overrides.config.as_deref())?;
-        let mut settings = super::policy::Settings::from_config(&config, self.overrides.dry_run);
-        // `--reneg-cap` wins over the file for the policy's dry-run check too.
-        settings.reneg_cap = self.overrides.reneg_cap.unwrap_or(config.limits.reneg_cap);
+        let effective = crate::config::resolve(&self.overrides)?;
+        let settings = super::policy::Settings::from_config(&effective.config);
         let dry_run = settings.dry_run;
-        let mut extra = self.overrides.allow.clone();
-        extra.extend(config.allow.iter().copied());
-        let allow = super::bans::allowlist(&extra)?;
-        let cap = super::kernel_reneg_cap(
-            self.overrides.reneg_cap.unwrap_or(config.limits.reneg_cap),
-            dry_run,
-        );
+        let allow = super::bans::allowlist(&effective.allow)?;
+        let source = effective.source;
+        let cap = effective.kernel_reneg_cap;
         // Everything that can fail before anything changes: the kernel cap.
         let mut kernel = self
             .config_map

@@ -60,7 +60,7 @@ impl Shared {
             info: OnceLock::new(),
             uprobes: OnceLock::new(),
             policy: Mutex::new(super::policy::Policy::new(
-                super::policy::Settings::from_config(&crate::config::Config::default(), false),
+                super::policy::Settings::from_config(&crate::config::Config::default()),
             )),
             over_cap: Mutex::new(super::over_cap::OverCap::default()),
             events: super::event_bus::EventBus::new(),

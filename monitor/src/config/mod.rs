@@ -15,8 +15,10 @@ use serde::{Deserialize, Deserializer};
 use crate::api::cidr::Cidr;
 
 pub mod flags;
+pub mod resolve;
 
 pub use flags::{PortList, RunArgs, SocketArg, DEFAULT_SOCKET};
+pub use resolve::{resolve, Effective, Overrides};
 
 /// Where `hsmon run` and `hsmon config check` look when no file is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hsmon/hsmon.toml";

@@ -336,7 +336,7 @@ mod tests {
     #[test]
     fn policy_history_round_trips() {
         let settings =
-            super::super::policy::Settings::from_config(&crate::config::Config::default(), false);
+            super::super::policy::Settings::from_config(&crate::config::Config::default());
         let mut p = super::super::policy::Policy::new(settings.clone());
         let saved = vec![
             SavedHistory {
