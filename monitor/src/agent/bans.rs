@@ -229,11 +229,27 @@ struct BanEntry {
     reason: String,
 }
 
+/// What a [`BanTable`] just did to a ban.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanChange {
+    /// The ban entered the maps, or an existing one got a new TTL/reason.
+    Added,
+    /// The ban was removed before its end.
+    Removed,
+    /// The ban reached its end and was removed from the maps.
+    Expired,
+}
+
+/// Told of every change at the moment the table makes it (the maps already
+/// changed), with the ban as it was then.
+pub type BanSink = Box<dyn Fn(BanChange, &BanRecord) + Send + Sync>;
+
 /// The bans in force, the allowlist, and the maps that enforce them.
 pub struct BanTable<M> {
     maps: M,
     allow: Vec<Cidr>,
     bans: BanEntries,
+    sink: Option<BanSink>,
 }
 
 /// The agent's ban records by prefix, with the number of IPv4 ones kept up
@@ -292,6 +308,7 @@ impl<M: BanMaps> BanTable<M> {
             maps,
             allow,
             bans: BanEntries::default(),
+            sink: None,
         })
     }
 
@@ -347,7 +364,12 @@ impl<M: BanMaps> BanTable<M> {
             tracing::info!(%cidr, reason, "ban restored");
             bans.insert(cidr, BanEntry { value, reason });
         }
-        let mut table = BanTable { maps, allow, bans };
+        let mut table = BanTable {
+            maps,
+            allow,
+            bans,
+            sink: None,
+        };
         table.write_count()?;
         Ok(table)
     }
@@ -374,6 +396,18 @@ impl<M: BanMaps> BanTable<M> {
     /// only later `add`s are checked against the new list.
     pub fn set_allowlist(&mut self, allow: Vec<Cidr>) {
         self.allow = allow;
+    }
+
+    /// Where every later add, removal and expiry is reported (bans restored
+    /// from a previous agent are not: they were already in the maps).
+    pub fn set_sink(&mut self, sink: BanSink) {
+        self.sink = Some(sink);
+    }
+
+    fn tell(&self, change: BanChange, record: &BanRecord) {
+        if let Some(sink) = &self.sink {
+            sink(change, record);
+        }
     }
 
     /// Number of bans in the maps (expired ones not yet swept included).
@@ -502,7 +536,9 @@ impl<M: BanMaps> BanTable<M> {
             }
             return Err(e.into());
         }
-        Ok((record(&cidr, &entry, now_ns), replaced))
+        let record = record(&cidr, &entry, now_ns);
+        self.tell(BanChange::Added, &record);
+        Ok((record, replaced))
     }
 
     /// Removes the ban on exactly `cidr`; returns it as it was.
@@ -512,9 +548,11 @@ impl<M: BanMaps> BanTable<M> {
         };
         self.maps.remove(cidr)?;
         self.bans.remove(cidr);
+        let record = record(cidr, &entry, now_ns);
+        self.tell(BanChange::Removed, &record);
         self.write_count()?;
         tracing::info!(%cidr, "ban removed");
-        Ok(record(cidr, &entry, now_ns))
+        Ok(record)
     }
 
     /// The bans in force at `now_ns`, ordered by prefix.
@@ -540,7 +578,9 @@ impl<M: BanMaps> BanTable<M> {
         for cidr in expired {
             match self.maps.remove(&cidr) {
                 Ok(()) => {
-                    self.bans.remove(&cidr);
+                    if let Some(entry) = self.bans.remove(&cidr) {
+                        self.tell(BanChange::Expired, &record(&cidr, &entry, now_ns));
+                    }
                     removed += 1;
                     tracing::info!(%cidr, "ban expired");
                 }
@@ -803,6 +843,7 @@ pub async fn sweep(shared: Arc<Shared>) -> Result<()> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
 
     /// The maps as a plain table, with an optional failure.
     #[derive(Default)]
@@ -839,6 +880,49 @@ mod tests {
     fn table() -> BanTable<FakeMaps> {
         let allow = vec![c("127.0.0.0/8"), c("::1"), c("10.200.0.1"), c("fd00::/16")];
         BanTable::new(FakeMaps::default(), allow).expect("table")
+    }
+
+    /// The changes a sink was told: what, and to which prefix.
+    type Told = Arc<Mutex<Vec<(BanChange, String)>>>;
+
+    /// A table whose sink records every change it is told.
+    fn told_table() -> (BanTable<FakeMaps>, Told) {
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let mut t = table();
+        let log = told.clone();
+        t.set_sink(Box::new(move |change, ban| {
+            log.lock()
+                .expect("lock")
+                .push((change, ban.cidr.to_string()))
+        }));
+        (t, told)
+    }
+
+    #[test]
+    fn the_table_tells_each_change_when_it_makes_it() {
+        let (mut t, told) = told_table();
+        let ttl = Duration::from_secs(2);
+        // Added and removed at the same instant: both are told, in order.
+        t.add(c("192.0.2.1"), Duration::from_secs(600), "x", 100 * S)
+            .expect("add");
+        assert_eq!(told.lock().expect("lock").len(), 1, "told at the add");
+        t.remove(&c("192.0.2.1"), 100 * S).expect("remove");
+        t.add(c("192.0.2.2"), ttl, "", 100 * S).expect("add");
+        // Refused adds tell nothing.
+        assert!(t.add(c("10.200.0.1"), ttl, "", 100 * S).is_err());
+        // Not yet over: nothing expires; then the sweep expires it.
+        assert_eq!(t.sweep(101 * S).expect("sweep"), 0);
+        assert_eq!(t.sweep(102 * S).expect("sweep"), 1);
+        let got = told.lock().expect("lock").clone();
+        assert_eq!(
+            got,
+            [
+                (BanChange::Added, "192.0.2.1/32".to_owned()),
+                (BanChange::Removed, "192.0.2.1/32".to_owned()),
+                (BanChange::Added, "192.0.2.2/32".to_owned()),
+                (BanChange::Expired, "192.0.2.2/32".to_owned()),
+            ]
+        );
     }
 
     #[test]

@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -24,8 +23,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 
+use super::bans::BanChange;
 use super::state::lock;
-use crate::api::cidr::Cidr;
+use crate::api::bans::BanRecord;
 
 /// How many events the backlog keeps, and how far a follower may fall
 /// behind before it is told `lagged`.
@@ -170,6 +170,26 @@ impl EventBus {
         }
     }
 
+    /// Publishes what the ban table just did (`ban_added`, `ban_removed`,
+    /// `ban_expired`, with the ban's `cidr`, `reason`, `added_by` and
+    /// `expires_in_ms`).
+    pub fn ban(&self, change: BanChange, b: &BanRecord) {
+        let kind = match change {
+            BanChange::Added => Kind::BanAdded,
+            BanChange::Removed => Kind::BanRemoved,
+            BanChange::Expired => Kind::BanExpired,
+        };
+        self.publish(
+            kind,
+            json!({
+                "cidr": b.cidr.to_string(),
+                "reason": b.reason,
+                "added_by": b.added_by,
+                "expires_in_ms": b.expires_in_ms,
+            }),
+        );
+    }
+
     /// Bans issued so far (`ban_added` events), by origin.
     pub fn bans_issued(&self) -> BTreeMap<String, u64> {
         lock(&self.bans_issued).clone()
@@ -193,99 +213,6 @@ impl EventBus {
 pub fn lagged_line(skipped: u64) -> String {
     json!({"seq": 0, "time": now_rfc3339(), "event": Kind::Lagged.name(), "skipped": skipped})
         .to_string()
-}
-
-/// A ban as the watcher last saw it: end (ms from the sighting) and reason.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct SeenBan {
-    expires_in_ms: u64,
-    reason: String,
-    added_by: String,
-}
-
-/// Notices bans appearing and disappearing by comparing the ban table every
-/// [`BAN_WATCH_EVERY`]: a new prefix (or a changed end) is `ban_added`; a
-/// prefix gone whose end had come is `ban_expired`, otherwise `ban_removed`.
-#[derive(Debug, Default)]
-pub struct BanWatch {
-    seen: BTreeMap<Cidr, SeenBan>,
-}
-
-/// How often [`BanWatch`] looks.
-pub const BAN_WATCH_EVERY: Duration = Duration::from_millis(250);
-
-impl BanWatch {
-    /// Compares `now` (the bans in force) with the last look, `elapsed`
-    /// after it; returns the events to publish.
-    pub fn diff(
-        &mut self,
-        now: &[crate::api::bans::BanRecord],
-        elapsed: Duration,
-    ) -> Vec<(Kind, Value)> {
-        let mut out = Vec::new();
-        let mut next = BTreeMap::new();
-        for b in now {
-            let seen = SeenBan {
-                expires_in_ms: b.expires_in_ms,
-                reason: b.reason.clone(),
-                added_by: b.added_by.clone(),
-            };
-            let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-            let renewed = match self.seen.get(&b.cidr) {
-                None => true,
-                // Its end moved later than time alone explains: re-added.
-                Some(old) => {
-                    b.expires_in_ms > old.expires_in_ms.saturating_sub(elapsed_ms) + 1000
-                        || old.reason != seen.reason
-                }
-            };
-            if renewed {
-                out.push((Kind::BanAdded, ban_fields(&b.cidr, &seen)));
-            }
-            next.insert(b.cidr, seen);
-        }
-        let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        for (cidr, old) in &self.seen {
-            if !next.contains_key(cidr) {
-                // A ban whose end came within this look's interval (with a
-                // sweep's slack) expired; one with time left was removed.
-                let kind = if old.expires_in_ms <= elapsed_ms + 1500 {
-                    Kind::BanExpired
-                } else {
-                    Kind::BanRemoved
-                };
-                out.push((kind, ban_fields(cidr, old)));
-            }
-        }
-        self.seen = next;
-        out
-    }
-}
-
-fn ban_fields(cidr: &Cidr, b: &SeenBan) -> Value {
-    json!({
-        "cidr": cidr.to_string(),
-        "reason": b.reason,
-        "added_by": b.added_by,
-        "expires_in_ms": b.expires_in_ms,
-    })
-}
-
-/// Every [`BAN_WATCH_EVERY`]: publishes the ban changes [`BanWatch`] sees.
-pub async fn watch_bans(shared: Arc<super::state::Shared>) -> anyhow::Result<()> {
-    let mut watch = BanWatch::default();
-    let mut tick = tokio::time::interval(BAN_WATCH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = tokio::time::Instant::now();
-    loop {
-        tick.tick().await;
-        let list = lock(&shared.bans).list(crate::agent::record::monotonic_now_ns());
-        let now = tokio::time::Instant::now();
-        for (kind, fields) in watch.diff(&list, now - last) {
-            shared.events.publish(kind, fields);
-        }
-        last = now;
-    }
 }
 
 /// `GET /v1/events`: the backlog as JSON lines; with `?follow=1` the
@@ -427,34 +354,18 @@ mod tests {
     }
 
     #[test]
-    fn ban_watch_tells_added_removed_expired() {
-        let mut w = BanWatch::default();
-        let step = Duration::from_millis(250);
-        let a = w.diff(&[ban("10.0.0.1/32", 60_000), ban("10.0.0.2/32", 900)], step);
-        assert_eq!(a.len(), 2);
-        assert!(a.iter().all(|(k, _)| *k == Kind::BanAdded));
-        // Time passing is no change.
-        assert!(w
-            .diff(&[ban("10.0.0.1/32", 59_750), ban("10.0.0.2/32", 650)], step)
-            .is_empty());
-        // Both gone: the one with a minute left was removed, the other expired.
-        let gone = w.diff(&[], step);
-        let kinds: Vec<(Kind, String)> = gone
-            .iter()
-            .map(|(k, v)| (*k, v["cidr"].as_str().unwrap_or("").to_owned()))
-            .collect();
-        assert!(
-            kinds.contains(&(Kind::BanRemoved, "10.0.0.1/32".into())),
-            "{kinds:?}"
-        );
-        assert!(
-            kinds.contains(&(Kind::BanExpired, "10.0.0.2/32".into())),
-            "{kinds:?}"
-        );
-        // Re-added with a fresh TTL: added again.
-        w.diff(&[ban("10.0.0.3/32", 10_000)], step);
-        let again = w.diff(&[ban("10.0.0.3/32", 600_000)], step);
-        assert_eq!(again.len(), 1);
-        assert_eq!(again[0].0, Kind::BanAdded);
+    fn ban_changes_become_their_events_with_the_ban_fields() {
+        let bus = EventBus::new();
+        bus.ban(BanChange::Added, &ban("10.0.0.1/32", 60_000));
+        bus.ban(BanChange::Removed, &ban("10.0.0.1/32", 59_000));
+        bus.ban(BanChange::Expired, &ban("10.0.0.2/32", 0));
+        let lines: Vec<Value> = bus.backlog().iter().map(parse).collect();
+        let kinds: Vec<&str> = lines.iter().filter_map(|v| v["event"].as_str()).collect();
+        assert_eq!(kinds, ["ban_added", "ban_removed", "ban_expired"]);
+        assert_eq!(lines[0]["cidr"], "10.0.0.1/32");
+        assert_eq!(lines[0]["reason"], "r");
+        assert_eq!(lines[0]["added_by"], "manual");
+        assert_eq!(lines[0]["expires_in_ms"], 60_000);
+        assert_eq!(bus.bans_issued().get("manual"), Some(&1));
     }
 }

@@ -22,7 +22,7 @@ use monitor_common::flow::{
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::policy::{ConnRef, Counts, Decision, FlowUpdate, Rule};
+use super::policy::{ConnRef, Counts, Decision, FlowUpdate, Outcome, Rule};
 use super::state::{lock, Shared};
 use crate::agent::record::socket_addr;
 
@@ -196,21 +196,21 @@ pub fn reset_all(shared: &Shared, hits: &[LimitHit]) {
                     %client, %server, renegotiations_client = renegs,
                     "renegotiation cap exceeded: connection reset"
                 );
-                "reset"
+                Outcome::Reset
             }
             Ok(super::sock_destroy::Outcome::Gone) => {
                 tracing::info!(
                     %client, %server, renegotiations_client = renegs,
                     "renegotiation cap exceeded: connection already closed, nothing to reset"
                 );
-                "already_closed"
+                Outcome::AlreadyClosed
             }
             Err(e) => {
                 tracing::warn!(
                     %client, %server, renegotiations_client = renegs,
                     "renegotiation cap exceeded: resetting the connection failed: {e:#}"
                 );
-                "reset_failed"
+                Outcome::ResetFailed
             }
         };
         decisions.push(cap_decision(
@@ -226,7 +226,7 @@ pub fn reset_all(shared: &Shared, hits: &[LimitHit]) {
 }
 
 /// The `reneg_cap` decision for a connection the kernel stopped.
-fn cap_decision(hit: &LimitHit, action: &'static str, peer: Counts) -> Decision {
+fn cap_decision(hit: &LimitHit, action: Outcome, peer: Counts) -> Decision {
     let mut d = Decision::new(Rule::RenegCap, hit.client.ip(), false);
     d.connection = Some(ConnRef {
         client: hit.client,
@@ -280,7 +280,7 @@ mod tests {
             renegotiations_1m: 4,
             ..Counts::default()
         };
-        let d = cap_decision(&hit, "reset", peer);
+        let d = cap_decision(&hit, Outcome::Reset, peer);
         let v = serde_json::to_value(&d).expect("json");
         assert_eq!(v["rule"], "reneg_cap");
         assert_eq!(v["action"], "reset");

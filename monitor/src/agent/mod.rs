@@ -142,6 +142,9 @@ async fn agent(args: Args) -> Result<()> {
         kernel_maps.stats,
         ban_table,
     ));
+    // The ban table tells the event bus of each change as it makes it.
+    let bus = shared.events.clone();
+    state::lock(&shared.bans).set_sink(Box::new(move |change, ban| bus.ban(change, ban)));
     *state::lock(&shared.policy) = policy::Policy::new(policy_settings);
     state::lock(&shared.policy).import_history(&persistence.history());
     signals.reload = Some(reload::Reloader::new(&mut ebpf, shared.clone(), overrides)?);
@@ -176,7 +179,6 @@ async fn agent(args: Args) -> Result<()> {
         notify::Watchdog::from_env(),
     ));
     tasks.spawn(bans::sweep(shared.clone()));
-    tasks.spawn(event_bus::watch_bans(shared.clone()));
     if let Some(listener) = metrics_listener {
         tasks.spawn(metrics::serve(listener, shared.clone(), args.flow_map_size));
     }

@@ -52,7 +52,7 @@
 pub mod conn;
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use monitor_common::flow::{addr_bytes, FlowKey, FlowValue};
@@ -60,9 +60,10 @@ use serde::Serialize;
 
 use crate::agent::record::socket_addr;
 use crate::api::cidr::Cidr;
+pub use crate::api::decisions::{Action, ConnRef, Counts, Decision, Outcome};
 pub use crate::api::peers::PeerRecord;
 use crate::api::policy::{PolicySummary, RuleSummary};
-use crate::config::{Action, Config};
+use crate::config::Config;
 
 /// A `HashMap` with `foldhash` (fast, and seeded per process: peers and
 /// flows are keyed by addresses and ports a remote party chooses).
@@ -273,62 +274,6 @@ impl Settings {
     }
 }
 
-/// The connection an event is about.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ConnRef {
-    /// Client endpoint.
-    pub client: SocketAddr,
-    /// Server endpoint.
-    pub server: SocketAddr,
-}
-
-/// The counts behind a decision: the peer's (or prefix's) windows, and for
-/// a per-connection rule the connection's own figure.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    /// New handshakes in the last 10 s.
-    pub handshakes_10s: u64,
-    /// Client renegotiation attempts in the last 60 s.
-    pub renegotiations_1m: u64,
-    /// `handshake_timeout`: ms since the connection's first ClientHello.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub handshake_ms: Option<u64>,
-    /// `keyupdates_per_second`: the connection's `keyupdate_like` rate.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keyupdates_1s: Option<u64>,
-    /// `reneg_cap`: the connection's client renegotiations.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub renegotiations_conn: Option<u64>,
-}
-
-/// One decision, printed as a JSON line.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Decision {
-    /// RFC 3339 wall-clock time.
-    pub time: String,
-    /// The rule's name.
-    pub rule: &'static str,
-    /// The client address (for a prefix rule: its busiest address).
-    pub peer: IpAddr,
-    /// The client prefix (prefix rules only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<Cidr>,
-    /// The connection that crossed the threshold, if known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connection: Option<ConnRef>,
-    /// The counts.
-    pub counts: Counts,
-    /// `alert`, `reset`, `would_reset`, `already_closed`, `reset_failed`,
-    /// `not_reset_allowlisted`, `ban`, `would_ban`, `not_banned_allowlisted`,
-    /// `ban_failed`.
-    pub action: &'static str,
-    /// The ban's TTL in seconds (ban and would_ban).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttl_s: Option<u64>,
-    /// Dry-run on.
-    pub dry_run: bool,
-}
-
 impl Decision {
     /// A decision about `peer` under `rule`, its action not taken yet
     /// (`alert`).
@@ -340,7 +285,7 @@ impl Decision {
             prefix: None,
             connection: None,
             counts: Counts::default(),
-            action: "alert",
+            action: Outcome::Alert,
             ttl_s: None,
             dry_run,
         }
@@ -612,23 +557,23 @@ fn act(
         reason,
     } = target;
     match action {
-        Action::Alert => d.action = "alert",
+        Action::Alert => d.action = Outcome::Alert,
         Action::Reset => {
             let Some(conn) = d.connection.clone() else {
-                d.action = "alert";
+                d.action = Outcome::Alert;
                 return true;
             };
             if enforcer.allowed(&Cidr::host(conn.client.ip())) {
-                d.action = "not_reset_allowlisted";
+                d.action = Outcome::NotResetAllowlisted;
             } else if s.dry_run {
-                d.action = "would_reset";
+                d.action = Outcome::WouldReset;
             } else {
                 d.action = match enforcer.reset(&conn) {
-                    Ok(true) => "reset",
-                    Ok(false) => "already_closed",
+                    Ok(true) => Outcome::Reset,
+                    Ok(false) => Outcome::AlreadyClosed,
                     Err(e) => {
                         tracing::warn!(client = %conn.client, server = %conn.server, rule = d.rule, "policy reset failed: {e}");
-                        "reset_failed"
+                        Outcome::ResetFailed
                     }
                 };
             }
@@ -638,18 +583,18 @@ fn act(
                 return false;
             }
             if enforcer.allowed(&target) {
-                d.action = "not_banned_allowlisted";
+                d.action = Outcome::NotBannedAllowlisted;
                 return true;
             }
             let ttl = s.escalated_ttl(history.bans.len());
             d.ttl_s = Some(ttl.as_secs());
             if s.dry_run {
-                d.action = "would_ban";
+                d.action = Outcome::WouldBan;
             } else {
                 let reason = format!("{reason}, offence {}", history.bans.len() + 1);
                 match enforcer.ban(target, ttl, &reason) {
                     Ok(()) => {
-                        d.action = "ban";
+                        d.action = Outcome::Ban;
                         // The connection that crossed the threshold is
                         // usually mid-handshake: with its packets dropped
                         // from now on, the server would wait on it until
@@ -663,11 +608,11 @@ fn act(
                     }
                     Err(e) => {
                         tracing::warn!(%target, "policy ban failed: {e}");
-                        d.action = "ban_failed";
+                        d.action = Outcome::BanFailed;
                     }
                 }
             }
-            if d.action != "ban_failed" {
+            if d.action != Outcome::BanFailed {
                 history.bans.push_back(now);
                 let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
                 history.banned_until = now.saturating_add(ttl_ns);
@@ -1224,7 +1169,7 @@ impl<M: super::bans::BanMaps> Enforcer for AgentEnforcer<'_, M> {
 pub fn perform_resets(decisions: &mut [Decision]) {
     for d in decisions
         .iter_mut()
-        .filter(|d| d.action == "reset" || d.action == "ban")
+        .filter(|d| d.action == Outcome::Reset || d.action == Outcome::Ban)
     {
         let Some(conn) = d.connection.as_ref() else {
             continue;
@@ -1233,7 +1178,7 @@ pub fn perform_resets(decisions: &mut [Decision]) {
             local: conn.server,
             remote: conn.client,
         };
-        if d.action == "ban" {
+        if d.action == Outcome::Ban {
             match super::sock_destroy::destroy(&c) {
                 Ok(outcome) => {
                     tracing::debug!(client = %conn.client, server = %conn.server, ?outcome, "banned peer's connection reset");
@@ -1245,11 +1190,11 @@ pub fn perform_resets(decisions: &mut [Decision]) {
             continue;
         }
         d.action = match super::sock_destroy::destroy(&c) {
-            Ok(super::sock_destroy::Outcome::Destroyed) => "reset",
-            Ok(super::sock_destroy::Outcome::Gone) => "already_closed",
+            Ok(super::sock_destroy::Outcome::Destroyed) => Outcome::Reset,
+            Ok(super::sock_destroy::Outcome::Gone) => Outcome::AlreadyClosed,
             Err(e) => {
                 tracing::warn!(client = %conn.client, server = %conn.server, rule = d.rule, "policy reset failed: {e:#}");
-                "reset_failed"
+                Outcome::ResetFailed
             }
         };
     }
@@ -1262,7 +1207,7 @@ pub fn print_decisions(decisions: &[Decision]) {
     }
     let mut out = String::new();
     for d in decisions {
-        tracing::warn!(rule = d.rule, peer = %d.peer, action = d.action, "policy decision");
+        tracing::warn!(rule = d.rule, peer = %d.peer, action = d.action.name(), "policy decision");
         match serde_json::to_string(d) {
             Ok(line) => {
                 out.push_str(&line);
@@ -1338,7 +1283,7 @@ mod tests {
         let d = p.step(now + SEC, &six, &flows, &mut e);
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(
-            (d[0].rule, d[0].action, d[0].ttl_s),
+            (d[0].rule, d[0].action.name(), d[0].ttl_s),
             ("handshakes_per_10s", "ban", Some(3))
         );
         assert_eq!(d[0].counts.handshakes_10s, 6);
@@ -1377,7 +1322,10 @@ mod tests {
         p.set_settings(s);
         let d = p.step(now + SEC, &flows, &[], &mut e);
         assert_eq!(d.len(), 1, "{d:?}");
-        assert_eq!((d[0].rule, d[0].action), ("handshakes_per_10s", "ban"));
+        assert_eq!(
+            (d[0].rule, d[0].action.name()),
+            ("handshakes_per_10s", "ban")
+        );
         assert_eq!(e.bans.len(), 1);
     }
 
@@ -1407,7 +1355,7 @@ mod tests {
         let d = p.step(now + 3 * SEC, &[b], &[], &mut e);
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(
-            (d[0].rule, d[0].action),
+            (d[0].rule, d[0].action.name()),
             ("renegotiations_per_minute", "ban")
         );
         assert_eq!(d[0].counts.renegotiations_1m, 4);
@@ -1422,7 +1370,7 @@ mod tests {
         let now = 100 * SEC;
         let flood: Vec<_> = (0..6).map(|i| flow(1000 + i, now, 0)).collect();
         let d = p.step(now, &flood, &[], &mut e);
-        assert_eq!((d.len(), d[0].action), (1, "alert"));
+        assert_eq!((d.len(), d[0].action.name()), (1, "alert"));
         assert!(p.step(now + SEC, &flood, &[], &mut e).is_empty());
         assert!(p.step(now + 20 * SEC, &[], &[], &mut e).is_empty());
         let flood: Vec<_> = (0..6).map(|i| flow(2000 + i, now + 21 * SEC, 0)).collect();
@@ -1440,7 +1388,7 @@ mod tests {
         let flood: Vec<_> = (0..6).map(|i| flow(1000 + i, now, 0)).collect();
         let d = p.step(now, &flood, &[], &mut e);
         assert_eq!(
-            (d[0].action, d[0].dry_run, d[0].ttl_s),
+            (d[0].action.name(), d[0].dry_run, d[0].ttl_s),
             ("would_ban", true, Some(3))
         );
         assert!(e.bans.is_empty());
@@ -1449,7 +1397,7 @@ mod tests {
         let ip = endpoints(&flood[0].0, &flood[0].1).client.ip();
         e.allow.push(Cidr::host(ip));
         let d = p.step(now, &flood, &[], &mut e);
-        assert_eq!(d[0].action, "not_banned_allowlisted");
+        assert_eq!(d[0].action.name(), "not_banned_allowlisted");
         assert!(e.bans.is_empty());
         let json = serde_json::to_value(&d[0]).expect("json");
         for key in [
@@ -1512,7 +1460,10 @@ mod tests {
         );
         let d = p.step(t0 + 2 * SEC + 1, &both, &[], &mut e);
         assert_eq!(d.len(), 1, "{d:?}");
-        assert_eq!((d[0].rule, d[0].action), ("handshake_timeout", "reset"));
+        assert_eq!(
+            (d[0].rule, d[0].action.name()),
+            ("handshake_timeout", "reset")
+        );
         assert_eq!(d[0].counts.handshake_ms, Some(2000));
         let conn = endpoints(&stalled.0, &stalled.1);
         assert_eq!(e.resets, vec![conn.clone()]);
@@ -1541,7 +1492,10 @@ mod tests {
         flood.1.tracker.counters.keyupdate_like = 11;
         let d = p.step(t0 + SEC, &[calm, flood], &[], &mut e);
         assert_eq!(d.len(), 1, "{d:?}");
-        assert_eq!((d[0].rule, d[0].action), ("keyupdates_per_second", "reset"));
+        assert_eq!(
+            (d[0].rule, d[0].action.name()),
+            ("keyupdates_per_second", "reset")
+        );
         assert_eq!(d[0].counts.keyupdates_1s, Some(11));
         assert_eq!(e.resets, vec![endpoints(&flood.0, &flood.1)]);
         // 15 more over 2 s: 7.5/s, under the limit.
@@ -1570,7 +1524,7 @@ mod tests {
         let d = p.step(t0 + SEC, &[a], &[], &mut e);
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(
-            (d[0].rule, d[0].action, d[0].dry_run),
+            (d[0].rule, d[0].action.name(), d[0].dry_run),
             ("reneg_cap", "would_reset", true)
         );
         assert_eq!(d[0].counts.renegotiations_conn, Some(4));
@@ -1584,7 +1538,7 @@ mod tests {
         let mut b = done_flow(1, 1001, t0);
         b.1.tracker.counters.renegotiations_client = 5;
         let d = p.step(t0 + 4 * SEC, &[], &[b], &mut e);
-        assert_eq!((d.len(), d[0].action), (1, "would_reset"), "{d:?}");
+        assert_eq!((d.len(), d[0].action.name()), (1, "would_reset"), "{d:?}");
         assert!(
             p.step(t0 + 5 * SEC, &[], &[b], &mut e).is_empty(),
             "a repeated close"
@@ -1612,10 +1566,13 @@ mod tests {
         d.sort_by_key(|d| d.rule);
         assert_eq!(d.len(), 2, "{d:?}");
         assert_eq!(
-            (d[0].rule, d[0].action, d[0].ttl_s),
+            (d[0].rule, d[0].action.name(), d[0].ttl_s),
             ("handshake_timeout", "ban", Some(600))
         );
-        assert_eq!((d[1].rule, d[1].action), ("keyupdates_per_second", "alert"));
+        assert_eq!(
+            (d[1].rule, d[1].action.name()),
+            ("keyupdates_per_second", "alert")
+        );
         assert_eq!(e.bans.len(), 1);
         assert_eq!(e.bans[0].0.to_string(), "10.0.0.1/32");
         assert!(e.bans[0].2.contains("handshake_timeout"), "{:?}", e.bans);
@@ -1629,7 +1586,7 @@ mod tests {
         let mut e = Fake::default();
         e.allow.push(Cidr::host("10.0.0.1".parse().expect("ip")));
         let d = p.step(t0 + 3 * SEC, &[stalled], &[], &mut e);
-        assert_eq!(d[0].action, "not_reset_allowlisted");
+        assert_eq!(d[0].action.name(), "not_reset_allowlisted");
         assert!(e.resets.is_empty());
     }
 
@@ -1642,7 +1599,7 @@ mod tests {
         let now = 100 * SEC;
         let flood: Vec<_> = (0..6).map(|i| flow(1000 + i, now, 0)).collect();
         let d = p.step(now, &flood, &[], &mut e);
-        assert_eq!((d.len(), d[0].action), (1, "reset"), "{d:?}");
+        assert_eq!((d.len(), d[0].action.name()), (1, "reset"), "{d:?}");
         assert_eq!(e.resets.len(), 1);
         assert_eq!(d[0].connection.as_ref(), e.resets.first());
     }
@@ -1668,7 +1625,7 @@ mod tests {
         let d = p.step(now, &flows, &[], &mut e);
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(
-            (d[0].rule, d[0].action, d[0].ttl_s),
+            (d[0].rule, d[0].action.name(), d[0].ttl_s),
             ("prefix_handshakes_per_10s", "ban", Some(3))
         );
         assert_eq!(
@@ -1746,7 +1703,7 @@ mod tests {
         e.allow.push(Cidr::host("10.0.0.200".parse().expect("ip")));
         let d = p.step(now, &flows, &[], &mut e);
         assert_eq!(
-            (d.len(), d[0].action),
+            (d.len(), d[0].action.name()),
             (1, "not_banned_allowlisted"),
             "{d:?}"
         );
@@ -1791,7 +1748,7 @@ mod tests {
         let d = p.on_events(t0 + SEC / 1000, &[live(flow(1, t0, 4))], &mut e);
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(
-            (d[0].rule, d[0].action, d[0].counts.renegotiations_1m),
+            (d[0].rule, d[0].action.name(), d[0].counts.renegotiations_1m),
             ("renegotiations_per_minute", "ban", 4)
         );
         assert_eq!(e.bans.len(), 1);
@@ -1844,7 +1801,7 @@ mod tests {
         let mut p = Policy::new(s);
         let mut e = Fake::default();
         let d = p.on_events(t0, &[live(flow(1, t0, 4))], &mut e);
-        let actions: Vec<_> = d.iter().map(|d| (d.rule, d.action)).collect();
+        let actions: Vec<_> = d.iter().map(|d| (d.rule, d.action.name())).collect();
         assert_eq!(
             actions,
             [
@@ -1860,7 +1817,7 @@ mod tests {
         e.allow.push(Cidr::host(endpoints(&f.0, &f.1).client.ip()));
         let d = p.on_events(t0, &[live(f)], &mut e);
         assert_eq!(
-            (d.len(), d[0].action),
+            (d.len(), d[0].action.name()),
             (1, "not_banned_allowlisted"),
             "{d:?}"
         );
@@ -1875,7 +1832,7 @@ mod tests {
         ku.1.tracker.counters.keyupdate_like = 16;
         let d = p.on_events(t0 + SEC / 10, &[live(ku)], &mut e);
         assert_eq!(
-            (d.len(), d[0].rule, d[0].action),
+            (d.len(), d[0].rule, d[0].action.name()),
             (1, "keyupdates_per_second", "reset"),
             "{d:?}"
         );
@@ -1886,7 +1843,7 @@ mod tests {
         let ku0 = done_flow(1, 1000, t0);
         assert!(p.on_events(t0, &[live(ku0)], &mut e).is_empty());
         let d = p.on_events(t0 + SEC / 10, &[live(ku)], &mut e);
-        assert_eq!(d[0].action, "not_reset_allowlisted", "{d:?}");
+        assert_eq!(d[0].action.name(), "not_reset_allowlisted", "{d:?}");
         assert!(e.resets.is_empty());
     }
 
@@ -1901,7 +1858,7 @@ mod tests {
         // No event of this peer for a minute: the sweeps empty its window.
         assert!(p.step(t0 + 61 * SEC, &[], &[], &mut e).is_empty());
         let d = p.on_events(t0 + 62 * SEC, &[live(flow(2, t0 + 62 * SEC, 4))], &mut e);
-        assert_eq!((d.len(), d[0].action), (1, "alert"), "{d:?}");
+        assert_eq!((d.len(), d[0].action.name()), (1, "alert"), "{d:?}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! event reader's own counts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use anyhow::Result;
 
@@ -35,7 +35,7 @@ pub struct Shared {
     /// The libssl uprobes' maps, set once when they are attached.
     pub uprobes: OnceLock<super::uprobes::Uprobes>,
     /// Decisions and transitions for `GET /v1/events` (`hsmon events`).
-    pub events: super::event_bus::EventBus,
+    pub events: Arc<super::event_bus::EventBus>,
 }
 
 /// Locks `m`, carrying on with the data if another thread panicked holding it
@@ -63,7 +63,7 @@ impl Shared {
                 super::policy::Settings::from_config(&crate::config::Config::default()),
             )),
             over_cap: Mutex::new(super::over_cap::OverCap::default()),
-            events: super::event_bus::EventBus::new(),
+            events: Arc::new(super::event_bus::EventBus::new()),
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod bans;
 pub mod cidr;
 pub mod conns;
+pub mod decisions;
 pub mod peers;
 pub mod policy;
 pub mod status;

@@ -17,6 +17,7 @@ use crate::api::cidr::Cidr;
 pub mod flags;
 pub mod resolve;
 
+pub use crate::api::decisions::Action;
 pub use flags::{PortList, RunArgs, SocketArg, DEFAULT_SOCKET};
 pub use resolve::{resolve, Effective, Overrides};
 
@@ -69,30 +70,6 @@ ban_ttl = "10m"
 ban_escalation = 4
 max_ban_ttl = "24h"
 "#;
-
-/// What crossing a threshold does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Report a decision event only.
-    Alert,
-    /// Reset the offending connection (`SOCK_DESTROY`).
-    Reset,
-    /// Ban the peer's address (for a prefix rule: the prefix) for the
-    /// (escalated) TTL.
-    Ban,
-}
-
-impl Action {
-    /// The action's name in the config file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Alert => "alert",
-            Action::Reset => "reset",
-            Action::Ban => "ban",
-        }
-    }
-}
 
 /// The whole policy file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
