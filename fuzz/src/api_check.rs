@@ -3,7 +3,7 @@
 //! extractors, whose handlers run the request validation the agent's
 //! handlers run before they touch a kernel map.
 //!
-//! The agent's own router (`monitor::agent::server::router`) needs the kernel's
+//! The agent's own router (`monitor::agent::publish::server::router`) needs the kernel's
 //! maps in its state (`Shared`), so it cannot run here; what sits in front of
 //! the maps is fuzzed instead: axum's routing and its `Json<AddBan>` /
 //! `Path<String>` extraction, `AddBan` deserialisation, `parse_ban_target`,

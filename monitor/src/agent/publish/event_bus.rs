@@ -23,8 +23,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 
-use super::bans::BanChange;
-use super::state::lock;
+use crate::agent::enforce::bans::BanChange;
+use crate::agent::state::lock;
 use crate::api::bans::BanRecord;
 
 /// How many events the backlog keeps, and how far a follower may fall
@@ -163,7 +163,7 @@ impl EventBus {
     }
 
     /// Publishes a policy decision (its JSON, plus `event: "decision"`).
-    pub fn decision(&self, d: &super::policy::Decision) {
+    pub fn decision(&self, d: &crate::agent::policy::Decision) {
         match serde_json::to_value(d) {
             Ok(v) => self.publish(Kind::Decision, v),
             Err(e) => tracing::warn!("encoding a decision event: {e}"),
@@ -219,10 +219,10 @@ pub fn lagged_line(skipped: u64) -> String {
 /// backlog and then every new event as it comes (`lagged` lines when the
 /// reader falls behind), until the agent stops.
 pub async fn handler(
-    State(shared): State<Arc<super::state::Shared>>,
+    State(shared): State<Arc<crate::agent::state::Shared>>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let follow = super::server::wants_follow(query.as_deref());
+    let follow = crate::agent::publish::server::wants_follow(query.as_deref());
     let headers = [(header::CONTENT_TYPE, "application/x-ndjson")];
     if !follow {
         let mut body = String::new();

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use monitor_common::ban::MAX_BANS_PER_FAMILY;
 
-use super::state::{lock, Shared};
+use crate::agent::state::{lock, Shared};
 use crate::api::status::{EventCounts, Fill, Hook, MapFills, Status, TracepointHook};
 
 /// What the agent knows about itself once its programs are attached.
@@ -34,7 +34,7 @@ pub struct AgentInfo {
     /// Where the policy came from (a path or "embedded defaults").
     pub policy_source: String,
     /// State across restarts.
-    pub persist: super::persist::PersistInfo,
+    pub persist: crate::agent::persist::PersistInfo,
 }
 
 impl Shared {
@@ -64,7 +64,7 @@ impl Shared {
             uprobe_set: self
                 .uprobes
                 .get()
-                .map_or(super::UprobeSet::Off, |u| u.set())
+                .map_or(crate::agent::UprobeSet::Off, |u| u.set())
                 .name()
                 .to_owned(),
             maps: MapFills {

@@ -30,19 +30,10 @@ use anyhow::Result;
 use monitor_common::flow::{FlowKey, FlowValue};
 use monitor_common::tracker::FF_CLOSED;
 
-use super::metrics::{top_k, Departed, FlowCounts, FlowMetrics};
-use crate::agent::record::{socket_addr, ConnRecord, ConnState};
+use crate::agent::ingest::flow_stats::{top_k, Departed, FlowCounts, FlowMetrics};
+use crate::agent::ingest::record::{socket_addr, ConnRecord, ConnState};
 
-/// Where live flows are kept: the kernel's `FLOWS` map, or a test double.
-pub trait FlowStore {
-    /// Every entry at this moment. Entries the kernel deletes while this runs
-    /// are skipped, not errors.
-    fn entries(&self) -> Result<Vec<(FlowKey, FlowValue)>>;
-    /// The entry for `key`, if any.
-    fn lookup(&self, key: &FlowKey) -> Result<Option<FlowValue>>;
-    /// Deletes `key`; deleting a missing key is not an error.
-    fn delete(&mut self, key: &FlowKey) -> Result<()>;
-}
+pub use crate::agent::kernel::maps::FlowStore;
 
 /// Identity of one flow: the connection's key and when it was first seen.
 type FlowId = (FlowKey, u64);
@@ -111,6 +102,11 @@ impl ClosedRing {
     /// Number of flows kept.
     pub fn len(&self) -> usize {
         self.flows.len()
+    }
+
+    /// No flow kept.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
     }
 
     /// The flows kept, oldest close first.
@@ -370,7 +366,7 @@ fn client_ip(key: &FlowKey, value: &FlowValue) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::record::tests::sample_flow;
+    use crate::agent::ingest::record::tests::sample_flow;
     use std::collections::BTreeMap;
 
     /// A `FlowStore` on a `BTreeMap`.

@@ -1,5 +1,5 @@
 //! The control server: HTTP/JSON on a Unix socket (`GET /v1/conns`,
-//! `GET /v1/stats`, `GET /v1/events`, the ban routes of `super::bans`), the
+//! `GET /v1/stats`, `GET /v1/events`, the ban routes of `crate::agent::enforce::bans`), the
 //! socket file's life cycle, and who may use it: the file is mode 0660,
 //! group [`DEFAULT_SOCKET_GROUP`] (`--socket-group`) when that group exists,
 //! and every request's peer credentials (`SO_PEERCRED`) are checked: root,
@@ -23,7 +23,7 @@ use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use tokio::net::UnixListener;
 
-use super::state::Shared;
+use crate::agent::state::Shared;
 use crate::api::{CONNS_PATH, EVENTS_PATH, STATS_PATH};
 
 /// Who may use the control socket besides root and the agent's own user.
@@ -230,10 +230,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(CONNS_PATH, get(conns))
         .route(STATS_PATH, get(stats))
-        .route(crate::api::STATUS_PATH, get(super::status::handler))
+        .route(
+            crate::api::STATUS_PATH,
+            get(crate::agent::publish::status::handler),
+        )
         .route(crate::api::PEERS_PATH, get(peers))
-        .route(EVENTS_PATH, get(super::event_bus::handler))
-        .merge(super::bans::routes())
+        .route(EVENTS_PATH, get(crate::agent::publish::event_bus::handler))
+        .merge(crate::agent::enforce::bans::routes())
         .with_state(shared)
 }
 
@@ -261,7 +264,7 @@ async fn conns(State(shared): State<Arc<Shared>>) -> Response {
 
 /// `GET /v1/peers`.
 async fn peers(State(shared): State<Arc<Shared>>) -> Response {
-    blocking(move || Ok(super::state::lock(&shared.policy).peers())).await
+    blocking(move || Ok(crate::agent::state::lock(&shared.policy).peers())).await
 }
 
 /// `GET /v1/stats`.

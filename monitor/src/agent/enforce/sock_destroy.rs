@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
-use super::netlink::{exchange, parse_ack};
+use crate::agent::kernel::netlink::{exchange, parse_ack};
 
 /// `SOCK_DIAG_BY_FAMILY`: query sockets.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;

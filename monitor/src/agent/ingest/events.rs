@@ -1,11 +1,11 @@
 //! The `EVENTS` ring-buffer reader: wakes on readiness (epoll through
 //! tokio's `AsyncFd`: the kernel's ring-buffer notification, no polling
 //! interval), drains, hands every event's flow state to the flow table and
-//! then at once to the policy ([`super::policy::Policy::on_events`]: the
+//! then at once to the policy ([`crate::agent::policy::Policy::on_events`]: the
 //! peer's and the connection's rules are evaluated per event, bans go into
 //! the kernel's map before the reader sleeps again), and resets connections
 //! that went over the renegotiation cap (`EVENT_LIMIT_HIT`, see
-//! [`super::sock_destroy`]). Resets (netlink round trips) and printing the
+//! [`crate::agent::enforce::sock_destroy`]). Resets (netlink round trips) and printing the
 //! decisions run on a blocking thread, after the policy's lock is released.
 
 use std::io;
@@ -22,9 +22,9 @@ use monitor_common::flow::{
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::policy::{ConnRef, Counts, Decision, FlowUpdate, Outcome, Rule};
-use super::state::{lock, Shared};
-use crate::agent::record::socket_addr;
+use crate::agent::ingest::record::socket_addr;
+use crate::agent::policy::{ConnRef, Counts, Decision, FlowUpdate, Outcome, Rule};
+use crate::agent::state::{lock, Shared};
 
 /// Most events handled per wake-up before giving other tasks a turn.
 const BATCH: usize = 4096;
@@ -185,20 +185,20 @@ impl LimitHit {
 pub fn reset_all(shared: &Shared, hits: &[LimitHit]) {
     let mut decisions = Vec::with_capacity(hits.len());
     for hit in hits {
-        let conn = super::sock_destroy::Conn {
+        let conn = crate::agent::enforce::sock_destroy::Conn {
             local: hit.server,
             remote: hit.client,
         };
         let (client, server, renegs) = (hit.client, hit.server, hit.renegotiations_client);
-        let action = match super::sock_destroy::destroy(&conn) {
-            Ok(super::sock_destroy::Outcome::Destroyed) => {
+        let action = match crate::agent::enforce::sock_destroy::destroy(&conn) {
+            Ok(crate::agent::enforce::sock_destroy::Outcome::Destroyed) => {
                 tracing::warn!(
                     %client, %server, renegotiations_client = renegs,
                     "renegotiation cap exceeded: connection reset"
                 );
                 Outcome::Reset
             }
-            Ok(super::sock_destroy::Outcome::Gone) => {
+            Ok(crate::agent::enforce::sock_destroy::Outcome::Gone) => {
                 tracing::info!(
                     %client, %server, renegotiations_client = renegs,
                     "renegotiation cap exceeded: connection already closed, nothing to reset"
@@ -219,7 +219,7 @@ pub fn reset_all(shared: &Shared, hits: &[LimitHit]) {
             lock(&shared.policy).peer_counts(client.ip()),
         ));
     }
-    super::policy::print_decisions(&decisions);
+    crate::agent::policy::print_decisions(&decisions);
     for d in &decisions {
         shared.events.decision(d);
     }
@@ -243,7 +243,7 @@ fn cap_decision(hit: &LimitHit, action: Outcome, peer: Counts) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::record::tests::sample_flow;
+    use crate::agent::ingest::record::tests::sample_flow;
 
     #[test]
     fn limit_hit_names_client_and_server() {

@@ -58,7 +58,7 @@ use std::time::Duration;
 use monitor_common::flow::{addr_bytes, FlowKey, FlowValue};
 use serde::Serialize;
 
-use crate::agent::record::socket_addr;
+use crate::agent::ingest::record::socket_addr;
 use crate::api::cidr::Cidr;
 pub use crate::api::decisions::{Action, ConnRef, Counts, Decision, Outcome};
 pub use crate::api::peers::PeerRecord;
@@ -1045,14 +1045,15 @@ impl Policy {
 
     /// The ban history of every peer and prefix, sorted (for the state
     /// file, so a restarted agent keeps escalating).
-    pub fn export_history(&self) -> Vec<super::persist::state_file::SavedHistory> {
-        let saved =
-            |kind: &str, target: Cidr, h: &History| super::persist::state_file::SavedHistory {
+    pub fn export_history(&self) -> Vec<crate::agent::persist::state_file::SavedHistory> {
+        let saved = |kind: &str, target: Cidr, h: &History| {
+            crate::agent::persist::state_file::SavedHistory {
                 kind: kind.to_owned(),
                 target: target.to_string(),
                 bans_ns: h.bans.iter().copied().collect(),
                 banned_until_ns: h.banned_until,
-            };
+            }
+        };
         let mut out: Vec<_> = self
             .peers
             .iter()
@@ -1070,7 +1071,7 @@ impl Policy {
     }
 
     /// Takes in a previous agent's ban history ([`Policy::export_history`]).
-    pub fn import_history(&mut self, saved: &[super::persist::state_file::SavedHistory]) {
+    pub fn import_history(&mut self, saved: &[crate::agent::persist::state_file::SavedHistory]) {
         for h in saved {
             let Ok(target) = h.target.parse::<Cidr>() else {
                 continue;
@@ -1132,12 +1133,12 @@ impl Policy {
 /// [`monitor_common::ban::BAN_REASON_POLICY`]) at once; resets are only
 /// noted (the decision says `reset`) and made by [`perform_resets`] after
 /// the policy's lock is released, since each is a netlink round trip.
-pub struct AgentEnforcer<'a, M: super::bans::BanMaps> {
+pub struct AgentEnforcer<'a, M: crate::agent::enforce::bans::BanMaps> {
     /// The ban table.
-    pub bans: &'a mut super::bans::BanTable<M>,
+    pub bans: &'a mut crate::agent::enforce::bans::BanTable<M>,
 }
 
-impl<M: super::bans::BanMaps> Enforcer for AgentEnforcer<'_, M> {
+impl<M: crate::agent::enforce::bans::BanMaps> Enforcer for AgentEnforcer<'_, M> {
     fn allowed(&self, target: &Cidr) -> bool {
         self.bans.allowlist().iter().any(|a| a.overlaps(target))
     }
@@ -1149,7 +1150,7 @@ impl<M: super::bans::BanMaps> Enforcer for AgentEnforcer<'_, M> {
                 ttl,
                 reason,
                 monitor_common::ban::BAN_REASON_POLICY,
-                crate::agent::record::monotonic_now_ns(),
+                crate::agent::kernel::clock::monotonic_now_ns(),
             )
             .map(drop)
             .map_err(|e| e.to_string())
@@ -1174,12 +1175,12 @@ pub fn perform_resets(decisions: &mut [Decision]) {
         let Some(conn) = d.connection.as_ref() else {
             continue;
         };
-        let c = super::sock_destroy::Conn {
+        let c = crate::agent::enforce::sock_destroy::Conn {
             local: conn.server,
             remote: conn.client,
         };
         if d.action == Outcome::Ban {
-            match super::sock_destroy::destroy(&c) {
+            match crate::agent::enforce::sock_destroy::destroy(&c) {
                 Ok(outcome) => {
                     tracing::debug!(client = %conn.client, server = %conn.server, ?outcome, "banned peer's connection reset");
                 }
@@ -1189,9 +1190,9 @@ pub fn perform_resets(decisions: &mut [Decision]) {
             }
             continue;
         }
-        d.action = match super::sock_destroy::destroy(&c) {
-            Ok(super::sock_destroy::Outcome::Destroyed) => Outcome::Reset,
-            Ok(super::sock_destroy::Outcome::Gone) => Outcome::AlreadyClosed,
+        d.action = match crate::agent::enforce::sock_destroy::destroy(&c) {
+            Ok(crate::agent::enforce::sock_destroy::Outcome::Destroyed) => Outcome::Reset,
+            Ok(crate::agent::enforce::sock_destroy::Outcome::Gone) => Outcome::AlreadyClosed,
             Err(e) => {
                 tracing::warn!(client = %conn.client, server = %conn.server, rule = d.rule, "policy reset failed: {e:#}");
                 Outcome::ResetFailed
@@ -1219,13 +1220,13 @@ pub fn print_decisions(decisions: &[Decision]) {
     if let Err(e) = crate::stdout::write_stdout(out.as_bytes()) {
         tracing::warn!("writing decisions: {e:#}");
     }
-    super::decision_log::append(out.as_bytes());
+    crate::agent::publish::decision_log::append(out.as_bytes());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::record::tests::sample_flow;
+    use crate::agent::ingest::record::tests::sample_flow;
 
     #[derive(Default)]
     struct Fake {

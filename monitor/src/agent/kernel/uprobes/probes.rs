@@ -7,8 +7,8 @@ use aya::programs::UProbe;
 use aya::Ebpf;
 use std::path::Path;
 
-use super::super::loader::program;
 use super::UprobeSet;
+use crate::agent::kernel::loader::program;
 
 /// Entry probe of the handshake calls.
 const PROG_HS_ENTER: &str = "hsmon_ssl_hs_enter";

@@ -1,7 +1,7 @@
 //! Attaching the programs and undoing it: TC on each interface (TCX, or
 //! clsact + netlink when TCX is refused) and the socket-state tracepoint.
 //!
-//! With a pin directory ([`super::persist::pins::PinDir`]) the links are pinned, so
+//! With a pin directory ([`crate::agent::persist::pins::PinDir`]) the links are pinned, so
 //! the programs keep running while no agent does (`kill -9`, a restart).
 //! An agent that finds a previous agent's pinned TCX link swaps its own
 //! program into it (`BPF_LINK_UPDATE`, atomic: never two hsmon programs on
@@ -26,11 +26,11 @@ use aya::programs::trace_point::TracePointLink;
 use aya::programs::{SchedClassifier, TcAttachType, TracePoint};
 use aya::Ebpf;
 
-use super::ifaces::Iface;
-use super::loader::{program, PROG_SOCK_STATE, PROG_TC_EGRESS, PROG_TC_INGRESS};
-use super::netlink;
-use super::persist::pins::{self, PinDir};
-use super::persist::state_file::SavedFilter;
+use crate::agent::kernel::ifaces::Iface;
+use crate::agent::kernel::loader::{program, PROG_SOCK_STATE, PROG_TC_EGRESS, PROG_TC_INGRESS};
+use crate::agent::kernel::netlink;
+use crate::agent::persist::pins::{self, PinDir};
+use crate::agent::persist::state_file::SavedFilter;
 use crate::api::status::{Hook, TracepointHook};
 
 /// The pinned link name of the socket-state tracepoint.

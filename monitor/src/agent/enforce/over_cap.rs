@@ -55,7 +55,7 @@ impl OverCap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::record::tests::sample_flow;
+    use crate::agent::ingest::record::tests::sample_flow;
 
     #[test]
     fn resets_once_after_a_grace_sweep_unless_the_event_did() {

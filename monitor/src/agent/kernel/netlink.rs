@@ -46,7 +46,7 @@ fn delete_clsact_request(ifindex: u32, seq: u32) -> Vec<u8> {
 
 /// Reads the kernel's answer to a request sent with `NLM_F_ACK`: `Ok` for an
 /// acknowledgement, the errno for an error message.
-pub(super) fn parse_ack(buf: &[u8], seq: u32) -> io::Result<()> {
+pub(crate) fn parse_ack(buf: &[u8], seq: u32) -> io::Result<()> {
     let mut off = 0;
     while buf.len().saturating_sub(off) >= NLMSG_HDR_LEN {
         let field = |at: usize| -> [u8; 4] {
@@ -98,7 +98,7 @@ pub fn delete_clsact(ifindex: u32) -> io::Result<()> {
 }
 
 /// Sends `req` to the kernel and returns its answer.
-pub(super) fn exchange(sock: &OwnedFd, req: &[u8]) -> io::Result<Vec<u8>> {
+pub(crate) fn exchange(sock: &OwnedFd, req: &[u8]) -> io::Result<Vec<u8>> {
     // SAFETY: an all-zero sockaddr_nl is valid; the fields set are plain integers.
     let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as u16;

@@ -39,9 +39,9 @@ use aya::Ebpf;
 use monitor_common::flow::{addr_from_bytes, FlowKey};
 use monitor_common::ssl::{comm_bytes, ProcInfo, SIDE_CLIENT, SIDE_SERVER, SSL_STAT_COUNT};
 
-use super::loader::program;
-use super::state::{lock, Shared};
-use crate::agent::record::{ssl_error_reasons, ConnRecord, ProcessFields};
+use crate::agent::ingest::record::{ssl_error_reasons, ConnRecord, ProcessFields};
+use crate::agent::kernel::loader::program;
+use crate::agent::state::{lock, Shared};
 use crate::api::status::TracepointHook;
 use discover::{FileId, Target, SYSTEM_LIBSSL};
 
@@ -395,8 +395,13 @@ mod tests {
 
     #[test]
     fn record_key_matches_the_kernel_key() {
-        let (key, value) = crate::agent::record::tests::sample_flow();
-        let rec = ConnRecord::from_flow(&key, &value, crate::agent::record::ConnState::Open, 0);
+        let (key, value) = crate::agent::ingest::record::tests::sample_flow();
+        let rec = ConnRecord::from_flow(
+            &key,
+            &value,
+            crate::agent::ingest::record::ConnState::Open,
+            0,
+        );
         assert_eq!(flow_key(&rec), key);
     }
 

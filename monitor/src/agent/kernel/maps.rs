@@ -9,14 +9,23 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::Ebpf;
 use monitor_common::flow::{FlowKey, FlowValue, Stat, TrackerConfig, MAX_PORTS};
 
-use super::flows::FlowStore;
-
 /// The name of `STATS` slot `index` (`stat_N` for slots this build does not know).
 pub fn stat_name(index: u32) -> String {
     match Stat::ALL.get(index as usize) {
         Some(stat) => stat.name().to_owned(),
         None => format!("stat_{index}"),
     }
+}
+
+/// Where live flows are kept: the kernel's `FLOWS` map, or a test double.
+pub trait FlowStore {
+    /// Every entry at this moment. Entries the kernel deletes while this runs
+    /// are skipped, not errors.
+    fn entries(&self) -> Result<Vec<(FlowKey, FlowValue)>>;
+    /// The entry for `key`, if any.
+    fn lookup(&self, key: &FlowKey) -> Result<Option<FlowValue>>;
+    /// Deletes `key`; deleting a missing key is not an error.
+    fn delete(&mut self, key: &FlowKey) -> Result<()>;
 }
 
 /// The `FLOWS` LRU hash.
