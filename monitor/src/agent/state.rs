@@ -113,22 +113,19 @@ impl Shared {
         policy.on_events(
             monotonic_now_ns(),
             updates,
-            &mut crate::agent::policy::AgentEnforcer { bans: &mut *bans },
+            &mut crate::agent::enforce::resets::AgentEnforcer { bans: &mut *bans },
         )
     }
 
-    /// Makes the resets the policy decided ([`crate::agent::policy::perform_resets`],
+    /// Makes the resets the policy decided ([`crate::agent::enforce::resets::perform_resets`],
     /// blocking), then prints the decisions and publishes them on the event
     /// stream. Call it without the policy's lock.
     pub fn publish_decisions(&self, decisions: &mut [crate::agent::policy::Decision]) {
         if decisions.is_empty() {
             return;
         }
-        crate::agent::policy::perform_resets(decisions);
-        crate::agent::policy::print_decisions(decisions);
-        for d in decisions.iter() {
-            self.events.decision(d);
-        }
+        crate::agent::enforce::resets::perform_resets(decisions);
+        crate::agent::publish::decision_log::emit(decisions, &self.events);
     }
 
     /// One periodic sweep: closed flows move out of the kernel map, and the
@@ -150,7 +147,7 @@ impl Shared {
                 now,
                 &live,
                 &departed,
-                &mut crate::agent::policy::AgentEnforcer { bans: &mut *bans },
+                &mut crate::agent::enforce::resets::AgentEnforcer { bans: &mut *bans },
             )
         };
         self.publish_decisions(&mut decisions);

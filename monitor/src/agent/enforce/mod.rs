@@ -4,4 +4,5 @@
 
 pub mod bans;
 pub mod over_cap;
+pub mod resets;
 pub mod sock_destroy;

@@ -16,13 +16,13 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use monitor_common::flow::{
-    addr_bytes, FlowEvent, FlowKey, FlowValue, EVENT_FLOW_CLOSED, EVENT_FLOW_OPENED,
-    EVENT_FLOW_PROGRESS, EVENT_LIMIT_HIT,
+    FlowEvent, FlowKey, FlowValue, EVENT_FLOW_CLOSED, EVENT_FLOW_OPENED, EVENT_FLOW_PROGRESS,
+    EVENT_LIMIT_HIT,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::agent::ingest::record::socket_addr;
+use crate::agent::ingest::record::client_server_addrs;
 use crate::agent::policy::{ConnRef, Counts, Decision, FlowUpdate, Outcome, Rule};
 use crate::agent::state::{lock, Shared};
 
@@ -111,13 +111,7 @@ fn handle(
             }
             EVENT_FLOW_OPENED => {
                 table.on_opened(ev.key, ev.value);
-                let a = socket_addr(&addr_bytes(&ev.key.addr_a), ev.key.port_a);
-                let b = socket_addr(&addr_bytes(&ev.key.addr_b), ev.key.port_b);
-                let (client, server) = if ev.value.client_is_a != 0 {
-                    (a, b)
-                } else {
-                    (b, a)
-                };
+                let (client, server) = client_server_addrs(&ev.key, &ev.value);
                 tracing::debug!(%client, %server, "TLS flow opened");
                 false
             }
@@ -164,13 +158,7 @@ impl LimitHit {
 
     /// The client and server of a flow.
     pub fn of_flow(key: &FlowKey, value: &FlowValue) -> Self {
-        let a = socket_addr(&addr_bytes(&key.addr_a), key.port_a);
-        let b = socket_addr(&addr_bytes(&key.addr_b), key.port_b);
-        let (client, server) = if value.client_is_a != 0 {
-            (a, b)
-        } else {
-            (b, a)
-        };
+        let (client, server) = client_server_addrs(key, value);
         LimitHit {
             client,
             server,
@@ -219,10 +207,7 @@ pub fn reset_all(shared: &Shared, hits: &[LimitHit]) {
             lock(&shared.policy).peer_counts(client.ip()),
         ));
     }
-    crate::agent::policy::print_decisions(&decisions);
-    for d in &decisions {
-        shared.events.decision(d);
-    }
+    crate::agent::publish::decision_log::emit(&mut decisions, &shared.events);
 }
 
 /// The `reneg_cap` decision for a connection the kernel stopped.
@@ -247,6 +232,8 @@ mod tests {
 
     #[test]
     fn limit_hit_names_client_and_server() {
+        use crate::agent::ingest::record::socket_addr;
+        use monitor_common::flow::addr_bytes;
         let (key, mut value) = sample_flow();
         value.tracker.counters.renegotiations_client = 4;
         let ev = FlowEvent {

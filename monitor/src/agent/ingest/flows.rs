@@ -31,7 +31,7 @@ use monitor_common::flow::{FlowKey, FlowValue};
 use monitor_common::tracker::FF_CLOSED;
 
 use crate::agent::ingest::flow_stats::{top_k, Departed, FlowCounts, FlowMetrics};
-use crate::agent::ingest::record::{socket_addr, ConnRecord, ConnState};
+use crate::agent::ingest::record::{ConnRecord, ConnState};
 
 pub use crate::agent::kernel::maps::FlowStore;
 
@@ -355,12 +355,9 @@ impl<S: FlowStore> FlowTable<S> {
 
 /// The address of a flow's client (the endpoint that sent the first ClientHello).
 fn client_ip(key: &FlowKey, value: &FlowValue) -> IpAddr {
-    let (addr, port) = if value.client_is_a != 0 {
-        (&key.addr_a, key.port_a)
-    } else {
-        (&key.addr_b, key.port_b)
-    };
-    socket_addr(&monitor_common::flow::addr_bytes(addr), port).ip()
+    crate::agent::ingest::record::client_server_addrs(key, value)
+        .0
+        .ip()
 }
 
 #[cfg(test)]

@@ -88,37 +88,12 @@ pub fn alert_description_name(desc: u8) -> String {
     name.to_owned()
 }
 
-/// `SSL_get_error` results that say why a handshake call failed, by name;
-/// the `SSL_ERROR_WANT_*` retries (and `SSL_ERROR_NONE`) are left out:
-/// they are not failures. Bit `n` of `mask` is result `n`.
-pub fn ssl_error_reasons(mask: u32) -> Vec<FailureReason> {
-    (0..32u32)
-        .filter(|n| mask & (1 << n) != 0)
-        .filter_map(|n| {
-            let name = match n {
-                1 => "SSL_ERROR_SSL".to_owned(),
-                5 => "SSL_ERROR_SYSCALL".to_owned(),
-                6 => "SSL_ERROR_ZERO_RETURN".to_owned(),
-                0 | 2 | 3 | 4 | 7..=12 => return None,
-                n => format!("SSL_ERROR_{n}"),
-            };
-            Some(FailureReason::SslGetError { error: name })
-        })
-        .collect()
-}
-
 impl ConnRecord {
     /// Builds the record for one flow. `now_ns` is the current
     /// `CLOCK_MONOTONIC` time, the clock `bpf_ktime_get_ns` uses. A flow whose
     /// tracker carries `FF_CLOSED` is reported closed whatever `state` says.
     pub fn from_flow(key: &FlowKey, value: &FlowValue, state: ConnState, now_ns: u64) -> Self {
-        let a = socket_addr(&addr_bytes(&key.addr_a), key.port_a);
-        let b = socket_addr(&addr_bytes(&key.addr_b), key.port_b);
-        let (client, server) = if value.client_is_a != 0 {
-            (a, b)
-        } else {
-            (b, a)
-        };
+        let (client, server) = client_server_addrs(key, value);
         let t = &value.tracker;
         let c = &t.counters;
         let state = if t.flags & FF_CLOSED != 0 {
@@ -161,6 +136,16 @@ impl ConnRecord {
     }
 }
 
+/// A flow's client and server socket addresses
+/// ([`monitor_common::orient::client_server`]).
+pub fn client_server_addrs(key: &FlowKey, value: &FlowValue) -> (SocketAddr, SocketAddr) {
+    let (c, s) = monitor_common::orient::client_server(key, value);
+    (
+        socket_addr(&addr_bytes(&c.addr), c.port),
+        socket_addr(&addr_bytes(&s.addr), s.port),
+    )
+}
+
 /// The socket address of a `FlowKey` endpoint: IPv6 bytes in network order,
 /// IPv4-mapped addresses turned back into IPv4.
 pub fn socket_addr(addr: &[u8; 16], port: u16) -> SocketAddr {
@@ -195,6 +180,7 @@ fn ms_ago(now_ns: u64, then_ns: u64) -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::agent::kernel::uprobes::ssl_error_reasons;
     use monitor_common::flow::ipv4_mapped;
     use monitor_common::tracker::FlowState;
 

@@ -77,6 +77,48 @@ pub fn append(lines: &[u8]) {
     }
 }
 
+/// Prints each decision as one JSON line on stdout (and logs it).
+pub fn print_decisions(decisions: &[crate::agent::policy::Decision]) {
+    if decisions.is_empty() {
+        return;
+    }
+    let mut out = String::new();
+    for d in decisions {
+        tracing::warn!(rule = d.rule, peer = %d.peer, action = d.action.name(), "policy decision");
+        match serde_json::to_string(d) {
+            Ok(line) => {
+                out.push_str(&line);
+                out.push('\n');
+            }
+            Err(e) => tracing::warn!("encoding a decision: {e}"),
+        }
+    }
+    if let Err(e) = crate::stdout::write_stdout(out.as_bytes()) {
+        tracing::warn!("writing decisions: {e:#}");
+    }
+    crate::agent::publish::decision_log::append(out.as_bytes());
+}
+
+/// The one way out for decisions: stamps each with the wall-clock time,
+/// prints it on stdout (and logs it), appends it to the events file and
+/// publishes it on the event bus.
+pub fn emit(
+    decisions: &mut [crate::agent::policy::Decision],
+    bus: &crate::agent::publish::event_bus::EventBus,
+) {
+    if decisions.is_empty() {
+        return;
+    }
+    let now = crate::agent::publish::event_bus::now_rfc3339();
+    for d in decisions.iter_mut().filter(|d| d.time.is_empty()) {
+        d.time.clone_from(&now);
+    }
+    print_decisions(decisions);
+    for d in decisions.iter() {
+        bus.decision(d);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,9 +39,9 @@ use aya::Ebpf;
 use monitor_common::flow::{addr_from_bytes, FlowKey};
 use monitor_common::ssl::{comm_bytes, ProcInfo, SIDE_CLIENT, SIDE_SERVER, SSL_STAT_COUNT};
 
-use crate::agent::ingest::record::{ssl_error_reasons, ConnRecord, ProcessFields};
 use crate::agent::kernel::loader::program;
 use crate::agent::state::{lock, Shared};
+use crate::api::conns::{ConnRecord, FailureReason, ProcessFields};
 use crate::api::status::TracepointHook;
 use discover::{FileId, Target, SYSTEM_LIBSSL};
 
@@ -387,6 +387,25 @@ fn process_fields(info: &ProcInfo, libraries: &[String]) -> ProcessFields {
         local_renegotiate_calls: Some(info.local_renegotiate_calls),
         local_key_update_calls: Some(info.local_key_update_calls),
     }
+}
+
+/// `SSL_get_error` results that say why a handshake call failed, by name;
+/// the `SSL_ERROR_WANT_*` retries (and `SSL_ERROR_NONE`) are left out:
+/// they are not failures. Bit `n` of `mask` is result `n`.
+pub fn ssl_error_reasons(mask: u32) -> Vec<FailureReason> {
+    (0..32u32)
+        .filter(|n| mask & (1 << n) != 0)
+        .filter_map(|n| {
+            let name = match n {
+                1 => "SSL_ERROR_SSL".to_owned(),
+                5 => "SSL_ERROR_SYSCALL".to_owned(),
+                6 => "SSL_ERROR_ZERO_RETURN".to_owned(),
+                0 | 2 | 3 | 4 | 7..=12 => return None,
+                n => format!("SSL_ERROR_{n}"),
+            };
+            Some(FailureReason::SslGetError { error: name })
+        })
+        .collect()
 }
 
 #[cfg(test)]
