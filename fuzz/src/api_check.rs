@@ -3,7 +3,7 @@
 //! extractors, whose handlers run the request validation the agent's
 //! handlers run before they touch a kernel map.
 //!
-//! The agent's own router (`monitor::run::server::router`) needs the kernel's
+//! The agent's own router (`monitor::agent::publish::server::router`) needs the kernel's
 //! maps in its state (`Shared`), so it cannot run here; what sits in front of
 //! the maps is fuzzed instead: axum's routing and its `Json<AddBan>` /
 //! `Path<String>` extraction, `AddBan` deserialisation, `parse_ban_target`,
@@ -22,8 +22,8 @@ use axum::http::{Method, Request, StatusCode};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use monitor::api::{CONNS_PATH, PEERS_PATH, STATS_PATH, STATUS_PATH};
-use monitor::bans::{check_reason, check_ttl, AddBan, BANS_PATH};
-use monitor::cidr::{parse_ban_target, Cidr};
+use monitor::api::bans::{check_reason, check_ttl, AddBan, BANS_PATH};
+use monitor::api::cidr::{parse_ban_target, Cidr};
 use tower::ServiceExt as _;
 
 /// The validation of `POST /v1/bans` once the body is an [`AddBan`].
@@ -54,7 +54,7 @@ async fn add(body: Result<Json<AddBan>, JsonRejection>) -> (StatusCode, String) 
         Ok(cidr) => {
             assert_ne!(cidr.prefix_len(), 0, "a /0 ban was accepted");
             let ttl = Duration::from_millis(req.ttl_ms);
-            assert!(!ttl.is_zero() && ttl <= monitor::bans::MAX_TTL);
+            assert!(!ttl.is_zero() && ttl <= monitor::api::bans::MAX_TTL);
             assert!(!req.reason.chars().any(char::is_control));
             check_cidr(&cidr);
             (StatusCode::OK, cidr.to_string())

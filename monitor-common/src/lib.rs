@@ -11,6 +11,7 @@ extern crate std;
 
 pub mod ban;
 pub mod flow;
+pub mod orient;
 pub mod payload;
 pub mod ssl;
 #[cfg(feature = "testing")]

@@ -1,24 +1,16 @@
 //! hsmon, the eBPF TLS handshake monitor: the agent (`hsmon run`), its
 //! control API and the CLI verbs, as a library so the root integration tests
 //! can load exactly the eBPF object the binary ships ([`ebpf_object`]).
+//!
+//! Components: [`api`] (the documents agent and CLI agree on), [`config`]
+//! (flags and policy file), [`agent`] (`hsmon run`), [`cli`] (the other
+//! verbs). `monitor/tests/layout.rs` checks who may import whom.
 
+pub mod agent;
 pub mod api;
-pub mod bans;
-pub mod cidr;
-pub mod cleanup;
 pub mod cli;
-pub mod client;
 pub mod config;
-pub mod conns;
-pub mod docs;
-pub mod events;
 pub mod logging;
-pub mod output;
-pub mod peers;
-pub mod record;
-pub mod run;
-pub mod status;
-pub mod table;
-pub mod top;
+pub mod stdout;
 
-pub use run::loader::ebpf_object;
+pub use agent::kernel::loader::ebpf_object;

@@ -7,14 +7,18 @@
 
 use std::process::ExitCode;
 
-use monitor::{cli, logging};
+use monitor::{agent, cli, logging};
 
 use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init();
-    match cli.verb.execute() {
+    let outcome = match cli.verb {
+        cli::Verb::Run(args) => agent::run(args),
+        verb => verb.execute(),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("{}", cli::format_error(&err));

@@ -1,5 +1,5 @@
 //! Agent ingest: events per second through the decoding of ring-buffer
-//! records and the aggregator (`monitor::run::policy::Policy`, which keeps
+//! records and the aggregator (`monitor::agent::policy::Policy`, which keeps
 //! the per-peer and per-prefix windows), in-process with synthetic events
 //! (`cargo xtask bench` runs this; prints `BENCH_ROW` lines, see
 //! [`tests::bench`]).
@@ -30,9 +30,9 @@
 //! private) is not in this figure.
 
 use anyhow::Result;
-use monitor::cidr::Cidr;
+use monitor::agent::policy::{ConnRef, Enforcer, FlowUpdate, Policy, Settings};
+use monitor::api::cidr::Cidr;
 use monitor::config::Config;
-use monitor::run::policy::{ConnRef, Enforcer, FlowUpdate, Policy, Settings};
 use monitor_common::flow::{ipv4_mapped, FlowEvent, FlowKey, FlowValue, EVENT_FLOW_CLOSED};
 use monitor_common::tracker::FF_FIRST_HS_DONE;
 use std::time::{Duration, Instant};
@@ -103,7 +103,7 @@ fn decode(bytes: &[u8]) -> Option<FlowEvent> {
 /// Events per second through decode + `Policy::step` in sweeps of `batch`.
 fn run_sweeps(evs: &[Vec<u8>], batch: usize, now: u64) -> Result<f64> {
     let config = Config::parse("", "bench")?;
-    let mut policy = Policy::new(Settings::from_config(&config, false));
+    let mut policy = Policy::new(Settings::from_config(&config));
     let mut enf = NoEnforcer;
     let t0 = Instant::now();
     let mut departed = Vec::with_capacity(batch);
@@ -128,7 +128,7 @@ fn run_sweeps(evs: &[Vec<u8>], batch: usize, now: u64) -> Result<f64> {
 /// batches of `batch`, with a sweep per simulated second.
 fn run_events(evs: &[Vec<u8>], batch: usize, now: u64) -> Result<f64> {
     let config = Config::parse("", "bench")?;
-    let mut policy = Policy::new(Settings::from_config(&config, false));
+    let mut policy = Policy::new(Settings::from_config(&config));
     let mut enf = NoEnforcer;
     let t0 = Instant::now();
     let mut updates = Vec::with_capacity(batch);
@@ -159,7 +159,7 @@ fn run_events(evs: &[Vec<u8>], batch: usize, now: u64) -> Result<f64> {
 fn main() -> Result<()> {
     let n: u32 = bench::scale(1_000_000, 200_000);
     let rounds = bench::scale(3, 2);
-    let now = monitor::record::monotonic_now_ns();
+    let now = monitor::agent::kernel::clock::monotonic_now_ns();
     for (peers, batch) in [(1_000u32, 4096usize), (100_000, 4096)] {
         let evs = events(n, peers, now);
         for (path, what) in [

@@ -5,7 +5,7 @@
 //!
 //! Kernel figures: key and value sizes from `monitor-common`'s types, and
 //! the `memlock` the kernel charges each map (`/proc/self/fdinfo/FD`) of the
-//! object loaded exactly as the agent loads it (`monitor::run::loader`).
+//! object loaded exactly as the agent loads it (`monitor::agent::kernel::loader`).
 //! `FLOWS` is a preallocated LRU hash (its memlock is the full capacity);
 //! the ban tries allocate per entry, so their per-entry cost is the growth
 //! of memlock after inserting bans.
@@ -17,7 +17,7 @@
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData, MapInfo};
-use monitor::run::loader;
+use monitor::agent::kernel::loader;
 use monitor_common::ban::{v4_key_data, BanValue, BAN_REASON_MANUAL, MAX_BANS_PER_FAMILY};
 use monitor_common::flow::{ipv4_mapped, FlowKey, FlowValue};
 use monitor_common::ssl::ProcInfo;
@@ -236,7 +236,7 @@ fn agent_rows() -> Result<()> {
         .with_context(|| format!("opening {}", flows_pin.display()))?;
     let mut flows: HashMap<MapData, FlowKey, FlowValue> =
         HashMap::try_from(Map::from_map_data(data)?).context("FLOWS type")?;
-    let now = monitor::record::monotonic_now_ns();
+    let now = monitor::agent::kernel::clock::monotonic_now_ns();
     let server = ipv4_mapped([10, 81, 0, 1]);
     let t0 = Instant::now();
     for i in 0..TRACKED {

@@ -140,7 +140,7 @@ fn main() -> Result<()> {
     // A second ingress harness with a ban on the client's /24: every packet
     // from it is dropped.
     let mut banned = TcHarness::load()?;
-    let hour = monitor::record::monotonic_now_ns() + 3_600_000_000_000;
+    let hour = monitor::agent::kernel::clock::monotonic_now_ns() + 3_600_000_000_000;
     banned.ban("10.99.0.0/24", hour, BAN_REASON_MANUAL)?;
     banned.set_ban_count(1)?;
     let (verdict, _) = banned.run_repeat(&plain, 1)?;

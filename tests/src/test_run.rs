@@ -137,7 +137,7 @@ impl TcHarness {
     /// ending at `expires_ns` (`CLOCK_MONOTONIC`), with reason code `reason`.
     /// `BAN_COUNT` is not touched: see [`TcHarness::set_ban_count`].
     pub fn ban(&mut self, cidr: &str, expires_ns: u64, reason: u32) -> Result<()> {
-        let cidr: monitor::cidr::Cidr = cidr.parse().with_context(|| format!("ban {cidr}"))?;
+        let cidr: monitor::api::cidr::Cidr = cidr.parse().with_context(|| format!("ban {cidr}"))?;
         let value = BanValue::new(expires_ns, reason);
         match cidr.addr() {
             IpAddr::V4(a) => {

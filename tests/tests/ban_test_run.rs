@@ -3,7 +3,7 @@
 //! counted; an expired ban, another source, a ban on the destination,
 //! `BAN_COUNT` = 0 and the egress program all let it pass (`TC_ACT_UNSPEC`).
 
-use monitor::record::monotonic_now_ns;
+use monitor::agent::kernel::clock::monotonic_now_ns;
 use monitor_common::{ban::BAN_REASON_MANUAL, flow::Stat, testing::ClientHello};
 use tests::{
     packet::{flags, tcp_segment, Endpoint},

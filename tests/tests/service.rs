@@ -19,7 +19,7 @@ use tests::workdir::WorkDir;
 
 const PORT: u16 = 4433;
 
-use monitor::status::STATUS_KEYS;
+use monitor::api::status::STATUS_KEYS;
 
 /// `hsmon status [--json] --socket SOCKET`'s stdout.
 fn status_raw(socket: &Path, json: bool) -> Result<String> {

@@ -1,0 +1,13 @@
+//! All user-side eBPF glue: loading the object, attaching the
+//! programs (TC, tracepoints, uprobes), the kernel maps and the network
+//! interfaces they watch.
+
+pub mod attach;
+pub mod clock;
+pub mod ebpf_log;
+pub mod ifaces;
+pub mod loader;
+pub mod maps;
+pub mod netlink;
+pub mod system;
+pub mod uprobes;
