@@ -386,3 +386,19 @@ fn frame_of_tiny_records_stays_synced() {
         before + TINY_RECORDS_PER_FRAME as u32 + 1
     );
 }
+
+/// The verifier accepts both classifiers of the object hsmon ships (with
+/// the segment-sized `bpf_loop` count); prints how long loading took and how
+/// many instructions the verifier processed.
+#[test]
+fn verifier_accepts_the_classifiers() {
+    require_root!();
+    for name in ["hsmon_tc_ingress", "hsmon_tc_egress"] {
+        let t = std::time::Instant::now();
+        let mut h = TcHarness::load_program(name).expect("the verifier accepts it");
+        let took = t.elapsed();
+        let insns = h.verified_instructions().expect("program info");
+        eprintln!("{name}: loaded in {took:?}, {insns:?} instructions verified");
+        assert!(insns.is_some_and(|n| n > 0), "{name}: {insns:?}");
+    }
+}
