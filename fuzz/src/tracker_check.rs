@@ -80,8 +80,10 @@ fn check_step(before: &FlowState, after: &FlowState, what: &str) {
 
 /// The free-form run (see the module doc).
 pub fn free_form(input: &Input) {
-    let budget = match input.max_steps {
-        0 => EBPF_MAX_STEPS,
+    // 0: the eBPF program's budget, `step_bound` of the segment's length
+    // (never exhausted: checked below).
+    let budget = |len: usize| match input.max_steps {
+        0 => step_bound(len as u32),
         n => u32::from(n),
     };
     let mut st = FlowState::new();
@@ -91,7 +93,7 @@ pub fn free_form(input: &Input) {
         let before = st;
         let (dir, outcome) = match op {
             Op::Send { dir, bytes } => {
-                let o = st.on_segment(*dir, pos[*dir], bytes.as_slice(), budget);
+                let o = st.on_segment(*dir, pos[*dir], bytes.as_slice(), budget(bytes.len()));
                 pos[*dir] = pos[*dir].wrapping_add(bytes.len() as u32);
                 (Some(*dir), Some(o))
             }
@@ -99,7 +101,7 @@ pub fn free_form(input: &Input) {
                 let seq = pos[*dir].wrapping_add(*offset as u32);
                 (
                     Some(*dir),
-                    Some(st.on_segment(*dir, seq, bytes.as_slice(), budget)),
+                    Some(st.on_segment(*dir, seq, bytes.as_slice(), budget(bytes.len()))),
                 )
             }
             Op::Close { dir } => {
@@ -124,6 +126,13 @@ pub fn free_form(input: &Input) {
         }
         let what = format!("{op:?} -> {outcome:?}");
         check_step(&before, &st, &what);
+        if input.max_steps == 0 {
+            assert_ne!(
+                outcome,
+                Some(SegmentOutcome::Overflow),
+                "the eBPF step budget ran out: {what}"
+            );
+        }
         match outcome {
             Some(SegmentOutcome::Gap) => assert!(
                 st.counters.gaps > before.counters.gaps || before.counters.gaps == u16::MAX,

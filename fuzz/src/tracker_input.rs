@@ -4,7 +4,8 @@
 //! [`encode`].
 //!
 //! Layout: 4 bytes client ISN, 4 bytes server ISN (big-endian), 1 byte step
-//! budget for the free-form run (0: `EBPF_MAX_STEPS`), 1 byte renegotiation
+//! budget for the free-form run (0: the eBPF program's, `step_bound` of each
+//! segment's length), 1 byte renegotiation
 //! cap, then operations until the input ends, each starting with a tag byte
 //! whose low two bits are the kind and bit 2 the direction:
 //!

@@ -809,7 +809,8 @@ pub struct Driver {
     pub streams: [Vec<u8>; 2],
     /// Each direction's initial sequence number (of its first payload byte).
     pub isn: [u32; 2],
-    /// Step budget passed to `on_segment`.
+    /// Step budget passed to `on_segment` (default `u32::MAX`: like the eBPF
+    /// program's `step_bound` budget, never exhausted).
     pub max_steps: u32,
     /// What each `on_segment` call returned, in order.
     pub outcomes: Vec<SegmentOutcome>,

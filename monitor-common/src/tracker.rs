@@ -67,20 +67,40 @@
 //!
 //! # Bounded work
 //!
-//! [`FlowState::on_segment`] does at most `max_steps` steps per segment; each
-//! step consumes at least one byte (a record header, a handshake field, or a
-//! body skip). A segment that needs more steps marks the direction unsynced
-//! (`overflows`), so the eBPF verifier sees a bounded loop and nothing is
-//! silently skipped.
+//! [`FlowState::on_segment`] takes at most `max_steps` steps per segment;
+//! each step consumes at least one byte of the segment (a record header or
+//! a piece of one, a handshake field or a piece of one, a body skip) or ends
+//! the segment with an error. So a segment with `n` new bytes never needs
+//! more than [`step_bound`]`(n) = n` steps: the eBPF program gives `bpf_loop`
+//! exactly that budget (at most [`MAX_SEGMENT_LEN`], below the kernel's
+//! [`BPF_MAX_LOOPS`]), and no input, however many tiny records it packs into
+//! one segment or GSO/GRO super-packet, can exhaust it. The verifier checks
+//! one step (the `bpf_loop` callback), not this many. A smaller explicit
+//! budget (tests) marks the direction unsynced when it runs out
+//! (`overflows`): nothing is silently skipped.
 
 use crate::payload::Payload;
 use crate::tls::*;
 
-/// Step budget per segment in the TC program: records (plus handshake fields)
-/// one segment may carry before the direction is marked unsynced
-/// (`overflows`). The program runs the steps inside `bpf_loop`, so the
-/// verifier checks one step, not this many.
-pub const EBPF_MAX_STEPS: u32 = 1024;
+/// Most payload bytes one segment may carry: [`FlowState::begin_segment`]
+/// refuses longer ones (far beyond any GSO, GRO or BIG TCP packet).
+pub const MAX_SEGMENT_LEN: u32 = u16::MAX as u32 * 16;
+
+/// The largest iteration count the kernel's `bpf_loop` accepts
+/// (`BPF_MAX_LOOPS`); more fails with `-E2BIG` and runs nothing.
+pub const BPF_MAX_LOOPS: u32 = 1 << 23;
+
+/// The steps that parsing `new_bytes` bytes of a segment can take at most:
+/// every step consumes at least one byte or ends the segment (see "Bounded
+/// work" above), so this budget is never exhausted by any input of that
+/// length. What the eBPF program gives `bpf_loop`.
+#[inline(always)]
+pub const fn step_bound(new_bytes: u32) -> u32 {
+    new_bytes
+}
+
+// The budget of the longest segment fits in one `bpf_loop`.
+const _: () = assert!(step_bound(MAX_SEGMENT_LEN) <= BPF_MAX_LOOPS);
 
 /// Index of the client-to-server direction in [`FlowState::dirs`].
 pub const CLIENT: usize = 0;
@@ -348,9 +368,12 @@ impl FlowState {
 
     /// Feeds one segment's payload, sent in direction `dir` (`CLIENT` or
     /// `SERVER`) with TCP sequence number `seq`. At most `max_steps` parsing
-    /// steps are taken; more marks the direction unsynced.
+    /// steps are taken; more marks the direction unsynced. A budget of
+    /// [`step_bound`] of the payload length (what the eBPF program uses) or
+    /// more never runs out.
     ///
     /// This is [`begin_segment`](Self::begin_segment), then
+    /// [`app_data_steps`](Self::app_data_steps), then
     /// [`step_segment`](Self::step_segment) until it returns an outcome, then
     /// [`overflow`](Self::overflow) if the budget ran out. The eBPF program
     /// makes the same calls, with the steps inside `bpf_loop`.
@@ -392,7 +415,7 @@ impl FlowState {
         if len == 0 {
             return Err(SegmentOutcome::Empty);
         }
-        if len > u16::MAX as usize * 16 {
+        if len > MAX_SEGMENT_LEN as usize {
             // Far beyond any GSO packet: do not guess.
             self.lose_sync(dir);
             return Err(SegmentOutcome::ReadError);

@@ -1278,6 +1278,78 @@ fn step_budget_overflow() {
     assert_eq!(d.state.counters.overflows, 0);
 }
 
+/// The eBPF program's budget: `step_bound` of each segment's length.
+fn ebpf_run(c: &Conversation, plan: &[Step]) -> FlowState {
+    let mut st = FlowState::new();
+    let streams = [c.stream(CLIENT), c.stream(SERVER)];
+    for s in plan {
+        match *s {
+            Step::Seg { dir, start, end } => {
+                let bytes = &streams[dir][start..end];
+                st.on_segment(dir, start as u32, bytes, step_bound(bytes.len() as u32));
+            }
+            Step::Close(dir) => st.on_close(dir),
+        }
+    }
+    st
+}
+
+#[test]
+fn step_bound_covers_a_64k_segment_of_minimal_records() {
+    // 13,099 empty records: one header step each, 65,495 bytes.
+    let n = (65_535 - 40) / 5;
+    let burst: Vec<u8> = (0..n).flat_map(|_| app_data(0)).collect();
+    let mut c = Conversation::new();
+    c.client(ClientHello::tls12().record())
+        .client(&burst)
+        .client(app_data(3));
+    let st = ebpf_run(&c, &c.plan_sends());
+    assert!(!st.unsynced(), "{:?}", st.counters);
+    assert_eq!(st.counters.overflows, 0);
+    assert_eq!(st.counters.records[R_APP], n as u32 + 1);
+    // The old fixed budget of 1,024 steps ran out on it.
+    let mut d = Driver::new(&c, [0, 0]);
+    d.max_steps = 1024;
+    d.run(&c.plan_sends());
+    assert_eq!(d.state.counters.overflows, 1);
+}
+
+#[test]
+fn step_bound_covers_one_byte_records_then_renegotiations() {
+    let mut c = Conversation::new();
+    tls12_full(&mut c);
+    let mut burst: Vec<u8> = (0..3000).flat_map(|_| app_data(1)).collect();
+    for _ in 0..6 {
+        burst.extend(encrypted_handshake(250));
+    }
+    c.client(burst);
+    let st = ebpf_run(&c, &c.plan_sends());
+    assert!(!st.unsynced(), "{:?}", st.counters);
+    assert_eq!(st.counters.renegotiations_client, 6);
+    assert_eq!(st.counters.records[R_APP], 3000);
+}
+
+#[test]
+fn whole_record_then_more_in_one_segment_stays_synced() {
+    // A reply written as head + body: one whole record, then more records,
+    // the last one cut by the segment end.
+    let mut c = Conversation::new();
+    tls13_full(&mut c);
+    let mut seg = app_data(30);
+    seg.extend(app_data(300));
+    seg.extend(app_data(40));
+    c.server(&seg).server(app_data(5));
+    let whole = ebpf_run(&c, &c.plan_sends());
+    assert!(!whole.unsynced(), "{:?}", whole.counters);
+    let cut = ebpf_run(&c, &c.plan_sizes(|_| 333));
+    assert!(!cut.unsynced(), "{:?}", cut.counters);
+    assert_eq!(whole.counters, cut.counters);
+    assert_eq!(
+        whole.counters.records[R_APP],
+        run_sends(&c, [0, 0]).counters.records[R_APP]
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Malformed ServerHellos: no panic; record framing keeps the stream in sync.
 

@@ -1055,3 +1055,154 @@ proptest! {
         prop_assert_eq!(Observed::of(&d.state), Observed::of(&unsplit));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Bounded work: the eBPF budget, `step_bound` of a segment's length.
+
+/// Steps one segment by hand as the eBPF program does (the application-data
+/// fast path, then one `step_segment` per `bpf_loop` iteration) and checks
+/// that every step but a final error consumes at least one byte, so the
+/// steps never exceed `step_bound` of the segment's new bytes.
+fn check_steps(s: &mut FlowState, dir: usize, seq: u32, bytes: &[u8]) -> Result<(), TestCaseError> {
+    let Ok((mut off, len)) = s.begin_segment(dir, seq, bytes.len()) else {
+        return Ok(());
+    };
+    let bound = step_bound(len - off);
+    let start = off;
+    let mut steps = s.app_data_steps(dir, bytes, &mut off, len, bound);
+    prop_assert!(
+        off - start >= steps,
+        "fast path: {steps} steps, {} bytes",
+        off - start
+    );
+    if steps > 0 && off >= len {
+        return Ok(());
+    }
+    loop {
+        let before = off;
+        let r = s.step_segment(dir, bytes, &mut off, len);
+        steps += 1;
+        prop_assert!(steps <= bound, "{steps} steps for {} bytes", len - start);
+        match r {
+            None => prop_assert!(off > before, "a step consumed nothing"),
+            Some(SegmentOutcome::Parsed) => prop_assert!(off >= len),
+            Some(_) => break,
+        }
+        if r.is_some() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 1000,
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    })]
+
+    /// From any state a valid conversation's prefix leaves (mid-header,
+    /// mid-handshake field, inside an alert, ...), the next segment, valid
+    /// continuation or arbitrary bytes, never needs more than `step_bound`
+    /// of its length: the eBPF budget cannot run out.
+    #[test]
+    fn step_bound_is_never_exhausted(
+        m in model(),
+        cut in [any::<Index>(), any::<Index>()],
+        dir in dir(),
+        garbage in prop_oneof![Just(None), proptest::collection::vec(any::<u8>(), 1..600).prop_map(Some)],
+        take in 1usize..3000,
+        max in max_seg(),
+        seed in any::<u64>(),
+    ) {
+        let conv = build(&m);
+        let streams = [conv.stream(CLIENT), conv.stream(SERVER)];
+        let mut rng = Rng::new(seed);
+        let mut s = FlowState::new();
+        let ends = [cut[0].index(streams[0].len() + 1), cut[1].index(streams[1].len() + 1)];
+        // Each direction's prefix, cut into random segments (both directions
+        // start at sequence number 0).
+        for d in [CLIENT, SERVER] {
+            let mut at = 0;
+            while at < ends[d] {
+                let n = (1 + rng.below(max)).min(ends[d] - at);
+                s.on_segment(d, at as u32, &streams[d][at..at + n], u32::MAX);
+                at += n;
+            }
+        }
+        let next: Vec<u8> = match garbage {
+            Some(g) => g,
+            None => streams[dir][ends[dir]..(ends[dir] + take).min(streams[dir].len())].to_vec(),
+        };
+        let mut by_hand = s;
+        check_steps(&mut by_hand, dir, ends[dir] as u32, &next)?;
+        let out = s.on_segment(dir, ends[dir] as u32, &next[..], step_bound(next.len() as u32));
+        prop_assert_ne!(out, SegmentOutcome::Overflow);
+        prop_assert_eq!(s, by_hand);
+    }
+
+    /// A valid record stream (application data and heartbeats of any length,
+    /// empty ones included) cut anywhere, at record boundaries or inside
+    /// records, so that segments start at a boundary with whole records and
+    /// a partial one: with the eBPF budget the direction stays synced and
+    /// every record is counted exactly once.
+    #[test]
+    fn any_split_of_a_record_stream_counts_every_record_once(
+        recs in proptest::collection::vec(
+            (prop_oneof![4 => Just(CT_APPLICATION_DATA), 1 => Just(CT_HEARTBEAT)],
+             prop_oneof![2 => 0usize..3, 2 => 3usize..64, 1 => 64usize..2000]),
+            1..300,
+        ),
+        cuts in proptest::collection::vec((any::<bool>(), any::<Index>()), 0..60),
+        isn in isn(),
+    ) {
+        let mut conv = Conversation::new();
+        tls13_full(&mut conv);
+        let head = conv.stream(SERVER).len();
+        for (typ, len) in &recs {
+            conv.server(record(*typ, VERSION_TLS12, &filler(*len, *len as u8)));
+        }
+        let stream = conv.stream(SERVER);
+        // Record boundaries of the server's stream after the handshake.
+        let mut at = head;
+        let mut boundaries = Vec::new();
+        for (_, len) in &recs {
+            boundaries.push(at);
+            at += 5 + len;
+        }
+        let mut points: Vec<usize> = cuts
+            .iter()
+            .map(|(on_boundary, i)| {
+                if *on_boundary {
+                    boundaries[i.index(boundaries.len())]
+                } else {
+                    head + i.index(stream.len() - head)
+                }
+            })
+            .collect();
+        points.push(head);
+        points.push(stream.len());
+        points.sort_unstable();
+        points.dedup();
+        let mut handshake = Conversation::new();
+        tls13_full(&mut handshake);
+        let mut s = run_sends(&handshake, [0, isn]);
+        let before = s.counters.records;
+        for w in points.windows(2) {
+            let seg = &stream[w[0]..w[1]];
+            let out = s.on_segment(
+                SERVER,
+                isn.wrapping_add(w[0] as u32),
+                seg,
+                step_bound(seg.len() as u32),
+            );
+            prop_assert_eq!(out, SegmentOutcome::Parsed);
+        }
+        prop_assert!(!s.unsynced(), "{:?}", s.counters);
+        let app = recs.iter().filter(|(t, _)| *t == CT_APPLICATION_DATA).count() as u32;
+        let hb = recs.len() as u32 - app;
+        prop_assert_eq!(s.counters.records[R_APP], before[R_APP] + app);
+        prop_assert_eq!(s.counters.records[R_HB], before[R_HB] + hb);
+    }
+}

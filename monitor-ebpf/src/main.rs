@@ -18,6 +18,7 @@
 #![no_main]
 
 mod ban;
+mod loops;
 mod maps;
 mod packet;
 mod progress;

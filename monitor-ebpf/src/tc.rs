@@ -5,7 +5,7 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
     cty::{c_long, c_void},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_loop},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::classifier,
     programs::TcContext,
 };
@@ -15,7 +15,7 @@ use monitor_common::{
     },
     payload::Payload,
     tls::{could_start_client_hello, CT_HANDSHAKE},
-    tracker::{CapVerdict, CLIENT, DIR_NEW, EBPF_MAX_STEPS, SERVER},
+    tracker::{step_bound, CapVerdict, CLIENT, DIR_NEW, SERVER},
 };
 
 use crate::{
@@ -234,18 +234,21 @@ fn limit_hit(flow: &FlowValue, key: &FlowKey) {
 /// leading application-data record in line (`FlowState::app_data_steps`: a
 /// segment of one encrypted record needs no call; inlining the general step
 /// instead multiplies the verifier's work several times), the rest one step
-/// per `bpf_loop` iteration; `EBPF_MAX_STEPS` in all.
+/// per `bpf_loop` iteration. The budget is `step_bound` of the bytes left:
+/// every step consumes at least one byte, so no segment can exhaust it.
 #[inline(always)]
 fn parse_payload(flow: &mut FlowValue, dir: usize, seq: u32, payload: SkbPayload) {
     let Ok((mut off, len)) = flow.tracker.begin_segment(dir, seq, payload.len as usize) else {
         return;
     };
+    let budget = step_bound(len.saturating_sub(off));
     let used = flow
         .tracker
-        .app_data_steps(dir, &payload, &mut off, len, EBPF_MAX_STEPS);
+        .app_data_steps(dir, &payload, &mut off, len, budget);
     if used > 0 && off >= len {
         return;
     }
+    let budget = step_bound(len.saturating_sub(off));
     let mut sc = StepCtx {
         flow: flow as *mut FlowValue,
         payload,
@@ -254,15 +257,11 @@ fn parse_payload(flow: &mut FlowValue, dir: usize, seq: u32, payload: SkbPayload
         len,
         done: 0,
     };
-    // SAFETY: helper call; the callback only touches `sc`.
-    unsafe {
-        bpf_loop(
-            EBPF_MAX_STEPS - used,
-            step_cb as *mut c_void,
-            &mut sc as *mut StepCtx as *mut c_void,
-            0,
-        );
-    }
+    crate::loops::run(
+        budget,
+        step_cb as *mut c_void,
+        &mut sc as *mut StepCtx as *mut c_void,
+    );
     if sc.done == 0 {
         flow.tracker.overflow(dir, sc.off, sc.len);
     }

@@ -77,6 +77,13 @@ impl TcHarness {
         Ok((r.return_value, r.duration))
     }
 
+    /// The instructions the verifier processed when it loaded the program
+    /// (`None` on kernels that do not report it).
+    pub fn verified_instructions(&mut self) -> Result<Option<u32>> {
+        let info = self.program()?.info().context("program info")?;
+        Ok(info.verified_instruction_count())
+    }
+
     /// Runs one packet once; returns the program's return value.
     pub fn run(&mut self, frame: &[u8]) -> Result<u32> {
         Ok(self.run_repeat(frame, 1)?.0)

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use monitor_common::testing::*;
-use monitor_common::tracker::{FlowState, CLIENT, DIR_UNSYNCED, EBPF_MAX_STEPS, SERVER};
+use monitor_common::tracker::{step_bound, FlowState, CLIENT, DIR_UNSYNCED, SERVER};
 use tests::hsmon::HsmonConn;
 use tests::openssl::TlsVersion;
 use tests::pyssl::PyTlsServer;
@@ -141,7 +141,7 @@ fn oracle(writes: &[Vec<u8>]) -> FlowState {
     let mut seq = [1000u32, 5000u32];
     for w in writes {
         for dir in [CLIENT, SERVER] {
-            st.on_segment(dir, seq[dir], w.as_slice(), EBPF_MAX_STEPS);
+            st.on_segment(dir, seq[dir], w.as_slice(), step_bound(w.len() as u32));
             seq[dir] = seq[dir].wrapping_add(w.len() as u32);
         }
     }
@@ -322,7 +322,6 @@ fn reordered_and_retransmitted_segments_pass_and_lose_sync() {
         plan.push(first);
     }
     let mut user = Driver::new(&conv, [0x7fff_fff0, 77]);
-    user.max_steps = EBPF_MAX_STEPS;
     for step in &plan {
         let f = frame(ends, &user, *step);
         let verdict = h.run(&f).expect("BPF_PROG_TEST_RUN");

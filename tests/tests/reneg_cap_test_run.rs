@@ -10,7 +10,7 @@
 use monitor_common::{
     flow::{Stat, TrackerConfig, EVENT_FLOW_OPENED, EVENT_FLOW_PROGRESS, EVENT_LIMIT_HIT},
     testing::*,
-    tracker::{CapVerdict, FlowState, CLIENT, EBPF_MAX_STEPS, FF_OVER_CAP, SERVER},
+    tracker::{CapVerdict, FlowState, CLIENT, FF_OVER_CAP, SERVER},
 };
 use tests::{
     packet::Endpoint,
@@ -74,7 +74,6 @@ fn replay(
     cap: u32,
 ) -> Replay {
     let mut user = Driver::new(conv, [1000, 7_000_000]);
-    user.max_steps = EBPF_MAX_STEPS;
     user.reneg_cap = cap;
     let mut verdicts = Vec::new();
     for step in plan {
@@ -176,7 +175,6 @@ fn retransmission_of_the_dropped_segment_is_dropped_too() {
     let conv = renegotiating(4);
     let plan = conv.plan_sends();
     let mut user = Driver::new(&conv, [5, 9]);
-    user.max_steps = EBPF_MAX_STEPS;
     user.reneg_cap = 3;
     let mut dropped = None;
     for step in &plan {
@@ -254,7 +252,6 @@ fn egress_never_drops() {
     let conv = renegotiating(4);
     let plan = conv.plan_sends();
     let mut user = Driver::new(&conv, [77, 88]);
-    user.max_steps = EBPF_MAX_STEPS;
     for step in &plan {
         let f = frame(ends(false), &user, *step);
         assert_eq!(h.run(&f).expect("run"), TC_ACT_UNSPEC, "{step:?}");
@@ -290,4 +287,37 @@ fn egress_never_drops() {
         .map(|e| e.value.tracker.counters.renegotiations_client)
         .collect();
     assert_eq!(renegs, [1, 2, 3, 4], "{events:?}");
+}
+
+#[test]
+fn renegotiations_behind_a_frame_of_tiny_records_are_capped() {
+    require_root!();
+    let e = ends(false);
+    let mut h = TcHarness::load().expect("load");
+    h.set_config(&config(3)).expect("config");
+    let mut conv = Conversation::new();
+    tls12_full(&mut conv);
+    conv.client(app_data(100)).server(app_data(200));
+    // One client segment: 540 one-byte records (1,080 tracker steps, more
+    // than the old per-segment budget of 1,024), then 4 renegotiation
+    // ClientHellos, in the largest frame BPF_PROG_TEST_RUN takes.
+    let mut burst: Vec<u8> = (0..540).flat_map(|_| app_data(1)).collect();
+    for _ in 0..4 {
+        burst.extend(encrypted_handshake(90));
+    }
+    conv.client(burst);
+    let plan = conv.plan_sends();
+    let r = replay(&mut h, e, &conv, &plan, 3);
+    assert_eq!(r.kernel, r.user.state);
+    assert!(!r.kernel.unsynced(), "{:?}", r.kernel.counters);
+    assert_eq!(r.kernel.counters.renegotiations_client, 4);
+    assert!(r.kernel.flags & FF_OVER_CAP != 0);
+    // The last segment (the burst) is the one dropped; everything before passes.
+    let (last, before) = r.verdicts.split_last().expect("steps");
+    assert_eq!(
+        last.1, TC_ACT_SHOT,
+        "the burst carrying the 4th ClientHello"
+    );
+    assert!(before.iter().all(|(_, v)| *v == TC_ACT_UNSPEC));
+    assert_eq!(h.stat(Stat::RenegCapDrops).expect("stats"), 1);
 }

@@ -12,7 +12,7 @@
 use monitor_common::{
     testing::*,
     tls::{KEY_UPDATE_RECORD_LEN, MAX_RECORD_LEN},
-    tracker::{FlowState, CLIENT, DIR_UNSYNCED, EBPF_MAX_STEPS, FF_CLOSED, SERVER},
+    tracker::{FlowState, CLIENT, DIR_UNSYNCED, FF_CLOSED, SERVER},
 };
 use tests::{
     packet::{flags, tcp_segment, Endpoint},
@@ -57,7 +57,6 @@ fn replay(
     isn: [u32; 2],
 ) -> (FlowState, FlowState) {
     let mut user = Driver::new(conv, isn);
-    user.max_steps = EBPF_MAX_STEPS;
     for step in plan {
         let frame = frame(ends, &user, *step);
         h.run(&frame).expect("BPF_PROG_TEST_RUN");
@@ -299,4 +298,107 @@ fn malformed_packets_pass_untouched() {
     // The whole packet does create it.
     h.run(&good).expect("BPF_PROG_TEST_RUN");
     assert_eq!(h.flow_count().expect("count flows"), 1);
+}
+
+/// One segment per run of same-direction sends whose first send is
+/// `first` and whose other sends follow it in the same segment: the
+/// segment starts at a record boundary with one whole record followed by
+/// more bytes (a reply written as head + body under `TCP_CORK`).
+fn whole_record_then_more(conv: &mut Conversation, dir: usize, first: Vec<u8>, rest: &[Vec<u8>]) {
+    let mut seg = first;
+    for r in rest {
+        seg.extend_from_slice(r);
+    }
+    conv.send(dir, seg);
+}
+
+#[test]
+fn segment_of_a_whole_record_then_more_stays_synced() {
+    require_root!();
+    let mut h = TcHarness::load().expect("load the TC program");
+    let mut conv = tls13_with_key_updates();
+    // TLS 1.3 server: a whole application-data record, then two more (the
+    // last one cut by the segment end below); the client likewise.
+    whole_record_then_more(
+        &mut conv,
+        SERVER,
+        app_data(30),
+        &[app_data(300), app_data(40)],
+    );
+    whole_record_then_more(
+        &mut conv,
+        CLIENT,
+        app_data(KEY_UPDATE_RECORD_LEN as usize),
+        &[app_data(7)],
+    );
+    let plan = conv.plan_sends();
+    let s = check(&mut h, v4(), &conv, &plan);
+    assert!(!s.unsynced(), "{:?}", s.counters);
+    assert_eq!(s.counters.overflows, 0);
+    assert_eq!(s.counters.records[3], conv_app_records(&conv));
+    // Cut every segment so that it ends inside its last record: the next
+    // segment then starts in the middle of a record.
+    h.forget_flow(v4()[CLIENT], v4()[SERVER])
+        .expect("forget the flow");
+    let s = check(&mut h, v4(), &conv, &conv.plan_sizes(|_| 333));
+    assert!(!s.unsynced(), "{:?}", s.counters);
+    assert_eq!(s.counters.records[3], conv_app_records(&conv));
+}
+
+#[test]
+fn tls12_renegotiation_behind_a_whole_record_is_counted() {
+    require_root!();
+    let mut h = TcHarness::load().expect("load the TC program");
+    let mut conv = tls12_with_renegotiations();
+    // Application data and an encrypted renegotiation ClientHello in one
+    // client segment: the ClientHello is not the segment's first record.
+    whole_record_then_more(&mut conv, CLIENT, app_data(64), &[encrypted_handshake(250)]);
+    conv.server(encrypted_alert());
+    let s = check(&mut h, v6(), &conv, &conv.plan_sends());
+    assert!(!s.unsynced(), "{:?}", s.counters);
+    assert_eq!(s.counters.renegotiations_client, 3);
+    assert_eq!(s.counters.renegotiations_refused, 2);
+}
+
+/// One-byte application-data records (6 bytes, 2 tracker steps each) that
+/// fit in the largest frame `BPF_PROG_TEST_RUN` takes for TC (a page
+/// minus the skb's head- and tailroom: about 3,700 bytes; this kernel builds
+/// no non-linear test skbs): 600 records, 1,200 steps, more than the old
+/// per-segment budget of 1,024.
+const TINY_RECORDS_PER_FRAME: usize = 600;
+
+#[test]
+fn frame_of_tiny_records_stays_synced() {
+    require_root!();
+    let mut h = TcHarness::load().expect("load the TC program");
+    let mut conv = tls13_with_key_updates();
+    let before = conv_app_records(&conv);
+    let burst: Vec<u8> = (0..TINY_RECORDS_PER_FRAME)
+        .flat_map(|_| app_data(1))
+        .collect();
+    conv.server(burst);
+    conv.server(app_data(100));
+    let s = check(&mut h, v4(), &conv, &conv.plan_sends());
+    assert!(!s.unsynced(), "{:?}", s.counters);
+    assert_eq!(s.counters.overflows, 0);
+    assert_eq!(
+        s.counters.records[3],
+        before + TINY_RECORDS_PER_FRAME as u32 + 1
+    );
+}
+
+/// The verifier accepts both classifiers of the object hsmon ships (with
+/// the segment-sized `bpf_loop` count); prints how long loading took and how
+/// many instructions the verifier processed.
+#[test]
+fn verifier_accepts_the_classifiers() {
+    require_root!();
+    for name in ["hsmon_tc_ingress", "hsmon_tc_egress"] {
+        let t = std::time::Instant::now();
+        let mut h = TcHarness::load_program(name).expect("the verifier accepts it");
+        let took = t.elapsed();
+        let insns = h.verified_instructions().expect("program info");
+        eprintln!("{name}: loaded in {took:?}, {insns:?} instructions verified");
+        assert!(insns.is_some_and(|n| n > 0), "{name}: {insns:?}");
+    }
 }
