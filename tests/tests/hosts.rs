@@ -515,7 +515,6 @@ fn rig_attack(name: &str, extra: &[&str], attack: &[&str]) {
 }
 
 #[test]
-#[ignore = "issue 11: attacker unsynced (reneg_c 0), 6 of 6 honoured"]
 fn burst_of_3000_tiny_records_keeps_the_cap() {
     require_root!();
     rig_attack("hosts-burst", &[], &["burst=3000"]);
@@ -879,14 +878,14 @@ fn download(name: &str, version: TlsVersion, tls: &str) {
 }
 
 #[test]
-#[ignore = "issue 11: server direction unsynced after the download (overflows 1)"]
+#[ignore = "issue 11: in sync since the bpf_loop count fix (7 of 8 runs); the s_server download source stalls in about 1 run of 4 (s_server blocked in read(2) on its socket, nothing in flight either way: the peer, not hsmon); needs another bulk source"]
 fn tls12_download_of_20_mb_stays_in_sync() {
     require_root!();
     download("hosts-dl12", TlsVersion::Tls12, "tls=1.2");
 }
 
 #[test]
-#[ignore = "issue 11: flaky today: server direction unsynced (overflows 1) in 1 of 7 runs seen (one more failed run not inspected)"]
+#[ignore = "issue 11: in sync since the bpf_loop count fix (5 of 5 runs); shares the s_server download source that stalls (see the TLS 1.2 test)"]
 fn tls13_download_of_20_mb_stays_in_sync() {
     require_root!();
     download("hosts-dl13", TlsVersion::Tls13, "tls=1.3");
@@ -896,7 +895,7 @@ fn tls13_download_of_20_mb_stays_in_sync() {
 /// (never fewer: no false reset under the cap), the 4th dropped and the
 /// connection reset.
 #[test]
-#[ignore = "issue 11: 2 runs of 3: 1 renegotiation honoured, then reset (false cap)"]
+#[ignore = "issue 11: cap exact since the bpf_loop count fix (7 of 8 runs); 1 of 8 runs the s_server download source stalls first (see the TLS 1.2 test)"]
 fn download_then_six_renegotiations_caps_at_three() {
     require_root!();
     let r = default_rig("hosts-dl-reneg");
@@ -934,7 +933,6 @@ fn download_then_six_renegotiations_caps_at_three() {
 /// Five short exchanges with a Python `ssl` TLS 1.3 echo server, on three
 /// connections: every connection stays in sync.
 #[test]
-#[ignore = "issue 11: 1 of 3 connections unsynced in 2 runs of 3"]
 fn python_tls13_short_exchanges_stay_in_sync() {
     require_root!();
     let r = default_rig("hosts-pyssl");
