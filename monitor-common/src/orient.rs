@@ -31,6 +31,14 @@ pub fn client_server(key: &FlowKey, value: &FlowValue) -> (End, End) {
     }
 }
 
+/// Whether the sender of a segment is the client: `sender_is_a` says
+/// whether it is the key's end A (the eBPF programs know that from the
+/// packet; the value records which end the client is).
+#[inline(always)]
+pub fn sender_is_client(sender_is_a: bool, value: &FlowValue) -> bool {
+    sender_is_a == (value.client_is_a != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +60,8 @@ mod tests {
         let (c, s) = client_server(&key, &value);
         assert_eq!((c.addr, c.port), (server, 443));
         assert_eq!((s.addr, s.port), (client, 40000));
+        // Now the value names end A as the client.
+        assert!(sender_is_client(true, &value));
+        assert!(!sender_is_client(false, &value));
     }
 }

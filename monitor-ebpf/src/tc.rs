@@ -145,7 +145,7 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
     };
     // SAFETY: a valid pointer into the map; the tracker only touches plain integers.
     let flow = unsafe { &mut *flow };
-    let dir = if sender_is_a == (flow.client_is_a != 0) {
+    let dir = if monitor_common::orient::sender_is_client(sender_is_a, flow) {
         CLIENT
     } else {
         SERVER
