@@ -45,6 +45,8 @@ const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// PATH inside the root: rustup's proxies first, as on the real machine.
 const ROOT_PATH: &str =
     "/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Local CA certificates of the machine (`update-ca-certificates` input).
+const LOCAL_CAS: &str = "/usr/local/share/ca-certificates";
 /// Where the clone lives inside the root.
 const CLONE_IN_ROOT: &str = "/root/hsmon";
 /// How long `cargo xtask run` may take until `hsmon status` answers.
@@ -447,11 +449,36 @@ impl FreshRoot {
         let target = r.join("etc/resolv.conf");
         let _ = std::fs::remove_file(&target);
         std::fs::write(&target, resolv).with_context(|| format!("writing {}", target.display()))?;
+        self.trust_local_cas()
+    }
+
+    /// The machine's local CA certificates (this workplace's egress proxy
+    /// signs the registries' TLS with them; a fresh machine of this kind
+    /// has them too), added to the root's trust store.
+    fn trust_local_cas(&self) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(LOCAL_CAS) else {
+            return Ok(());
+        };
+        let dir = self.root.join(LOCAL_CAS.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut any = false;
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "crt") {
+                std::fs::copy(e.path(), dir.join(e.file_name()))
+                    .with_context(|| format!("copying {}", e.path().display()))?;
+                any = true;
+            }
+        }
+        if any {
+            let mut c = self.chroot_cmd("update-ca-certificates");
+            c.stdout(Stdio::null());
+            util::run(&mut c).context("update-ca-certificates in the fresh root")?;
+        }
         Ok(())
     }
 
     /// `chroot ROOT` with the clean environment of a root login shell.
-    fn command(&self, program: &str) -> Command {
+    fn chroot_cmd(&self, program: &str) -> Command {
         let mut c = Command::new("chroot");
         c.arg(&self.root).arg(program);
         c.env_clear()
@@ -586,7 +613,7 @@ fn clone_head(root: &Path, logs: &Path) -> Result<String> {
 /// SIGINT (a clean stop) and `hsmon cleanup` (its pins and links).
 fn run_agent(root: &FreshRoot, logs: &Path) -> Result<String> {
     let log = logs.join("xtask-run.log");
-    let mut c = root.command("/bin/bash");
+    let mut c = root.chroot_cmd("/bin/bash");
     c.args(["-c", &format!("cd {CLONE_IN_ROOT} && exec cargo xtask run")]);
     let mut child = spawn_logged(&mut c, &log)?;
     let started = Instant::now();
@@ -608,7 +635,7 @@ fn run_agent(root: &FreshRoot, logs: &Path) -> Result<String> {
         }
         if root.path().join(hsmon.trim_start_matches('/')).is_file() {
             let status_log = logs.join("hsmon-status.log");
-            let mut s = root.command(&hsmon);
+            let mut s = root.chroot_cmd(&hsmon);
             s.arg("status");
             if run_logged(&mut s, &status_log, Duration::from_secs(10)).is_ok() {
                 break started.elapsed();
@@ -630,7 +657,7 @@ fn run_agent(root: &FreshRoot, logs: &Path) -> Result<String> {
         }
     }
     let stopped = wait_child(&mut child, Duration::from_secs(30))?;
-    let mut cleanup = root.command(&hsmon);
+    let mut cleanup = root.chroot_cmd(&hsmon);
     cleanup.arg("cleanup");
     let cleaned = run_logged(
         &mut cleanup,
@@ -659,7 +686,7 @@ fn run_agent(root: &FreshRoot, logs: &Path) -> Result<String> {
 /// `CI=true bash .ci/run` in the clone, with CI's time limit.
 fn run_ci(root: &FreshRoot, logs: &Path) -> Result<String> {
     let log = logs.join("ci-run.log");
-    let mut c = root.command("/bin/bash");
+    let mut c = root.chroot_cmd("/bin/bash");
     c.env("CI", "true").arg(format!("{CLONE_IN_ROOT}/.ci/run"));
     let mut child = spawn_logged(&mut c, &log)?;
     let status = wait_child(&mut child, CI_TIMEOUT)?;

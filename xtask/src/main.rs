@@ -12,6 +12,8 @@ mod fresh_check;
 mod fuzz;
 mod run;
 mod setup;
+#[cfg(test)]
+mod spawn_guard;
 mod test_suite;
 mod util;
 
