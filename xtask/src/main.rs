@@ -10,6 +10,7 @@ mod build;
 mod deb;
 mod fresh_check;
 mod fuzz;
+mod quickstart;
 mod run;
 mod setup;
 #[cfg(test)]
@@ -92,6 +93,10 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Drive the README's quick start in tmux as a person would (its lines
+    /// read from README.md): renegotiations counted in `hsmon top`, the 4th
+    /// cut, the `reneg_cap` decision in `hsmon events`; needs root.
+    QuickstartCheck,
     /// Rehearse the README's two commands (`cargo xtask run`, `CI=true bash
     /// .ci/run`) in a fresh clone of HEAD inside a clean Debian 12 root
     /// (debootstrap, cached under target/fresh/); needs root, ~40 minutes.
@@ -126,6 +131,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench { quick, only } => bench::bench(bench::Options { quick, only }),
         Cmd::Deb => deb::deb().map(drop),
         Cmd::Fuzz { secs, target } => fuzz::fuzz(fuzz::Options { secs, target }),
+        Cmd::QuickstartCheck => quickstart::quickstart_check(),
         Cmd::FreshCheck {
             rebuild_base,
             skip_ci,

@@ -179,6 +179,16 @@ pub const RESOLVED: &[(&str, &str, Runs)] = &[
         "hsmon",
         Runs::Own("hsmon: the release build inside the fresh root"),
     ),
+    (
+        "xtask/src/quickstart.rs",
+        "hsmon",
+        Runs::Own("hsmon: the release build"),
+    ),
+    (
+        "xtask/src/quickstart.rs",
+        "self.hsmon",
+        Runs::Own("hsmon: the release build"),
+    ),
 ];
 
 /// The package lists setup installs from, per scope of the spawning file.
@@ -236,6 +246,25 @@ fn collect_rs(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
             out.push(p);
         }
     }
+}
+
+/// The programs `cargo xtask quickstart-check` types into tmux: the
+/// README's quick-start lines, parsed as shell (continuations joined).
+pub fn readme_spawns(readme: &str) -> Result<Vec<Spawn>, String> {
+    let terminals = crate::quickstart::readme_terminals(readme).map_err(|e| format!("{e:#}"))?;
+    let mut out = Vec::new();
+    for (n, lines) in terminals.iter().enumerate() {
+        let script = lines.join("\n").replace("\\\n", " ");
+        for prog in scan::script_programs(&script) {
+            out.push(Spawn {
+                at: format!("README.md (quick start, terminal {})", n + 1),
+                file: "README.md".into(),
+                prog,
+                via: "quickstart-check's tmux send-keys".into(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Checks every spawn; returns one line per problem (empty when clean).
@@ -350,9 +379,13 @@ mod tests {
     }
 
     fn workspace_spawns() -> Vec<Spawn> {
-        let files = load_files(&crate::util::workspace_root());
+        let root = crate::util::workspace_root();
+        let files = load_files(&root);
         assert!(files.len() > 50, "scanned only {} files", files.len());
-        scan::scan(&files)
+        let mut spawns = scan::scan(&files);
+        let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+        spawns.extend(readme_spawns(&readme).expect("the README's quick start"));
+        spawns
     }
 
     /// The guard itself: every program the tests, benchmarks and xtask
