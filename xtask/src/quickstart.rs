@@ -316,13 +316,19 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        // A clean stop (Ctrl-C in the agent's window), then its pins.
+        // `q` quits hsmon top; Ctrl-C is a clean stop of the agent, which
+        // then leaves its pins (removed by `hsmon cleanup` below).
+        let _ = self.send("top", &["q"]);
         let _ = self.send("agent", &["C-c"]);
-        let stopped = wait(Duration::from_secs(20), Duration::from_millis(250), || {
-            (!status_answers(&self.hsmon)).then_some(())
+        let stopped = wait(Duration::from_secs(30), Duration::from_millis(250), || {
+            let running = self.descendants().into_iter().any(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "hsmon")
+            });
+            (!running).then_some(())
         });
         if stopped.is_none() {
-            eprintln!("quickstart-check: the agent still answers 20 s after Ctrl-C");
+            eprintln!("quickstart-check: an hsmon still runs 30 s after Ctrl-C / q; killing it");
         }
         let pids = self.descendants();
         for (signal, pause) in [(libc::SIGTERM, 500), (libc::SIGKILL, 200)] {
