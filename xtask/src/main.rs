@@ -8,9 +8,13 @@ mod apt;
 mod bench;
 mod build;
 mod deb;
+mod fresh_check;
 mod fuzz;
+mod quickstart;
 mod run;
 mod setup;
+#[cfg(test)]
+mod spawn_guard;
 mod test_suite;
 mod util;
 
@@ -35,8 +39,8 @@ enum Cmd {
     /// Check and install the build prerequisites (nightly + rust-src, LLVM 22,
     /// bpf-linker, tracefs); quick when everything is present.
     Setup {
-        /// Also the Debian packages the root integration tests need (openssl,
-        /// nginx, tshark, tcpdump, iproute2, python3, prometheus).
+        /// Also the Debian packages the root integration tests, the
+        /// benchmarks and xtask's checks spawn (setup::TEST_PACKAGES).
         #[arg(long)]
         test_deps: bool,
     },
@@ -89,6 +93,21 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Drive the README's quick start in tmux as a person would (its lines
+    /// read from README.md): renegotiations counted in `hsmon top`, the 4th
+    /// cut, the `reneg_cap` decision in `hsmon events`; needs root.
+    QuickstartCheck,
+    /// Rehearse the README's two commands (`cargo xtask run`, `CI=true bash
+    /// .ci/run`) in a fresh clone of HEAD inside a clean Debian 12 root
+    /// (debootstrap, cached under target/fresh/); needs root, ~40 minutes.
+    FreshCheck {
+        /// Build the cached Debian root again.
+        #[arg(long)]
+        rebuild_base: bool,
+        /// Only `cargo xtask run`, not `.ci/run`.
+        #[arg(long)]
+        skip_ci: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -112,5 +131,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench { quick, only } => bench::bench(bench::Options { quick, only }),
         Cmd::Deb => deb::deb().map(drop),
         Cmd::Fuzz { secs, target } => fuzz::fuzz(fuzz::Options { secs, target }),
+        Cmd::QuickstartCheck => quickstart::quickstart_check(),
+        Cmd::FreshCheck {
+            rebuild_base,
+            skip_ci,
+        } => fresh_check::fresh_check(fresh_check::Options {
+            rebuild_base,
+            skip_ci,
+        }),
     }
 }

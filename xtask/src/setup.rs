@@ -35,7 +35,12 @@ pub const TEST_PACKAGES: &[&str] = &[
     "python3",
     "prometheus",
     "nghttp2-client",
+    "bpftool",
     "nftables",
+    "tmux",
+    "libssl-dev",
+    "procps",
+    "systemd",
 ];
 /// Pid file of the nginx started by Debian's package (its default config).
 const PACKAGED_NGINX_PID: &str = "/run/nginx.pid";

@@ -46,6 +46,17 @@ fn fill(f: Fill) -> String {
     format!("{}/{} ({pct:.1}%)", f.entries, f.capacity)
 }
 
+/// A rule's limit for people: `handshake_timeout`'s is a duration (ms in
+/// the JSON) and is shown with its unit (`10s`); the others are counts in
+/// the window their name says (`renegotiations_per_minute 10`).
+fn rule_limit(rule: &str, limit: u64) -> String {
+    if rule == "handshake_timeout" {
+        humantime::format_duration(Duration::from_millis(limit)).to_string()
+    } else {
+        limit.to_string()
+    }
+}
+
 /// The status for people: `key: value` lines, then the hooks as a table.
 pub fn render(s: &Status) -> String {
     let uptime = humantime::format_duration(Duration::from_secs(s.uptime_ms / 1000));
@@ -86,7 +97,15 @@ pub fn render(s: &Status) -> String {
     line("dry-run:", if s.policy.dry_run { "on" } else { "off" });
     line("policy:", &s.policy.source);
     for r in &s.policy.rules {
-        line("", &format!("{} {} -> {}", r.rule, r.limit, r.action));
+        line(
+            "",
+            &format!(
+                "{} {} -> {}",
+                r.rule,
+                rule_limit(&r.rule, r.limit),
+                r.action
+            ),
+        );
     }
     line(
         "events:",
@@ -319,7 +338,7 @@ bans active:  1
 pin dir:      /sys/fs/bpf/hsmon (restored, kept on stop)
 dry-run:      off
 policy:       /etc/hsmon/hsmon.toml
-              handshake_timeout 10000 -> reset
+              handshake_timeout 10s -> reset
 events:       10 read, 2 lost, 0 bad
 tracepoints:  sock/inet_sock_set_state (hsmon_sock_state)
 uprobe set:   handshake
@@ -330,6 +349,18 @@ hooks:
   eth0   egress     clsact  hsmon_tc_egress
 ";
         assert_eq!(render(&sample()), expected);
+    }
+
+    #[test]
+    fn durations_have_units() {
+        assert_eq!(rule_limit("handshake_timeout", 10_000), "10s");
+        assert_eq!(rule_limit("handshake_timeout", 1_500), "1s 500ms");
+        assert_eq!(rule_limit("renegotiations_per_minute", 10_000), "10000");
+        let mut s = sample();
+        s.uptime_ms = 59_000;
+        let t = render(&s);
+        assert!(t.contains("uptime:       59s\n"), "{t}");
+        assert!(t.contains(" handshake_timeout 10s -> reset\n"), "{t}");
     }
 
     #[test]

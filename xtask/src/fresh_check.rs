@@ -1,0 +1,808 @@
+//! `cargo xtask fresh-check`: the README's two commands, rehearsed on a
+//! clean Debian 12 root instead of this (reused) machine.
+//!
+//! 1. A `debootstrap --variant=minbase` bookworm root with only what a fresh
+//!    machine of this project's kind has: `ca-certificates`, `git`,
+//!    `build-essential`, `python3`, and rustup with this machine's stable and
+//!    nightly toolchains (`/root/.rustup` and the rustup proxies of
+//!    `~/.cargo/bin`; no `cargo install`ed tools such as bpf-linker). It is
+//!    cached under `target/fresh/base`; each run gets a fresh copy (an
+//!    overlay on the cached base, or a full copy where overlayfs fails).
+//! 2. The run's root gets `/proc`, `/sys` (with a new bpffs, tracefs and the
+//!    cgroup hierarchies), `/dev` (with `/dev/pts`), a tmpfs `/run` (for
+//!    `ip netns`) and the host's `resolv.conf` and apt sources.
+//! 3. A fresh clone of this checkout's `HEAD` inside it, where it runs
+//!    `cargo xtask run` (until `hsmon status` answers, then SIGINT and
+//!    `hsmon cleanup`) and `CI=true bash .ci/run`.
+//!
+//! Everything runs in a private mount namespace, and a guard kills every
+//! process inside the root and unmounts it on exit, also on failure and on
+//! SIGINT/SIGTERM. Logs: `target/fresh/logs/`; summary:
+//! `target/fresh/logs/summary.txt`.
+
+use std::fs::File;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::apt::{self, Apt};
+use crate::util;
+
+/// Debian packages `fresh-check` itself needs on the host, installed on
+/// demand (not part of `setup`).
+pub const FRESH_CHECK_PACKAGES: &[&str] = &["debootstrap"];
+/// What a fresh machine of this project's kind has besides Debian's minimal
+/// base (rustup and its toolchains are copied in separately).
+const BASE_PACKAGES: &str = "ca-certificates,git,build-essential,python3";
+/// The Debian release of the project's machines.
+const SUITE: &str = "bookworm";
+/// Debian mirror when the host's apt sources name none.
+const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+/// PATH inside the root: rustup's proxies first, as on the real machine.
+const ROOT_PATH: &str =
+    "/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Local CA certificates of the machine (`update-ca-certificates` input).
+const LOCAL_CAS: &str = "/usr/local/share/ca-certificates";
+/// Where the clone lives inside the root.
+const CLONE_IN_ROOT: &str = "/root/hsmon";
+/// How long `cargo xtask run` may take until `hsmon status` answers.
+const RUN_READY_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// CI's limit for one run of `.ci/run`.
+const CI_TIMEOUT: Duration = Duration::from_secs(90 * 60);
+
+/// Set by the SIGINT/SIGTERM handler: stop waiting and clean up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// What `cargo xtask fresh-check` was asked for.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Options {
+    /// Build the cached base again even if one exists.
+    pub rebuild_base: bool,
+    /// Only `cargo xtask run`, not `.ci/run`.
+    pub skip_ci: bool,
+}
+
+/// One step's outcome for the summary.
+struct StepResult {
+    name: &'static str,
+    secs: f64,
+    passed: bool,
+    note: String,
+}
+
+/// Runs the rehearsal and prints the summary; fails if a step failed.
+pub fn fresh_check(opts: Options) -> Result<()> {
+    if !util::is_root() {
+        bail!("fresh-check needs root (debootstrap, chroot, mounts)");
+    }
+    let fresh = util::workspace_root().join("target").join("fresh");
+    let logs = fresh.join("logs");
+    if logs.exists() {
+        std::fs::remove_dir_all(&logs).with_context(|| format!("clearing {}", logs.display()))?;
+    }
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    private_mount_namespace()?;
+    install_signal_handlers();
+
+    let mut results = Vec::new();
+    let outcome = steps(&fresh, &logs, opts, &mut results);
+    let summary = summary_text(&results, outcome.as_ref().err());
+    println!("{summary}");
+    let path = logs.join("summary.txt");
+    std::fs::write(&path, &summary).with_context(|| format!("writing {}", path.display()))?;
+    outcome?;
+    if results.iter().any(|r| !r.passed) {
+        bail!("fresh-check FAILED: see {}", logs.display());
+    }
+    Ok(())
+}
+
+/// The steps in order; each appends its result. Stops at the first step
+/// that cannot be followed by the next.
+fn steps(fresh: &Path, logs: &Path, opts: Options, results: &mut Vec<StepResult>) -> Result<()> {
+    let base = fresh.join("base");
+    let t = Instant::now();
+    let cached = ensure_base(&base, logs, opts.rebuild_base);
+    let ok = cached.is_ok();
+    results.push(StepResult {
+        name: "base root",
+        secs: t.elapsed().as_secs_f64(),
+        passed: ok,
+        note: match &cached {
+            Ok(true) => "cached".into(),
+            Ok(false) => "debootstrap + toolchains".into(),
+            Err(e) => format!("{e:#}"),
+        },
+    });
+    cached?;
+
+    let t = Instant::now();
+    let run_dir = fresh.join("run");
+    let root = FreshRoot::create(&base, &run_dir)?;
+    let sha = clone_head(root.path(), logs)?;
+    results.push(StepResult {
+        name: "fresh root + clone",
+        secs: t.elapsed().as_secs_f64(),
+        passed: true,
+        note: format!("{} ({}), HEAD {sha}", root.path().display(), root.kind),
+    });
+
+    let t = Instant::now();
+    let run = run_agent(&root, logs);
+    results.push(StepResult {
+        name: "cargo xtask run",
+        secs: t.elapsed().as_secs_f64(),
+        passed: run.is_ok(),
+        note: match &run {
+            Ok(note) => note.clone(),
+            Err(e) => format!("{e:#}"),
+        },
+    });
+    if opts.skip_ci {
+        return Ok(());
+    }
+    interrupted()?;
+
+    let t = Instant::now();
+    let ci = run_ci(&root, logs);
+    results.push(StepResult {
+        name: "CI=true bash .ci/run",
+        secs: t.elapsed().as_secs_f64(),
+        passed: ci.is_ok(),
+        note: match &ci {
+            Ok(note) => note.clone(),
+            Err(e) => format!("{e:#}"),
+        },
+    });
+    Ok(())
+}
+
+fn summary_text(results: &[StepResult], aborted: Option<&anyhow::Error>) -> String {
+    let mut s = String::from("fresh-check summary\n");
+    let mut total = 0.0;
+    for r in results {
+        total += r.secs;
+        s.push_str(&format!(
+            "  {:<22} {:>7.0} s  {}  {}\n",
+            r.name,
+            r.secs,
+            if r.passed { "PASS" } else { "FAIL" },
+            r.note
+        ));
+    }
+    if let Some(e) = aborted {
+        s.push_str(&format!("  aborted: {e:#}\n"));
+    }
+    let all = aborted.is_none() && results.iter().all(|r| r.passed);
+    s.push_str(&format!(
+        "  {:<22} {:>7.0} s  {}\n",
+        "total",
+        total,
+        if all { "PASS" } else { "FAIL" }
+    ));
+    s
+}
+
+/// Builds the cached base unless it exists; returns whether it was cached.
+fn ensure_base(base: &Path, logs: &Path, rebuild: bool) -> Result<bool> {
+    let marker = base.with_extension("ok");
+    if marker.is_file() && !rebuild {
+        return Ok(true);
+    }
+    let _ = std::fs::remove_file(&marker);
+    if base.exists() {
+        std::fs::remove_dir_all(base).with_context(|| format!("removing {}", base.display()))?;
+    }
+    let missing: Vec<&str> = FRESH_CHECK_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| apt::installed_version(p).is_none())
+        .collect();
+    Apt::default().install(&missing)?;
+    let mirror = host_mirror().unwrap_or_else(|| DEFAULT_MIRROR.to_string());
+    println!(
+        "fresh-check: debootstrap {SUITE} from {mirror} into {} (a few minutes)",
+        base.display()
+    );
+    let mut c = Command::new("debootstrap");
+    c.args([
+        "--variant=minbase",
+        &format!("--include={BASE_PACKAGES}"),
+        SUITE,
+    ])
+    .arg(base)
+    .arg(&mirror);
+    run_logged(
+        &mut c,
+        &logs.join("debootstrap.log"),
+        Duration::from_secs(30 * 60),
+    )?;
+    copy_apt_config(base)?;
+    copy_rustup(base)?;
+    File::create(&marker).with_context(|| format!("creating {}", marker.display()))?;
+    Ok(false)
+}
+
+/// The first `URIs:` of the host's deb822 sources, or the mirror of its
+/// first `deb` line.
+fn host_mirror() -> Option<String> {
+    let deb822 = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").ok();
+    if let Some(uri) = deb822.as_deref().and_then(first_uri) {
+        return Some(uri);
+    }
+    let list = std::fs::read_to_string("/etc/apt/sources.list").ok()?;
+    list.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("deb "))
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("http")))
+        .map(str::to_string)
+}
+
+/// The first `URIs:` value of a deb822 sources file.
+fn first_uri(deb822: &str) -> Option<String> {
+    deb822
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("URIs:"))
+        .and_then(|v| v.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// The host's apt sources and settings, so apt inside the root reaches the
+/// same Debian archive (and its updates) as this machine.
+fn copy_apt_config(base: &Path) -> Result<()> {
+    let list = base.join("etc/apt/sources.list");
+    if Path::new("/etc/apt/sources.list.d/debian.sources").is_file() {
+        let _ = std::fs::remove_file(&list);
+    }
+    for dir in ["etc/apt/sources.list.d", "etc/apt/apt.conf.d"] {
+        let host = Path::new("/").join(dir);
+        let Ok(entries) = std::fs::read_dir(&host) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name_str = name.to_string_lossy();
+            // Only Debian's own sources (others are disabled here) and apt
+            // settings files (not the image's docker/packagekit hooks).
+            let wanted = if dir.ends_with("sources.list.d") {
+                name_str.ends_with(".sources") || name_str.ends_with(".list")
+            } else {
+                !name_str.starts_with("docker") && !name_str.contains("packagekit")
+            };
+            if !wanted || !entry.path().is_file() {
+                continue;
+            }
+            let to = base.join(dir).join(&name);
+            std::fs::copy(entry.path(), &to).with_context(|| {
+                format!("copying {} to {}", entry.path().display(), to.display())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// rustup's toolchains (`/root/.rustup`) and its proxies (the entries of
+/// `~/.cargo/bin` that are rustup itself or links to it), nothing that
+/// `cargo install` put there.
+fn copy_rustup(base: &Path) -> Result<()> {
+    let home = PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?);
+    let rustup_home = std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".rustup"));
+    let cargo_bin = util::cargo_bin_dir().context("no cargo bin directory")?;
+    let root_home = base.join("root");
+    println!(
+        "fresh-check: copying {} (toolchains)",
+        rustup_home.display()
+    );
+    util::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&rustup_home)
+            .arg(root_home.join(".rustup")),
+    )?;
+    let bin = root_home.join(".cargo/bin");
+    std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    let rustup = cargo_bin.join("rustup");
+    std::fs::copy(&rustup, bin.join("rustup"))
+        .with_context(|| format!("copying {}", rustup.display()))?;
+    let mut proxies = Vec::new();
+    for entry in std::fs::read_dir(&cargo_bin)
+        .with_context(|| format!("listing {}", cargo_bin.display()))?
+        .flatten()
+    {
+        let name = entry.file_name();
+        if name == "rustup" {
+            continue;
+        }
+        if is_rustup_proxy(&entry.path(), &rustup) {
+            symlink("rustup", bin.join(&name))
+                .with_context(|| format!("linking {}", name.to_string_lossy()))?;
+            proxies.push(name.to_string_lossy().into_owned());
+        }
+    }
+    proxies.sort();
+    println!("fresh-check: rustup proxies: {}", proxies.join(" "));
+    Ok(())
+}
+
+/// Whether `path` is rustup's proxy: a link to rustup or the same file.
+fn is_rustup_proxy(path: &Path, rustup: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(target) = std::fs::read_link(path) {
+        return target.file_name().is_some_and(|n| n == "rustup");
+    }
+    match (std::fs::metadata(path), std::fs::metadata(rustup)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Makes this process's mounts private to it: nothing mounted for the
+/// fresh root is seen on the host, and all of it disappears with the last
+/// process of the namespace.
+fn private_mount_namespace() -> Result<()> {
+    // SAFETY: unshare(2) with CLONE_NEWNS; xtask has not started threads.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNS)");
+    }
+    util::run(Command::new("mount").args(["--make-rprivate", "/"]))
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT/SIGTERM set [`INTERRUPTED`] (children still get the default
+/// action: handlers are reset by exec).
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+fn interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// The run's root: an overlay (or copy) of the base with the kernel
+/// facilities mounted. On drop, every process inside is killed and the
+/// mounts are removed.
+struct FreshRoot {
+    root: PathBuf,
+    kind: &'static str,
+}
+
+impl FreshRoot {
+    fn create(base: &Path, run_dir: &Path) -> Result<Self> {
+        if run_dir.exists() {
+            let _ = Command::new("umount")
+                .arg("-R")
+                .arg(run_dir.join("root"))
+                .status();
+            std::fs::remove_dir_all(run_dir)
+                .with_context(|| format!("removing the last run's {}", run_dir.display()))?;
+        }
+        let root = run_dir.join("root");
+        let upper = run_dir.join("upper");
+        let work = run_dir.join("work");
+        for d in [&root, &upper, &work] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let overlay = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                base.display(),
+                upper.display(),
+                work.display()
+            ))
+            .arg(&root)
+            .status();
+        let kind = if overlay.is_ok_and(|s| s.success()) {
+            "overlay"
+        } else {
+            println!("fresh-check: overlayfs failed; copying the base instead");
+            util::run(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(format!("{}/.", base.display()))
+                    .arg(&root),
+            )?;
+            "copy"
+        };
+        let fresh = Self { root, kind };
+        fresh.mount_facilities()?;
+        Ok(fresh)
+    }
+
+    fn path(&self) -> &Path {
+        &self.root
+    }
+
+    fn mount_facilities(&self) -> Result<()> {
+        let r = &self.root;
+        let mount = |args: &[&str], target: &Path| -> Result<()> {
+            std::fs::create_dir_all(target)
+                .with_context(|| format!("creating {}", target.display()))?;
+            util::run(Command::new("mount").args(args).arg(target))
+        };
+        mount(&["-t", "proc", "proc"], &r.join("proc"))?;
+        mount(&["--bind", "/sys"], &r.join("sys"))?;
+        mount(&["-t", "bpf", "bpf"], &r.join("sys/fs/bpf"))?;
+        mount(&["-t", "tracefs", "tracefs"], &r.join("sys/kernel/tracing"))?;
+        mount(&["--rbind", "/sys/fs/cgroup"], &r.join("sys/fs/cgroup"))?;
+        mount(&["--rbind", "/dev"], &r.join("dev"))?;
+        mount(&["-t", "tmpfs", "tmpfs"], &r.join("run"))?;
+        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        let target = r.join("etc/resolv.conf");
+        let _ = std::fs::remove_file(&target);
+        std::fs::write(&target, resolv).with_context(|| format!("writing {}", target.display()))?;
+        self.trust_local_cas()
+    }
+
+    /// The machine's local CA certificates (this workplace's egress proxy
+    /// signs the registries' TLS with them; a fresh machine of this kind
+    /// has them too), added to the root's trust store.
+    fn trust_local_cas(&self) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(LOCAL_CAS) else {
+            return Ok(());
+        };
+        let dir = self.root.join(LOCAL_CAS.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut any = false;
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "crt") {
+                std::fs::copy(e.path(), dir.join(e.file_name()))
+                    .with_context(|| format!("copying {}", e.path().display()))?;
+                any = true;
+            }
+        }
+        if any {
+            let mut c = self.chroot_cmd("update-ca-certificates");
+            c.stdout(Stdio::null());
+            util::run(&mut c).context("update-ca-certificates in the fresh root")?;
+        }
+        Ok(())
+    }
+
+    /// `chroot ROOT` with the clean environment of a root login shell.
+    fn chroot_cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("chroot");
+        c.arg(&self.root).arg(program);
+        c.env_clear()
+            .env("HOME", "/root")
+            .env("USER", "root")
+            .env("LOGNAME", "root")
+            .env("SHELL", "/bin/bash")
+            .env("LANG", "C.UTF-8")
+            .env("PATH", ROOT_PATH)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Pids of the processes whose root directory is this root.
+    fn pids(&self) -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/root"))
+                    .is_ok_and(|p| p.starts_with(&self.root))
+            })
+            .collect()
+    }
+
+    /// Pids of the processes inside the root whose command name is `comm`.
+    fn pids_named(&self, comm: &str) -> Vec<i32> {
+        self.pids()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+            })
+            .collect()
+    }
+
+    /// Kills every process inside the root: SIGTERM, then SIGKILL.
+    fn kill_all(&self) {
+        for (signal, wait) in [(libc::SIGTERM, 3), (libc::SIGKILL, 2)] {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return;
+            }
+            eprintln!(
+                "fresh-check: sending signal {signal} to {} processes in the root",
+                pids.len()
+            );
+            for pid in pids {
+                // SAFETY: kill(2) on a pid just read from /proc whose root is
+                // our fresh root: a process this check started.
+                unsafe {
+                    libc::kill(pid, signal);
+                }
+            }
+            for _ in 0..wait * 10 {
+                if self.pids().is_empty() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+impl Drop for FreshRoot {
+    fn drop(&mut self) {
+        self.kill_all();
+        let status = Command::new("umount").arg("-R").arg(&self.root).status();
+        if !status.is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount")
+                .arg("-R")
+                .arg("-l")
+                .arg(&self.root)
+                .status();
+        }
+    }
+}
+
+/// Clones this checkout's repository into the root and checks out HEAD;
+/// returns HEAD's short hash. Uncommitted changes are not in the clone.
+fn clone_head(root: &Path, logs: &Path) -> Result<String> {
+    let ws = util::workspace_root();
+    let git = |args: &[&str]| -> Result<String> {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&ws)
+            .args(args)
+            .output()
+            .with_context(|| format!("running git {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "git {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let sha = git(&["rev-parse", "HEAD"])?;
+    let common = PathBuf::from(git(&[
+        "rev-parse",
+        "--path-format=absolute",
+        "--git-common-dir",
+    ])?);
+    if !git(&["status", "--porcelain", "--untracked-files=no"])?.is_empty() {
+        println!("fresh-check: note: uncommitted changes are not part of the clone (HEAD {sha})");
+    }
+    let dest = root.join(CLONE_IN_ROOT.trim_start_matches('/'));
+    let log = logs.join("clone.log");
+    run_logged(
+        Command::new("git")
+            .args(["clone", "--quiet", "--no-checkout"])
+            .arg(&common)
+            .arg(&dest),
+        &log,
+        Duration::from_secs(300),
+    )?;
+    run_logged(
+        Command::new("git")
+            .arg("-C")
+            .arg(&dest)
+            .args(["checkout", "--quiet", "--detach", &sha]),
+        &log,
+        Duration::from_secs(300),
+    )?;
+    Ok(sha.chars().take(7).collect())
+}
+
+/// `cargo xtask run` in the clone until `hsmon status` answers; then
+/// SIGINT (a clean stop) and `hsmon cleanup` (its pins and links).
+fn run_agent(root: &FreshRoot, logs: &Path) -> Result<String> {
+    let log = logs.join("xtask-run.log");
+    let mut c = root.chroot_cmd("/bin/bash");
+    c.args(["-c", &format!("cd {CLONE_IN_ROOT} && exec cargo xtask run")]);
+    let mut child = spawn_logged(&mut c, &log)?;
+    let started = Instant::now();
+    let hsmon = format!("{CLONE_IN_ROOT}/target/release/hsmon");
+    let ready = loop {
+        if let Some(status) = child.try_wait().context("waiting for cargo xtask run")? {
+            bail!(
+                "cargo xtask run exited ({status}) before the agent answered; see {}",
+                log.display()
+            );
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) || started.elapsed() > RUN_READY_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "no answer from `hsmon status` after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if root.path().join(hsmon.trim_start_matches('/')).is_file() {
+            let status_log = logs.join("hsmon-status.log");
+            let mut s = root.chroot_cmd(&hsmon);
+            s.arg("status");
+            if run_logged(&mut s, &status_log, Duration::from_secs(10)).is_ok() {
+                break started.elapsed();
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    // bash, cargo (`cargo run` execs) and xtask exec'd: the child is hsmon
+    // itself; signal every hsmon in the root in case one of them forked.
+    let mut agents = root.pids_named("hsmon");
+    let own = i32::try_from(child.id()).context("pid")?;
+    if !agents.contains(&own) {
+        agents.push(own);
+    }
+    for pid in agents {
+        // SAFETY: kill(2) on our child or a process inside our fresh root.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+        }
+    }
+    let stopped = wait_child(&mut child, Duration::from_secs(30))?;
+    let mut cleanup = root.chroot_cmd(&hsmon);
+    cleanup.arg("cleanup");
+    let cleaned = run_logged(
+        &mut cleanup,
+        &logs.join("hsmon-cleanup.log"),
+        Duration::from_secs(30),
+    );
+    let Some(stopped) = stopped else {
+        bail!(
+            "the agent answered after {:.0} s but did not stop within 30 s of SIGINT",
+            ready.as_secs_f64()
+        );
+    };
+    if !stopped.success() {
+        bail!(
+            "the agent answered after {:.0} s but exited {stopped} on SIGINT",
+            ready.as_secs_f64()
+        );
+    }
+    cleaned.context("hsmon cleanup after the agent stopped")?;
+    Ok(format!(
+        "agent answered `hsmon status` after {:.0} s; stopped cleanly",
+        ready.as_secs_f64()
+    ))
+}
+
+/// `CI=true bash .ci/run` in the clone, with CI's time limit.
+fn run_ci(root: &FreshRoot, logs: &Path) -> Result<String> {
+    let log = logs.join("ci-run.log");
+    let mut c = root.chroot_cmd("/bin/bash");
+    c.env("CI", "true").arg(format!("{CLONE_IN_ROOT}/.ci/run"));
+    let mut child = spawn_logged(&mut c, &log)?;
+    let status = wait_child(&mut child, CI_TIMEOUT)?;
+    let last = last_line_matching(&log, "xtask test:").unwrap_or_default();
+    match status {
+        Some(s) if s.success() => Ok(last),
+        Some(s) => bail!("exited {s}: {last} (see {})", log.display()),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("did not finish within {} s: {last}", CI_TIMEOUT.as_secs())
+        }
+    }
+}
+
+/// The last line of `path` that contains `needle`.
+fn last_line_matching(path: &Path, needle: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .rev()
+        .find(|l| l.contains(needle))
+        .map(|l| l.trim().to_string())
+}
+
+/// Waits up to `timeout` for `child`; `None` if it still runs (or on an
+/// interrupt, after which it is killed).
+fn wait_child(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().context("waiting for a child")? {
+            return Ok(Some(s));
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("interrupted");
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Spawns `cmd` with stdout and stderr appended to `log`.
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
+    let line = util::describe(cmd);
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = out.try_clone().context("duplicating the log file")?;
+    eprintln!("+ {line}  (log: {})", log.display());
+    cmd.stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))
+}
+
+/// Runs `cmd` to completion with its output in `log`; fails on a non-zero
+/// exit or after `timeout`.
+fn run_logged(cmd: &mut Command, log: &Path, timeout: Duration) -> Result<()> {
+    let line = util::describe(cmd);
+    let mut child = spawn_logged(cmd, log)?;
+    match wait_child(&mut child, timeout)? {
+        Some(s) if s.success() => Ok(()),
+        Some(s) => bail!("`{line}` failed ({s}); see {}", log.display()),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("`{line}` did not finish within {} s", timeout.as_secs())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deb822_first_uri() {
+        let text = "Types: deb\n# comment\nURIs: http://mirror.example/debian http://b\nSuites: bookworm\n";
+        assert_eq!(first_uri(text), Some("http://mirror.example/debian".into()));
+        assert_eq!(first_uri("Types: deb\n"), None);
+    }
+
+    #[test]
+    fn summary_says_fail_when_a_step_failed() {
+        let results = vec![
+            StepResult {
+                name: "a",
+                secs: 1.0,
+                passed: true,
+                note: String::new(),
+            },
+            StepResult {
+                name: "b",
+                secs: 2.0,
+                passed: false,
+                note: "boom".into(),
+            },
+        ];
+        let s = summary_text(&results, None);
+        assert!(s.contains("b") && s.contains("FAIL  boom"), "{s}");
+        assert!(
+            s.lines()
+                .last()
+                .is_some_and(|l| l.contains("total") && l.contains("FAIL")),
+            "{s}"
+        );
+        let ok = summary_text(&results[..1], None);
+        assert!(
+            ok.lines().last().is_some_and(|l| l.ends_with("PASS")),
+            "{ok}"
+        );
+    }
+}
