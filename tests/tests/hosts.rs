@@ -545,14 +545,6 @@ fn ghost_close_in_an_unprivileged_namespace_keeps_the_cap() {
         let script = dir.join("ghost.py");
         std::fs::write(&script, GHOST).context("writing the ghost script")?;
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        let shell = format!(
-            "ip link set lo up && ip addr add {client}/32 dev lo && ip addr add {}/32 dev lo && \
-             exec /usr/bin/python3 {} {client} 40002 {} {}",
-            server.ip(),
-            script.display(),
-            server.ip(),
-            server.port()
-        );
         let mut c = std::process::Command::new("setpriv");
         c.args([
             "--reuid",
@@ -563,9 +555,15 @@ fn ghost_close_in_an_unprivileged_namespace_keeps_the_cap() {
             "unshare",
             "-rn",
             "sh",
-            "-c",
         ])
-        .arg(&shell);
+        .arg("-c")
+        .arg(format!(
+            "ip link set lo up && ip addr add {client}/32 dev lo && ip addr add {}/32 dev lo && exec /usr/bin/python3 {} {client} 40002 {} {}",
+            server.ip(),
+            script.display(),
+            server.ip(),
+            server.port()
+        ));
         let out = tests::cmd::run_ok(&mut c, Duration::from_secs(20))?;
         ensure!(out.contains("GHOST closed"), "the ghost printed {out:?}");
         std::thread::sleep(Duration::from_secs(1));

@@ -69,6 +69,9 @@ pub const BASE: &[(&str, &str)] = &[
     ("sleep", "coreutils: Essential"),
     ("date", "coreutils: Essential"),
     ("cp", "coreutils: Essential"),
+    ("head", "coreutils: Essential"),
+    ("tr", "coreutils: Essential"),
+    ("unshare", "util-linux: Essential"),
     ("chroot", "coreutils: Essential"),
     ("mount", "mount: required"),
     ("umount", "mount: required"),
@@ -113,6 +116,7 @@ pub enum Runs {
 pub const RESOLVED: &[(&str, &str, Runs)] = &[
     ("*", "python()", Runs::Program("python3")),
     ("*", "tests::pyssl::python()", Runs::Program("python3")),
+    ("*", "crate::pyssl::python()", Runs::Program("python3")),
     (
         "*",
         "hsmon_bin()",
@@ -132,11 +136,6 @@ pub const RESOLVED: &[(&str, &str, Runs)] = &[
         "tests/tests/policy.rs",
         "shell command word {on_fail}",
         Runs::Builtin("`true` or `break`"),
-    ),
-    (
-        "tests/src/hsmon.rs",
-        "bin",
-        Runs::Own("hsmon: the agent binary under test"),
     ),
     (
         "tests/tests/socket_perm.rs",

@@ -752,7 +752,30 @@ fn launched(name: &str, args: &[Arg]) -> Option<(Arg, Vec<Arg>)> {
                 k += 1;
             }
         }
-        "nsenter" | "setpriv" | "sudo" => {
+        "setpriv" => {
+            // Options that take a separate value (`--reuid 65534`).
+            const WITH_VALUE: &[&str] = &[
+                "--reuid",
+                "--regid",
+                "--ruid",
+                "--rgid",
+                "--euid",
+                "--egid",
+                "--groups",
+                "--inh-caps",
+                "--ambient-caps",
+                "--bounding-set",
+                "--securebits",
+                "--pdeathsig",
+                "--selinux-label",
+                "--apparmor-profile",
+            ];
+            while let Some(a) = args.get(k).filter(|a| is_opt(a)) {
+                let takes_value = lit(a).is_some_and(|s| WITH_VALUE.contains(&s.as_str()));
+                k += if takes_value { 2 } else { 1 };
+            }
+        }
+        "nsenter" | "sudo" | "unshare" => {
             while args.get(k).is_some_and(is_opt) {
                 k += 1;
             }
