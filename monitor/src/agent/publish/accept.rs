@@ -89,10 +89,7 @@ pub fn raise_nofile() -> u64 {
     };
     // SAFETY: `r` is a valid, writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        tracing::warn!(
-            "reading RLIMIT_NOFILE: {}",
-            std::io::Error::last_os_error()
-        );
+        tracing::warn!("reading RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
         return 1024;
     }
     if r.rlim_cur < r.rlim_max {
