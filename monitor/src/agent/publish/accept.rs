@@ -127,7 +127,7 @@ impl Drop for SilentGuard {
 
 /// What is answered to a connection over [`Limits::active`].
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-connection: close\r\ncontent-length: 72\r\n\r\n\
+connection: close\r\ncontent-length: 74\r\n\r\n\
 {\"error\":\"the hsmon control socket is busy (too many clients), try again\"}";
 
 /// Accepts connections on `listener` and serves `app` on each, within
