@@ -204,7 +204,7 @@ async fn connection(
     guard: SilentGuard,
 ) {
     let spoke = tokio::select! {
-        r = tokio::time::timeout(limits.first_byte, stream.readable()) => matches!(r, Ok(Ok(()))),
+        r = tokio::time::timeout(limits.first_byte, first_byte(&stream)) => matches!(r, Ok(Ok(true))),
         _ = evict => false,
     };
     drop(guard);
@@ -229,6 +229,38 @@ async fn connection(
         tracing::debug!("control socket connection: {e}");
     }
     drop(permit);
+}
+
+/// Waits until `stream` holds a byte to read (`true`) or its peer closed
+/// it (`false`); readiness alone can be spurious, so the byte is peeked.
+async fn first_byte(stream: &UnixStream) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    loop {
+        stream.readable().await?;
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut b = 0u8;
+            // SAFETY: `b` is a valid, writable byte for the call; the fd is
+            // the stream's, open for the call's duration.
+            let n = unsafe {
+                libc::recv(
+                    stream.as_raw_fd(),
+                    (&mut b as *mut u8).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n > 0)
+            }
+        });
+        match peeked {
+            Ok(data) => return Ok(data),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -260,5 +292,20 @@ mod tests {
         assert_eq!(len, body.len());
         let v: serde_json::Value = serde_json::from_str(body).expect("json");
         assert!(v["error"].as_str().is_some_and(|e| e.contains("busy")));
+    }
+
+    #[tokio::test]
+    async fn first_byte_waits_for_data_not_readiness() {
+        use tokio::io::AsyncWriteExt as _;
+        let (a, mut b) = UnixStream::pair().expect("pair");
+        let wait = tokio::time::timeout(Duration::from_millis(100), first_byte(&a)).await;
+        assert!(wait.is_err(), "a silent peer is not a first byte");
+        b.write_all(b"G").await.expect("write");
+        let got = tokio::time::timeout(Duration::from_secs(5), first_byte(&a)).await;
+        assert!(matches!(got, Ok(Ok(true))), "{got:?}");
+        let (c, d) = UnixStream::pair().expect("pair");
+        drop(d);
+        let closed = tokio::time::timeout(Duration::from_secs(5), first_byte(&c)).await;
+        assert!(matches!(closed, Ok(Ok(false))), "{closed:?}");
     }
 }
