@@ -659,7 +659,6 @@ fn default_rig(name: &str) -> Rig {
 /// the size of a KeyUpdate) 20 times a second for 2 s, like Redis: no
 /// reset, every reply arrives, no KeyUpdate decision.
 #[test]
-#[ignore = "issue 11: 15 of 40 replies, then reset by keyupdates_per_second"]
 fn redis_like_small_replies_are_not_reset() {
     require_root!();
     let r = default_rig("hosts-redis");
@@ -775,7 +774,6 @@ fn connection_predating_the_agent_is_adopted() {
 /// new agent starts on the same pins 12 s later: no false
 /// `handshake_timeout`, 30 echoes over the next 15 s all arrive.
 #[test]
-#[ignore = "issue 11: reset by a false handshake_timeout: 1 of 31 echoes"]
 fn connection_opened_while_the_agent_was_stopped_is_adopted_on_restart() {
     require_root!();
     let dir = WorkDir::new("hosts-adopt-restart").unwrap_or_else(|e| fail(e));
@@ -980,7 +978,6 @@ fn python_tls13_short_exchanges_stay_in_sync() {
 /// each within its own open-file limit): `hsmon status` still answers
 /// within 10 s and a cap reset still happens.
 #[test]
-#[ignore = "issue 11: with 20,000 idle clients `hsmon status` does not answer within 10 s"]
 fn idle_control_socket_clients_do_not_starve_the_agent() {
     require_root!();
     const EACH: usize = 10_000;

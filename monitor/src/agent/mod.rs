@@ -135,6 +135,8 @@ async fn agent(args: Args) -> Result<()> {
     let bus = shared.events.clone();
     state::lock(&shared.bans).set_sink(Box::new(move |change, ban| bus.ban(change, ban)));
     *state::lock(&shared.policy) = policy::Policy::new(policy_settings);
+    // Connections already open predate this agent: adopted, never timed.
+    state::lock(&shared.policy).adopt_flows_before(crate::agent::kernel::clock::monotonic_now_ns());
     state::lock(&shared.policy).import_history(&persistence.history());
     signals.reload = Some(reload::Reloader::new(&mut ebpf, shared.clone(), overrides)?);
     let mut tasks = tokio::task::JoinSet::new();

@@ -209,8 +209,30 @@ fn open() -> Result<OwnedFd> {
     Ok(sock)
 }
 
-/// Aborts the local TCP socket of `conn` (see the module doc).
+/// Pauses before the second and third attempt of [`destroy`].
+const RETRY_PAUSES: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(20),
+    std::time::Duration::from_millis(100),
+];
+
+/// Aborts the local TCP socket of `conn` (see the module doc). A failed
+/// attempt (no netlink socket: `EMFILE`; a lost answer) is logged and
+/// retried twice; the last error is returned, for the caller to report.
 pub fn destroy(conn: &Conn) -> Result<Outcome> {
+    let mut result = destroy_once(conn);
+    for pause in RETRY_PAUSES {
+        let Err(e) = &result else {
+            break;
+        };
+        tracing::warn!(local = %conn.local, remote = %conn.remote, "reset attempt failed, retrying: {e:#}");
+        std::thread::sleep(pause);
+        result = destroy_once(conn);
+    }
+    result.context("resetting the connection (3 attempts)")
+}
+
+/// One attempt of [`destroy`].
+fn destroy_once(conn: &Conn) -> Result<Outcome> {
     let sock = open()?;
     let query = request(SOCK_DIAG_BY_FAMILY, 1, conn, [INET_DIAG_NOCOOKIE; 2])?;
     let answer = exchange(&sock, &query).context("sock_diag query")?;

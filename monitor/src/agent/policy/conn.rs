@@ -1,16 +1,29 @@
 //! The per-connection rules, fed by the events and the flow sweep:
-//! `handshake_timeout` (the first handshake not done long after the first
-//! ClientHello), `keyupdates_per_second` (`keyupdate_like` records added
-//! since a baseline observation, over at least one second; the baseline moves
-//! to the current observation once it is half a second old, so with one
-//! sweep a second every sweep compares with the previous one, and events in
-//! between compare with the same baseline), and in dry-run `reneg_cap` (the
-//! kernel does not enforce the cap then, so the agent notices a connection
-//! over it and reports `would_reset`). Each rule fires at most once per
-//! connection.
+//!
+//! - `handshake_timeout`: the first handshake not done long after the first
+//!   ClientHello. Only for connections whose handshake this agent can time:
+//!   the flow was first seen at its ClientHello (`client_hellos` > 0), the
+//!   server answered (its direction carried bytes: a forged one-segment
+//!   "ClientHello" from a spoofed source never gets an answer, so an
+//!   eviction flood produces no decisions), and it began after this agent
+//!   started ([`Conns::adopt_flows_before`]: a connection that predates the
+//!   agent or its restart is adopted, never timed from the restart).
+//! - `keyupdates_per_second`: `keyupdate_like` records added since a
+//!   baseline observation, over at least one second; the baseline moves to
+//!   the current observation once it is a second old, so the rate is taken
+//!   over about one second whatever the observations' spacing (events every
+//!   8 records, a sweep every second). It fires only when such records are
+//!   at least 3 in 4 of the connection's application-data records in that
+//!   time: a KeyUpdate flood is nothing but 22-byte records, an application
+//!   mixes sizes.
+//! - in dry-run `reneg_cap` (the kernel does not enforce the cap then, so
+//!   the agent notices a connection over it and reports `would_reset`).
+//!
+//! Each rule fires at most once per connection.
 
 use monitor_common::flow::{FlowKey, FlowValue};
-use monitor_common::tracker::{FF_CLOSED, FF_FIRST_HS_DONE, FF_UNSYNCED};
+use monitor_common::tls::{CT_APPLICATION_DATA, CT_CHANGE_CIPHER_SPEC};
+use monitor_common::tracker::{DIR_NEW, FF_CLOSED, FF_FIRST_HS_DONE, FF_UNSYNCED, SERVER};
 
 use super::{endpoints, ConnRef, Counts, HashMap, HashSet, Rule, Settings, SEC};
 
@@ -25,6 +38,8 @@ const FIRED_CAP: u8 = 4;
 struct Watch {
     /// `keyupdate_like` at the baseline observation.
     keyupdates: u32,
+    /// Application-data records (both directions) at the baseline.
+    app_records: u32,
     /// When that was read (monotonic ns).
     at: u64,
     /// When the connection was last observed (monotonic ns).
@@ -48,9 +63,24 @@ pub struct ConnHit {
 #[derive(Debug, Default)]
 pub struct Conns {
     watch: HashMap<FlowId, Watch>,
+    /// Flows first seen before this (monotonic ns) predate the agent: never
+    /// subject to `handshake_timeout`.
+    adopt_before: u64,
+}
+
+/// The application-data record count of a flow (both directions).
+fn app_records(v: &FlowValue) -> u32 {
+    v.tracker.counters.records[usize::from(CT_APPLICATION_DATA - CT_CHANGE_CIPHER_SPEC)]
 }
 
 impl Conns {
+    /// Flows first seen before `now` (the agent's start) are adopted: their
+    /// handshake began before this agent watched, so `handshake_timeout`
+    /// never applies to them.
+    pub fn adopt_flows_before(&mut self, now: u64) {
+        self.adopt_before = now;
+    }
+
     /// Checks the live flows of a sweep taken at `now`, and the flows that
     /// departed since the last sweep (only the dry-run cap applies to
     /// those: they cannot be reset); forgets flows no longer live (unless
@@ -90,6 +120,7 @@ impl Conns {
         let id = (*k, v.first_seen_ns);
         let w = self.watch.entry(id).or_insert(Watch {
             keyupdates: 0,
+            app_records: 0,
             at: v.first_seen_ns.min(now),
             seen: now,
             fired: 0,
@@ -98,7 +129,14 @@ impl Conns {
         let t = &v.tracker;
         let age = now.saturating_sub(v.first_seen_ns);
         let timeout = u64::try_from(s.handshake_timeout.as_nanos()).unwrap_or(u64::MAX);
+        // The handshake's start was seen by this agent's programs, and the
+        // server answered: only then is the handshake's time known and the
+        // connection real.
+        let timed = v.first_seen_ns >= self.adopt_before
+            && t.counters.client_hellos > 0
+            && t.dirs[SERVER].status != DIR_NEW;
         if timeout > 0
+            && timed
             && w.fired & FIRED_TIMEOUT == 0
             && t.flags & (FF_FIRST_HS_DONE | FF_CLOSED | FF_UNSYNCED) == 0
             && age > timeout
@@ -114,14 +152,18 @@ impl Conns {
             });
         }
         let ku = t.counters.keyupdate_like;
+        let app = app_records(v);
         let grown = u64::from(ku.saturating_sub(w.keyupdates));
+        let app_grown = u64::from(app.saturating_sub(w.app_records));
         let elapsed = now.saturating_sub(w.at);
         let span = elapsed.max(SEC);
         let limit = u64::from(s.keyupdates_per_second);
-        // More than `limit` per second over the span (at least 1 s).
+        // More than `limit` per second over the span (at least 1 s), and
+        // at least 3 in 4 of the application-data records in it.
         if limit > 0
             && w.fired & FIRED_KEYUPDATES == 0
             && u128::from(grown) * u128::from(SEC) > u128::from(limit) * u128::from(span)
+            && grown * 4 >= app_grown * 3
         {
             w.fired |= FIRED_KEYUPDATES;
             hits.push(ConnHit {
@@ -133,8 +175,9 @@ impl Conns {
                 },
             });
         }
-        if elapsed >= SEC / 2 || ku < w.keyupdates {
+        if elapsed >= SEC || ku < w.keyupdates || app < w.app_records {
             w.keyupdates = ku;
+            w.app_records = app;
             w.at = now;
         }
         if let Some(hit) = over_cap(k, v, w, s) {

@@ -309,6 +309,13 @@ impl Policy {
         self.fp_seed.hash_one((key, first_seen_ns))
     }
 
+    /// Adopts the connections first seen before `now` (the agent's start,
+    /// monotonic ns): they predate this agent or its restart, so their
+    /// handshake is never timed (`handshake_timeout`).
+    pub fn adopt_flows_before(&mut self, now: u64) {
+        self.conns.adopt_flows_before(now);
+    }
+
     /// The settings in use.
     pub fn settings(&self) -> &Settings {
         &self.settings

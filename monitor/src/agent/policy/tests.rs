@@ -211,7 +211,86 @@ fn done_flow(host: u8, port: u16, first_seen: u64) -> (FlowKey, FlowValue) {
     v.first_seen_ns = first_seen;
     v.tracker.flags = FF_FIRST_HS_DONE;
     v.tracker.counters.renegotiations_client = 0;
+    // The server answered.
+    v.tracker.dirs[monitor_common::tracker::SERVER].status = monitor_common::tracker::DIR_SYNCED;
     (k, v)
+}
+
+/// `flow` with `n` more KeyUpdate-size records and `other` more
+/// application-data records of other sizes.
+fn add_records(flow: &mut (FlowKey, FlowValue), n: u32, other: u32) {
+    let c = &mut flow.1.tracker.counters;
+    c.keyupdate_like += n;
+    c.records[3] += n + other;
+}
+
+#[test]
+fn handshake_timeout_skips_adopted_forged_and_mid_stream_flows() {
+    use monitor_common::tracker::{DIR_NEW, FF_HS_ACTIVE, SERVER};
+    let mut p = Policy::new(conn_settings());
+    let mut e = Fake::default();
+    let t0 = 100 * SEC;
+    p.adopt_flows_before(t0);
+    let stalled = |port: u16, first_seen: u64| {
+        let mut f = done_flow(1, port, first_seen);
+        f.1.tracker.flags = FF_HS_ACTIVE;
+        f
+    };
+    // Opened before the agent started (or restarted): adopted.
+    let old = stalled(1000, t0 - 1);
+    // A forged "ClientHello" from a spoofed source: the server never
+    // answered.
+    let mut forged = stalled(1001, t0);
+    forged.1.tracker.dirs[SERVER].status = DIR_NEW;
+    // First seen mid-stream: no ClientHello, its start is unknown.
+    let mut mid = stalled(1002, t0);
+    mid.1.tracker.counters.client_hellos = 0;
+    // Seen from its ClientHello, answered, stalled: timed.
+    let real = stalled(1003, t0);
+    let flows = [old, forged, mid, real];
+    let d = p.step(t0 + 30 * SEC, &flows, &[], &mut e);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].rule, "handshake_timeout");
+    assert_eq!(d[0].connection, Some(endpoints(&real.0, &real.1)));
+    assert_eq!(e.resets, vec![endpoints(&real.0, &real.1)]);
+    // Events take the same view.
+    let mut p = Policy::new(conn_settings());
+    p.adopt_flows_before(t0);
+    let ups: Vec<_> = flows[..3].iter().map(|f| live(*f)).collect();
+    assert!(p.on_events(t0 + 30 * SEC, &ups, &mut e).is_empty());
+}
+
+#[test]
+fn keyupdate_rule_tells_a_flood_from_small_replies() {
+    let mut s = conn_settings();
+    s.keyupdates_per_second = 60;
+    let mut p = Policy::new(s);
+    let mut e = Fake::default();
+    let t0 = 100 * SEC;
+    // Redis-like: 20 five-byte requests and 20 five-byte replies a second,
+    // observed every 0.4 s (events every 8 records) for 3 s.
+    let mut redis = done_flow(1, 1000, t0);
+    // A KeyUpdate flood with answers: 100 records a second.
+    let mut flood = done_flow(2, 1001, t0);
+    // Many KeyUpdate-size records among larger ones: an application.
+    let mut mixed = done_flow(3, 1002, t0);
+    let mut decided = Vec::new();
+    for i in 1..=8u64 {
+        add_records(&mut redis, 16, 0);
+        add_records(&mut flood, 40, 0);
+        add_records(&mut mixed, 40, 40);
+        let now = t0 + i * 2 * SEC / 5;
+        for d in p.on_events(now, &[live(redis), live(flood), live(mixed)], &mut e) {
+            decided.push((d.peer, d.rule, now - t0));
+        }
+    }
+    let flood_ip = endpoints(&flood.0, &flood.1).client.ip();
+    assert_eq!(
+        decided,
+        vec![(flood_ip, "keyupdates_per_second", 4 * SEC / 5)],
+        "only the flood, within a second"
+    );
+    assert_eq!(e.resets, vec![endpoints(&flood.0, &flood.1)]);
 }
 
 fn conn_settings() -> Settings {

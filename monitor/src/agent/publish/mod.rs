@@ -2,6 +2,7 @@
 //! lines (stdout, `--events-file`), the control API server, the status
 //! document, the Prometheus metrics and systemd notifications.
 
+pub mod accept;
 pub mod decision_log;
 pub mod event_bus;
 pub mod metrics;

@@ -4,7 +4,8 @@
 //! group [`DEFAULT_SOCKET_GROUP`] (`--socket-group`) when that group exists,
 //! and every request's peer credentials (`SO_PEERCRED`) are checked: root,
 //! the agent's own user and members of that group are served, anyone else
-//! gets 403 with an explanation.
+//! gets 403 with an explanation. Connections are accepted and bounded by
+//! [`crate::agent::publish::accept`].
 
 use std::future::Future;
 use std::io;
@@ -13,15 +14,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::IncomingStream;
 use axum::{Json, Router};
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
+
+use super::accept::{self, Limits};
 
 use crate::agent::state::Shared;
 use crate::api::{CONNS_PATH, EVENTS_PATH, STATS_PATH};
@@ -99,6 +101,7 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
 pub struct Listener {
     listener: UnixListener,
     access: Access,
+    limits: Limits,
 }
 
 /// A request's peer, from `SO_PEERCRED` at accept.
@@ -114,9 +117,10 @@ pub struct Peer {
 #[derive(Clone, Copy, Debug)]
 pub struct PeerInfo(Option<Peer>);
 
-impl Connected<IncomingStream<'_, UnixListener>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        PeerInfo(stream.io().peer_cred().ok().map(|c| Peer {
+impl PeerInfo {
+    /// The credentials of the peer of `stream`.
+    pub fn of(stream: &UnixStream) -> Self {
+        PeerInfo(stream.peer_cred().ok().map(|c| Peer {
             uid: c.uid(),
             gid: c.gid(),
             pid: c.pid(),
@@ -172,7 +176,8 @@ impl Drop for SocketFile {
 
 /// Binds the control socket at `path`: creates its directory, replaces a stale
 /// socket file (refusing if an agent still answers there), sets mode 0660 and
-/// group `group` when it exists.
+/// group `group` when it exists. Raises the open-file limit
+/// ([`accept::raise_nofile`]) and fits the connection limits to it.
 pub fn bind(path: &Path, group: &str) -> Result<(Listener, SocketFile)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -222,7 +227,15 @@ pub fn bind(path: &Path, group: &str) -> Result<(Listener, SocketFile)> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         own_uid: unsafe { libc::geteuid() },
     };
-    Ok((Listener { listener, access }, file))
+    let limits = Limits::default().fit(accept::raise_nofile());
+    Ok((
+        Listener {
+            listener,
+            access,
+            limits,
+        },
+        file,
+    ))
 }
 
 /// The API's routes.
@@ -248,13 +261,9 @@ pub async fn serve(
 ) -> Result<()> {
     let access = Arc::new(listener.access);
     let app = router(shared).layer(axum::middleware::from_fn_with_state(access, check_peer));
-    axum::serve(
-        listener.listener,
-        app.into_make_service_with_connect_info::<PeerInfo>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("serving the control API")
+    accept::run(listener.listener, app, listener.limits, shutdown)
+        .await
+        .context("serving the control API")
 }
 
 /// `GET /v1/conns`.
