@@ -107,7 +107,7 @@ pub struct Fill {
 /// Fill levels of the agent's maps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapFills {
-    /// `FLOWS`: live TLS flows (entries as of a sweep done for this request).
+    /// `FLOWS`: live TLS flows (entries read for this request).
     pub flows: Fill,
     /// `BANS_V4`: IPv4 ban prefixes.
     pub bans_v4: Fill,

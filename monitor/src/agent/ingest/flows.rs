@@ -297,10 +297,26 @@ impl<S: FlowStore> FlowTable<S> {
         Ok(live)
     }
 
+    /// Reads the store without changing it or the table: the live flows,
+    /// and the flows marked closed whose close neither an event nor a sweep
+    /// has taken in yet (the pipeline's timer collects them).
+    fn snapshot(&self) -> Result<Snapshot> {
+        let mut snap = Snapshot::default();
+        for (key, value) in self.store.entries()? {
+            if value.tracker.flags & FF_CLOSED == 0 {
+                snap.live.push((key, value));
+            } else if !self.closed.ids.contains(&(key, value.first_seen_ns)) {
+                snap.closing.push((key, value));
+            }
+        }
+        Ok(snap)
+    }
+
     /// Every connection: live ones (oldest first), then the recently closed
-    /// (oldest close first). Sweeps the store first.
-    pub fn conns(&mut self, now_ns: u64) -> Result<Vec<ConnRecord>> {
-        let mut live = self.sweep()?;
+    /// (oldest close first, those still waiting in the store last). A read:
+    /// the store and the table are left as they are.
+    pub fn conns(&self, now_ns: u64) -> Result<Vec<ConnRecord>> {
+        let Snapshot { mut live, closing } = self.snapshot()?;
         live.sort_by_key(|(k, v)| (v.first_seen_ns, *k));
         let open = live
             .iter()
@@ -313,7 +329,15 @@ impl<S: FlowStore> FlowTable<S> {
             };
             ConnRecord::from_flow(k, v, state, now_ns)
         });
-        Ok(open.chain(closed).collect())
+        let closing = closing
+            .iter()
+            .map(|(k, v)| ConnRecord::from_flow(k, v, ConnState::Closed, now_ns));
+        Ok(open.chain(closed).chain(closing).collect())
+    }
+
+    /// Live flows in the store now (a read, like [`FlowTable::conns`]).
+    pub fn live_count(&self) -> Result<usize> {
+        Ok(self.snapshot()?.live.len())
     }
 
     /// The table's own counters.
@@ -326,15 +350,15 @@ impl<S: FlowStore> FlowTable<S> {
         self.closed.len()
     }
 
-    /// What a metrics scrape needs (sweeps the store first): cumulative
-    /// counts (departed flows plus live ones, each flow once), the table's
-    /// sizes, and the `top` clients by client-initiated renegotiations over
-    /// live and recently closed flows.
-    pub fn metrics(&mut self, top: usize) -> Result<FlowMetrics> {
-        let live = self.sweep()?;
+    /// What a metrics scrape needs (a read: nothing changes): cumulative
+    /// counts (departed flows plus live and not yet collected closed ones,
+    /// each flow once), the table's sizes, and the `top` clients by
+    /// client-initiated renegotiations over live and recently closed flows.
+    pub fn metrics(&self, top: usize) -> Result<FlowMetrics> {
+        let Snapshot { live, closing } = self.snapshot()?;
         let mut counts = self.departed.totals();
         let mut per_peer: HashMap<IpAddr, u64> = HashMap::new();
-        for (key, value) in &live {
+        for (key, value) in live.iter().chain(closing.iter()) {
             let own = FlowCounts::of(value);
             counts = counts.plus(&self.departed.live_share(&(*key, value.first_seen_ns), &own));
             *per_peer.entry(client_ip(key, value)).or_default() += own.renegotiations_client;
@@ -346,11 +370,18 @@ impl<S: FlowStore> FlowTable<S> {
         Ok(FlowMetrics {
             counts,
             live: live.len(),
-            recently_closed: self.closed.len(),
+            recently_closed: (self.closed.len() + closing.len()).min(self.closed.capacity),
             evicted: self.stats.evicted,
             top_peers: top_k(per_peer, top),
         })
     }
+}
+
+/// One read of the store: see [`FlowTable::snapshot`].
+#[derive(Default)]
+struct Snapshot {
+    live: Vec<(FlowKey, FlowValue)>,
+    closing: Vec<(FlowKey, FlowValue)>,
 }
 
 /// The address of a flow's client (the endpoint that sent the first ClientHello).
@@ -615,7 +646,12 @@ mod tests {
         store.0.insert(k, with_renegs(v, 5));
         let mut table = FlowTable::new(store, 10);
         assert_eq!(renegs_total(&mut table), 5);
+        // The pipeline's timer sweeps while it is live, and after the
+        // kernel evicted it: the second sweep notices the eviction.
+        table.sweep().expect("sweep");
         table.store.0.remove(&k);
+        assert_eq!(table.metrics(10).expect("metrics").evicted, 0);
+        table.sweep().expect("sweep");
         assert_eq!(renegs_total(&mut table), 5);
         assert_eq!(table.metrics(10).expect("metrics").evicted, 1);
         // If it shows up again (a walk that missed it), only growth counts.
@@ -646,6 +682,45 @@ mod tests {
         assert_ne!(ip1, ip2);
         assert_eq!(m.top_peers, vec![(ip1, 6), (ip2, 1)]);
         assert_eq!(table.metrics(1).expect("metrics").top_peers, vec![(ip1, 6)]);
+    }
+
+    #[test]
+    fn reads_never_change_the_table() {
+        let mut store = MemStore::default();
+        let (k1, v1) = flow(1, 100);
+        let (k2, v2) = flow(2, 50);
+        let mut v2 = with_renegs(v2, 3);
+        v2.tracker.flags |= FF_CLOSED;
+        store.0.insert(k1, with_renegs(v1, 2));
+        store.0.insert(k2, v2);
+        let mut table = FlowTable::new(store, 10);
+        let first = (
+            table.conns(1_000).expect("conns"),
+            table.metrics(10).expect("metrics"),
+        );
+        let second = (
+            table.conns(1_000).expect("conns"),
+            table.metrics(10).expect("metrics"),
+        );
+        // Reads leave the store and the table alone, and agree with each other.
+        assert_eq!(first, second);
+        assert_eq!(table.store.0.len(), 2);
+        assert_eq!(table.closed_len(), 0);
+        assert_eq!(table.stats().closes_seen, 0);
+        assert!(table.take_departed().is_empty());
+        assert_eq!(table.live_count().expect("live"), 1);
+        // The flow not yet collected already shows as closed, counted once.
+        let states: Vec<ConnState> = first.0.iter().map(|c| c.state).collect();
+        assert_eq!(states, [ConnState::Open, ConnState::Closed]);
+        assert_eq!((first.1.live, first.1.recently_closed), (1, 1));
+        assert_eq!(first.1.counts.renegotiations_client, 5);
+        // The timer's sweep collects it; what the reads show stays the same.
+        table.sweep().expect("sweep");
+        assert_eq!(table.store.0.len(), 1);
+        assert_eq!(table.closed_len(), 1);
+        assert_eq!(table.take_departed().len(), 1);
+        assert_eq!(table.conns(1_000).expect("conns"), first.0);
+        assert_eq!(table.metrics(10).expect("metrics"), first.1);
     }
 
     #[test]

@@ -38,14 +38,14 @@ pub struct AgentInfo {
 }
 
 impl Shared {
-    /// The status document (blocking: sweeps `FLOWS` and reads `STATS`).
+    /// The status document (blocking: reads `FLOWS` and `STATS`; changes nothing).
     pub fn status(&self) -> Result<Status> {
         let info = self
             .info
             .get()
             .ok_or_else(|| anyhow!("the agent is still starting"))?;
         let kernel = lock(&self.stats).read()?;
-        let flows = lock(&self.table).sweep()?.len();
+        let flows = lock(&self.table).live_count()?;
         let (v4, v6) = lock(&self.bans).family_counts();
         let per_family = u64::from(MAX_BANS_PER_FAMILY);
         Ok(Status {
