@@ -50,6 +50,7 @@
 //! 10 s.
 
 pub mod conn;
+mod history;
 mod settings;
 mod windows;
 
@@ -710,51 +711,6 @@ impl Policy {
         }
         self.prefixes
             .retain(|p, g| sums.contains_key(p) || !g.history.bans.is_empty());
-    }
-
-    /// The ban history of every peer and prefix, sorted (for the state
-    /// file, so a restarted agent keeps escalating).
-    pub fn export_history(&self) -> Vec<crate::agent::persist::state_file::SavedHistory> {
-        let saved = |kind: &str, target: Cidr, h: &History| {
-            crate::agent::persist::state_file::SavedHistory {
-                kind: kind.to_owned(),
-                target: target.to_string(),
-                bans_ns: h.bans.iter().copied().collect(),
-                banned_until_ns: h.banned_until,
-            }
-        };
-        let mut out: Vec<_> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.history.bans.is_empty())
-            .map(|(ip, p)| saved("peer", Cidr::host(*ip), &p.history))
-            .chain(
-                self.prefixes
-                    .iter()
-                    .filter(|(_, g)| !g.history.bans.is_empty())
-                    .map(|(c, g)| saved("prefix", *c, &g.history)),
-            )
-            .collect();
-        out.sort_by(|a, b| (&a.kind, &a.target).cmp(&(&b.kind, &b.target)));
-        out
-    }
-
-    /// Takes in a previous agent's ban history ([`Policy::export_history`]).
-    pub fn import_history(&mut self, saved: &[crate::agent::persist::state_file::SavedHistory]) {
-        for h in saved {
-            let Ok(target) = h.target.parse::<Cidr>() else {
-                continue;
-            };
-            let history = History {
-                bans: h.bans_ns.iter().copied().collect(),
-                banned_until: h.banned_until_ns,
-            };
-            match h.kind.as_str() {
-                "peer" => self.peers.entry(target.addr()).or_default().history = history,
-                "prefix" => self.prefixes.entry(target).or_default().history = history,
-                _ => {}
-            }
-        }
     }
 
     /// A peer's window counts as of the latest time the policy was given
