@@ -130,7 +130,17 @@ fn process_targets(pid: &str, own_root: Option<FileId>, verdicts: &mut ExeVerdic
         }
     };
     for inner in libssl_paths_in_maps(&maps) {
-        let attach_path = PathBuf::from(format!("{root}{inner}"));
+        // Through `map_files` (a magic link to the mapped file) when the
+        // joined path names no file: see the executable case below.
+        let joined = PathBuf::from(format!("{root}{inner}"));
+        let attach_path = if joined.exists() {
+            joined
+        } else {
+            match map_range_of(&maps, &inner) {
+                Some(range) => PathBuf::from(format!("/proc/{pid}/map_files/{range}")),
+                None => joined,
+            }
+        };
         if let Some(id) = file_id(&attach_path) {
             out.push(Target {
                 id,
@@ -155,10 +165,15 @@ fn process_targets(pid: &str, own_root: Option<FileId>, verdicts: &mut ExeVerdic
                 .strip_suffix(" (deleted)")
                 .unwrap_or(&inner)
                 .to_owned();
+            // Attach through the magic link, not `{root}{inner}`: when the
+            // process lives in another mount namespace whose root we cannot
+            // reach (e.g. agent under `ip netns exec` inside a chroot), the
+            // kernel prints `inner` from that namespace's root, so the joined
+            // path names no file.
             out.push(Target {
                 id,
                 display: shown(&inner),
-                attach_path: PathBuf::from(format!("{root}{inner}")),
+                attach_path: exe.clone(),
                 library: false,
             });
         }
@@ -223,6 +238,16 @@ fn libssl_paths_in_maps(maps: &str) -> Vec<String> {
     out
 }
 
+/// The address range (`start-end`, as `/proc/PID/map_files` names it) of the
+/// first mapping of `path` in `maps`.
+fn map_range_of<'a>(maps: &'a str, path: &str) -> Option<&'a str> {
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let range = fields.next()?;
+        (fields.nth(4)? == path).then_some(range)
+    })
+}
+
 /// Whether the ELF file at `path` defines [`MARKER_SYMBOL`] in its symbol
 /// table or dynamic symbol table (an import does not count). Anything
 /// unreadable, too big or not ELF: no.
@@ -283,6 +308,20 @@ mod tests {
                 "/opt/app/lib/libssl.so.1.1".to_owned()
             ]
         );
+    }
+
+    /// `map_files` names a mapping by its address range.
+    #[test]
+    fn map_range_of_a_path() {
+        let maps = "\
+7f00-7f01 r--p 00000000 fe:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f01-7f02 r-xp 00001000 fe:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3
+";
+        assert_eq!(
+            map_range_of(maps, "/usr/lib/x86_64-linux-gnu/libssl.so.3"),
+            Some("7f00-7f01")
+        );
+        assert_eq!(map_range_of(maps, "/usr/lib/libssl.so.1.1"), None);
     }
 
     /// The libssl defines the marker; a program that only imports it (the
