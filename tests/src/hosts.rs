@@ -313,39 +313,11 @@ impl Host {
         Agent::start_in(agent_cmd_in(&self.ns, &hsmon_bin()), dir, &args, state)
             .context("starting hsmon in the host namespace")
     }
-
-    fn pids(&self) -> Vec<i32> {
-        let mut pids = Vec::new();
-        for ns in &self.created {
-            if let Ok(out) = ip(&["netns", "pids", ns]) {
-                pids.extend(out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
-            }
-        }
-        pids
-    }
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
-        for _ in 0..3 {
-            let pids = self.pids();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                // SAFETY: kill(2) with a pid read from `ip netns pids` of a
-                // namespace this test created.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for ns in self.created.drain(..).rev() {
-            if let Err(e) = ip(&["netns", "del", &ns]) {
-                eprintln!("warning: deleting namespace {ns}: {e:#}");
-            }
-        }
+        crate::netns::remove_created(&mut self.created);
     }
 }
 

@@ -204,40 +204,50 @@ impl NetPair {
 
     /// Pids of the processes inside the namespaces.
     pub fn pids(&self) -> Vec<i32> {
-        let mut pids = Vec::new();
-        for ns in &self.created {
-            if let Ok(out) = ip(&["netns", "pids", ns]) {
-                pids.extend(out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        pids_in(&self.created)
+    }
+}
+
+/// Pids of the processes inside the namespaces `names`.
+pub fn pids_in(names: &[String]) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for ns in names {
+        if let Ok(out) = ip(&["netns", "pids", ns]) {
+            pids.extend(out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    pids
+}
+
+/// Removes the namespaces a test created (newest first), after killing the
+/// processes still inside them (normally their guards have already killed
+/// them; a namespace lives on while a process is inside it). Leaves
+/// `created` empty; failures are warnings (this runs in `Drop`).
+pub fn remove_created(created: &mut Vec<String>) {
+    for _ in 0..3 {
+        let pids = pids_in(created);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kill(2) with a pid read from `ip netns pids` of a
+            // namespace this test created.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
             }
         }
-        pids
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for ns in created.drain(..).rev() {
+        if let Err(e) = ip(&["netns", "del", &ns]) {
+            eprintln!("warning: deleting namespace {ns}: {e:#}");
+        }
     }
 }
 
 impl Drop for NetPair {
     fn drop(&mut self) {
-        // Processes the test started inside the namespaces (normally their
-        // guards have already killed them): kill by pid, then reap what we
-        // can; a namespace lives on while a process is inside it.
-        for _ in 0..3 {
-            let pids = self.pids();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                // SAFETY: kill(2) with a pid read from `ip netns pids` of a
-                // namespace this test created.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for ns in self.created.drain(..).rev() {
-            if let Err(e) = ip(&["netns", "del", &ns]) {
-                eprintln!("warning: deleting namespace {ns}: {e:#}");
-            }
-        }
+        remove_created(&mut self.created);
     }
 }
 
