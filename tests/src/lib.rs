@@ -36,6 +36,7 @@
 
 pub mod attack;
 pub mod bench;
+pub mod bulk;
 pub mod capture;
 pub mod cert;
 pub mod cmd;

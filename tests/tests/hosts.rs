@@ -8,7 +8,8 @@
 //! default policy (renegotiation cap 3) and the hooks each test names.
 //!
 //! Ground truth is the peers' own account: `openssl s_server -msg` (every
-//! ClientHello it read), the attacker client's lines ([`tests::attack`]:
+//! ClientHello it read; for the 20 MB downloads the Python bulk server of
+//! [`tests::bulk`], which counts the same), the attacker client's lines ([`tests::attack`]:
 //! each renegotiation's result, whether the server side ended the
 //! connection), and for retransmissions a tcpdump capture read by tshark.
 //!
@@ -29,13 +30,13 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tests::attack::{self, ok_count, Client};
+use tests::bulk::BulkServer;
 use tests::capture::Capture;
 use tests::cert::TestCert;
 use tests::decisions::decisions;
 use tests::hosts::{self, Host};
 use tests::hsmon::{Agent, HsmonConn};
 use tests::openssl::{msg_count, SServer, SServerOpts, TlsVersion};
-use tests::process::Proc;
 use tests::pyssl::PyTlsServer;
 use tests::require_root;
 use tests::rig::Rig;
@@ -821,21 +822,18 @@ fn connection_opened_while_the_agent_was_stopped_is_adopted_on_restart() {
 
 const DOWNLOAD: usize = 20 * 1024 * 1024;
 
-/// `openssl s_server -msg` whose stdin carries `bytes` of `a` (sent to the
-/// first client as application data) and then stays open.
-fn download_server(r: &Rig, version: TlsVersion, bytes: usize) -> Result<Proc> {
+/// The bulk TLS source ([`BulkServer`]) serving `bytes` to every client.
+fn download_server(r: &Rig, version: TlsVersion, bytes: usize) -> Result<BulkServer> {
     let addr = r.server_addr(PORT);
-    let mut c = tests::netns::ns_cmd(&r.net.server_ns, "sh");
-    c.arg("-c").arg(format!(
-        "(head -c {bytes} /dev/zero | tr '\\0' a; exec sleep 300) | exec openssl s_server \
-         -accept {addr} -cert {} -key {} -msg {} -client_renegotiation",
-        r.cert.cert.display(),
-        r.cert.key.display(),
-        version.flag()
-    ));
-    let mut p = Proc::spawn("s_server_dl", c, r.dir.path(), false)?;
-    p.wait_listening(&r.net.server_ns, addr, Duration::from_secs(15))?;
-    Ok(p)
+    BulkServer::start_in(
+        &r.net.server_ns,
+        r.dir.path(),
+        &r.cert,
+        addr,
+        version,
+        bytes,
+        "bulk_server",
+    )
 }
 
 fn download(name: &str, version: TlsVersion, tls: &str) {
@@ -860,9 +858,9 @@ fn download(name: &str, version: TlsVersion, tls: &str) {
             .as_str()
             .is_some_and(|c| c.ends_with(&format!(":{port}")))
     });
-    let hellos = msg_count(&srv.stdout(), "<<<", "ClientHello");
+    let hellos = srv.client_hellos();
     eprintln!(
-        "{out:?}; s_server ClientHellos {hellos}; hsmon: {entries:?}; overflows {:?} gaps {:?}",
+        "{out:?}; server ClientHellos {hellos}; hsmon: {entries:?}; overflows {:?} gaps {:?}",
         v.map(|v| v["overflows"].clone()),
         v.map(|v| v["gaps"].clone())
     );
@@ -874,14 +872,12 @@ fn download(name: &str, version: TlsVersion, tls: &str) {
 }
 
 #[test]
-#[ignore = "issue 11: in sync since the bpf_loop count fix (7 of 8 runs); the s_server download source stalls in about 1 run of 4 (s_server blocked in read(2) on its socket, nothing in flight either way: the peer, not hsmon); needs another bulk source"]
 fn tls12_download_of_20_mb_stays_in_sync() {
     require_root!();
     download("hosts-dl12", TlsVersion::Tls12, "tls=1.2");
 }
 
 #[test]
-#[ignore = "issue 11: in sync since the bpf_loop count fix (5 of 5 runs); shares the s_server download source that stalls (see the TLS 1.2 test)"]
 fn tls13_download_of_20_mb_stays_in_sync() {
     require_root!();
     download("hosts-dl13", TlsVersion::Tls13, "tls=1.3");
@@ -891,7 +887,6 @@ fn tls13_download_of_20_mb_stays_in_sync() {
 /// (never fewer: no false reset under the cap), the 4th dropped and the
 /// connection reset.
 #[test]
-#[ignore = "issue 11: cap exact since the bpf_loop count fix (7 of 8 runs); 1 of 8 runs the s_server download source stalls first (see the TLS 1.2 test)"]
 fn download_then_six_renegotiations_caps_at_three() {
     require_root!();
     let r = default_rig("hosts-dl-reneg");
@@ -911,15 +906,15 @@ fn download_then_six_renegotiations_caps_at_three() {
     )
     .unwrap_or_else(|e| fail(e));
     let out = c.finish(CLIENT_WAIT);
-    let hellos = msg_count(&srv.stdout(), "<<<", "ClientHello");
+    let hellos = srv.client_hellos();
     let closed = out.lines().find(|l| l.starts_with("CLOSED")).unwrap_or("-");
     eprintln!(
-        "honoured {}; s_server ClientHellos {hellos}; {closed}",
+        "honoured {}; server ClientHellos {hellos}; {closed}",
         ok_count(&out, "RENEG")
     );
     assert!(out.contains(&format!("DOWNLOADED {DOWNLOAD}")), "{out}");
     assert_eq!(ok_count(&out, "RENEG"), CAP, "{out}");
-    assert_eq!(hellos, 1 + CAP, "s_server's ClientHellos");
+    assert_eq!(hellos, 1 + CAP, "the server's ClientHellos");
     assert!(
         closed == "CLOSED reset" || closed == "CLOSED eof",
         "the connection was not ended\n{out}"
