@@ -283,7 +283,51 @@ fn remove_stale_namespaces() {
                 Err(e) => eprintln!("could not remove the stale namespace {name}: {e:#}"),
             }
         }
+        unmount_stale_bpffs();
     });
+}
+
+/// Unmounts the private bpffs mounts (`.../bpffs-PID-N`, see
+/// `hsmon::AgentState`) of test processes that no longer exist: their pinned
+/// links (uprobes, the tracepoint) would otherwise stay attached for good.
+fn unmount_stale_bpffs() {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for mount_point in stale_bpffs_mounts(&info, |pid| {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }) {
+        let mut c = Command::new("umount");
+        c.arg("-l").arg(&mount_point);
+        match cmd::run_ok(&mut c, IP_TIMEOUT) {
+            Ok(_) => eprintln!("unmounted the bpffs {mount_point} left by a dead test process"),
+            Err(e) => eprintln!("could not unmount the stale bpffs {mount_point}: {e:#}"),
+        }
+    }
+}
+
+/// The mount points in `mountinfo` of bpf filesystems named `bpffs-PID-N`
+/// whose PID `alive` says is gone.
+fn stale_bpffs_mounts(mountinfo: &str, alive: impl Fn(u32) -> bool) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut halves = line.splitn(2, " - ");
+            let (left, right) = (halves.next()?, halves.next()?);
+            if right.split_whitespace().next() != Some("bpf") {
+                return None;
+            }
+            let mount_point = left.split_whitespace().nth(4)?;
+            let last = mount_point.rsplit('/').next()?;
+            let pid = last
+                .strip_prefix("bpffs-")?
+                .split('-')
+                .next()?
+                .parse()
+                .ok()?;
+            (!alive(pid)).then(|| mount_point.to_owned())
+        })
+        .collect()
 }
 
 /// Runs `ip ARGS` and returns stdout; fails with stderr on a non-zero exit.
@@ -370,4 +414,21 @@ pub fn tcp_connects(
             }),
         }
     })?
+}
+
+#[cfg(test)]
+mod stale_mounts {
+    use super::stale_bpffs_mounts;
+
+    #[test]
+    fn finds_only_bpffs_of_dead_pids() {
+        let info = "\
+36 25 0:31 / /sys/fs/bpf rw,nosuid shared:14 - bpf bpf rw,mode=700
+90 25 0:52 / /tmp/hsmt-1/bpffs-100-0 rw,relatime shared:50 - bpf bpf rw
+91 25 0:53 / /tmp/hsmt-2/bpffs-200-3 rw,relatime shared:51 - bpf bpf rw
+92 25 0:54 / /tmp/hsmt-3/bpffs-300-0 rw,relatime shared:52 - tmpfs tmpfs rw
+";
+        let got = stale_bpffs_mounts(info, |pid| pid == 200);
+        assert_eq!(got, vec!["/tmp/hsmt-1/bpffs-100-0".to_owned()]);
+    }
 }
