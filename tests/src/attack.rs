@@ -23,7 +23,9 @@ use std::time::Duration;
 /// `tls=1.2|1.3`, `bind=IP:PORT`, `download=N` (read N bytes),
 /// `burst=N` (N one-byte records in one corked write),
 /// `ooo` (one 1-byte segment at snd_nxt + 200 through a raw socket, then a
-/// 400-byte record that covers it), `reneg=N` (N renegotiations, each
+/// 400-byte record that covers it), `badsum` (a segment with a wrong TCP
+/// checksum at snd_nxt carrying a 16 KiB application-data record header:
+/// TCP discards it, a hook before TCP's checksum check may not), `reneg=N` (N renegotiations, each
 /// `SSL_renegotiate` + `SSL_do_handshake`), `ping=N,MS,TEXT` (N writes of
 /// TEXT every MS ms, each answered by the server), `keyupdate=N,MS`, `hold=S`
 /// (stay connected S seconds), `wait` (read stdin until a line),
@@ -129,6 +131,25 @@ for step in steps:
         # A record that covers the stray byte, so the server's stream stays intact.
         lib.SSL_write(s, b"y" * 400, 400)
         out("OOO", seq)
+    elif key == "badsum":
+        # At snd_nxt, a segment TCP will discard (wrong checksum) carrying
+        # the header of a 16 KiB application-data record; the real bytes
+        # follow at the same sequence number.
+        sock.setsockopt(socket.IPPROTO_TCP, 19, 1)  # TCP_REPAIR
+        snd, rcv = queue_seq(2), queue_seq(1)
+        sock.setsockopt(socket.IPPROTO_TCP, 19, 0)
+        src, sport = sock.getsockname()
+        dst, dport = sock.getpeername()
+        payload = b"\x17\x03\x03\x40\x00"
+        hdr = struct.pack("!HHIIBBHHH", sport, dport, snd, rcv, 5 << 4, 0x18, 502, 0, 0)
+        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(hdr) + len(payload))
+        c = csum(pseudo + hdr + payload) ^ 0x5A5A
+        hdr = hdr[:16] + struct.pack("!H", c) + hdr[18:]
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        raw.sendto(hdr + payload, (dst, 0))
+        raw.close()
+        time.sleep(0.2)
+        out("BADSUM", snd)
     elif key == "reneg":
         for i in range(1, int(val) + 1):
             r1 = lib.SSL_renegotiate(s)
