@@ -24,7 +24,8 @@ use std::time::Duration;
 /// `burst=N` (N one-byte records in one corked write),
 /// `ooo` (one 1-byte segment at snd_nxt + 200 through a raw socket, then a
 /// 400-byte record that covers it), `badsum` (a segment with a wrong TCP
-/// checksum at snd_nxt carrying a 16 KiB application-data record header:
+/// checksum at snd_nxt, 100 bytes starting with a 16 KiB application-data
+/// record header:
 /// TCP discards it, a hook before TCP's checksum check may not), `reneg=N` (N renegotiations, each
 /// `SSL_renegotiate` + `SSL_do_handshake`), `ping=N,MS,TEXT` (N writes of
 /// TEXT every MS ms, each answered by the server), `keyupdate=N,MS`, `hold=S`
@@ -140,7 +141,9 @@ for step in steps:
         sock.setsockopt(socket.IPPROTO_TCP, 19, 0)
         src, sport = sock.getsockname()
         dst, dport = sock.getpeername()
-        payload = b"\x17\x03\x03\x40\x00"
+        # 100 bytes: past the 76 below which the kernel checks a TCP
+        # checksum before the socket's filters run.
+        payload = b"\x17\x03\x03\x40\x00" + b"\x00" * 95
         hdr = struct.pack("!HHIIBBHHH", sport, dport, snd, rcv, 5 << 4, 0x18, 502, 0, 0)
         pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(hdr) + len(payload))
         c = csum(pseudo + hdr + payload) ^ 0x5A5A

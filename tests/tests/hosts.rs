@@ -534,7 +534,7 @@ fn out_of_order_segment_keeps_the_cap() {
 /// follow at the same sequence numbers for retransmitted bytes of that
 /// record.
 #[test]
-#[ignore = "issue 11: silent bypass: the attacker's 6 of 6 renegotiations honoured, its entry reneg_c 0, unsynced false (TC parses the 5 bytes TCP discards)"]
+#[ignore = "issue 11: silent bypass: the attacker's 6 of 6 renegotiations honoured, its entry reneg_c 0, unsynced false (TC parses the 100 bytes TCP discards)"]
 fn bad_checksum_segment_keeps_the_cap() {
     require_root!();
     rig_attack("hosts-badsum", &[], &["badsum"]);
