@@ -736,16 +736,20 @@ fn keyupdate_flood_is_reset_within_a_second() {
     );
 }
 
-/// A connection opened while no agent runs; the agent starts 12 s later
-/// and must adopt it without a false `handshake_timeout`: 30 echoes over
-/// the next 15 s all arrive, no decision.
-#[test]
-fn connection_predating_the_agent_is_adopted() {
-    require_root!();
-    let dir = WorkDir::new("hosts-adopt").unwrap_or_else(|e| fail(e));
+/// An established TLS 1.3 connection (one echo), 12 s without an agent,
+/// then `start_agent` (given the namespaces and the directory, after the
+/// connection is up), then 30 echoes over 15 s: all must arrive and the
+/// agent must make no decision (no false `handshake_timeout`).
+fn adopted_connection_keeps_working(
+    name: &str,
+    before: impl FnOnce(&tests::netns::NetPair, &Path) -> Result<()>,
+    start_agent: impl FnOnce(&tests::netns::NetPair, &Path) -> Result<Agent>,
+) {
+    let dir = WorkDir::new(name).unwrap_or_else(|e| fail(e));
     let net = tests::netns::NetPair::create().unwrap_or_else(|e| fail(e));
     let cert = TestCert::generate(dir.path()).unwrap_or_else(|e| fail(e));
     let addr = net.server_addr(false, PORT);
+    before(&net, dir.path()).unwrap_or_else(|e| fail(e));
     let _srv = PyTlsServer::start(
         &net,
         dir.path(),
@@ -772,14 +776,30 @@ fn connection_predating_the_agent_is_adopted() {
         .wait_for("PING 1", CLIENT_WAIT, |o, _| o.contains("PING 1 ok"))
         .unwrap_or_else(|e| fail(e));
     std::thread::sleep(Duration::from_secs(12));
-    let agent = Agent::start_with_args(&net, dir.path(), &["--reneg-cap".into(), "3".into()])
-        .unwrap_or_else(|e| fail(e));
+    let agent = start_agent(&net, dir.path()).unwrap_or_else(|e| fail(e));
     c.proc.write_line("go").unwrap_or_else(|e| fail(e));
     let out = c.finish(CLIENT_WAIT);
     let ds = decision_counts(&agent).unwrap_or_else(|e| fail(e));
     eprintln!("echoes {} of 31; decisions {ds:?}", ok_count(&out, "PING"));
     assert_eq!(ok_count(&out, "PING"), 31, "{out}");
     assert!(ds.is_empty(), "{ds:?}");
+}
+
+fn cap_args() -> Vec<String> {
+    vec!["--reneg-cap".to_owned(), "3".to_owned()]
+}
+
+/// A connection opened while no agent runs; the agent starts 12 s later
+/// and must adopt it without a false `handshake_timeout`: 30 echoes over
+/// the next 15 s all arrive, no decision.
+#[test]
+fn connection_predating_the_agent_is_adopted() {
+    require_root!();
+    adopted_connection_keeps_working(
+        "hosts-adopt",
+        |_, _| Ok(()),
+        |net, dir| Agent::start_with_args(net, dir, &cap_args()),
+    );
 }
 
 /// The restart variant: an agent runs and stops (its programs and pins
@@ -789,47 +809,23 @@ fn connection_predating_the_agent_is_adopted() {
 #[test]
 fn connection_opened_while_the_agent_was_stopped_is_adopted_on_restart() {
     require_root!();
-    let dir = WorkDir::new("hosts-adopt-restart").unwrap_or_else(|e| fail(e));
-    let net = tests::netns::NetPair::create().unwrap_or_else(|e| fail(e));
-    let cert = TestCert::generate(dir.path()).unwrap_or_else(|e| fail(e));
-    let addr = net.server_addr(false, PORT);
-    let args = ["--reneg-cap".to_owned(), "3".to_owned()];
-    let mut first = Agent::start_with_args(&net, dir.path(), &args).unwrap_or_else(|e| fail(e));
-    let state = first.state();
-    first.stop();
-    let _srv = PyTlsServer::start(
-        &net,
-        dir.path(),
-        &cert,
-        addr,
-        Some(TlsVersion::Tls13),
-        "pyserver",
-    )
-    .unwrap_or_else(|e| fail(e));
-    let mut c = Client::start(
-        &net.client_ns,
-        dir.path(),
-        "early",
-        addr,
-        &steps(&[
-            "tls=1.3",
-            "ping=1,0,hello",
-            "wait",
-            "ping=30,500,still-here",
-        ]),
-    )
-    .unwrap_or_else(|e| fail(e));
-    c.proc
-        .wait_for("PING 1", CLIENT_WAIT, |o, _| o.contains("PING 1 ok"))
-        .unwrap_or_else(|e| fail(e));
-    std::thread::sleep(Duration::from_secs(12));
-    let agent = Agent::start_with_state(&net, dir.path(), &args, state).unwrap_or_else(|e| fail(e));
-    c.proc.write_line("go").unwrap_or_else(|e| fail(e));
-    let out = c.finish(CLIENT_WAIT);
-    let ds = decision_counts(&agent).unwrap_or_else(|e| fail(e));
-    eprintln!("echoes {} of 31; decisions {ds:?}", ok_count(&out, "PING"));
-    assert_eq!(ok_count(&out, "PING"), 31, "{out}");
-    assert!(ds.is_empty(), "{ds:?}");
+    let state = std::cell::RefCell::new(None);
+    adopted_connection_keeps_working(
+        "hosts-adopt-restart",
+        |net, dir| {
+            let mut first = Agent::start_with_args(net, dir, &cap_args())?;
+            *state.borrow_mut() = Some(first.state());
+            first.stop();
+            Ok(())
+        },
+        |net, dir| {
+            let st = state
+                .borrow_mut()
+                .take()
+                .context("no state from the first agent")?;
+            Agent::start_with_state(net, dir, &cap_args(), st)
+        },
+    );
 }
 
 const DOWNLOAD: usize = 20 * 1024 * 1024;
