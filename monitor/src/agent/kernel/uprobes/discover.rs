@@ -122,7 +122,11 @@ fn process_targets(pid: &str, own_root: Option<FileId>, verdicts: &mut ExeVerdic
     };
     let root = format!("/proc/{pid}/root");
     let same_root = own_root.is_some() && file_id(Path::new(&root)) == own_root;
-    let shown = |inner: &str| {
+    let root_link = std::fs::read_link(&root)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let shown = |printed: &str| {
+        let inner = inside_root(printed, root_link.as_deref());
         if same_root {
             inner.to_owned()
         } else {
@@ -179,6 +183,24 @@ fn process_targets(pid: &str, own_root: Option<FileId>, verdicts: &mut ExeVerdic
         }
     }
     out
+}
+
+/// A path the kernel printed for a process's mapping or executable, as the
+/// process itself names it. The kernel prints paths from the reader's root
+/// when it can reach the file from there, else from the root of the mount
+/// namespace the file's mount belongs to: a process chrooted under
+/// `root_link` (what `/proc/PID/root` reads as) in another mount namespace
+/// (e.g. under `ip netns exec` inside a chroot) then shows
+/// `ROOT_LINK/tmp/x` for its `/tmp/x`. `root_link` is stripped when it is
+/// a proper directory prefix of `printed`.
+fn inside_root<'a>(printed: &'a str, root_link: Option<&str>) -> &'a str {
+    match root_link {
+        Some(r) if r != "/" && !r.is_empty() => match printed.strip_prefix(r) {
+            Some(rest) if rest.starts_with('/') => rest,
+            _ => printed,
+        },
+        _ => printed,
+    }
 }
 
 /// The system's default libssl: [`SYSTEM_LIBSSL`], or what `ldconfig -p`
@@ -307,6 +329,30 @@ mod tests {
                 "/usr/lib/x86_64-linux-gnu/libssl.so.3".to_owned(),
                 "/opt/app/lib/libssl.so.1.1".to_owned()
             ]
+        );
+    }
+
+    /// Paths printed from another mount namespace's root lose the
+    /// process's root prefix; others are left alone.
+    #[test]
+    fn paths_inside_the_process_root() {
+        let root = Some("/srv/fresh/root");
+        assert_eq!(inside_root("/srv/fresh/root/tmp/x.so", root), "/tmp/x.so");
+        assert_eq!(
+            inside_root("/srv/fresh/rootfs/x.so", root),
+            "/srv/fresh/rootfs/x.so"
+        );
+        assert_eq!(
+            inside_root("/usr/lib/libssl.so.3", root),
+            "/usr/lib/libssl.so.3"
+        );
+        assert_eq!(
+            inside_root("/usr/lib/libssl.so.3", Some("/")),
+            "/usr/lib/libssl.so.3"
+        );
+        assert_eq!(
+            inside_root("/usr/lib/libssl.so.3", None),
+            "/usr/lib/libssl.so.3"
         );
     }
 
