@@ -46,14 +46,6 @@ const PEER: &str = "10.203.0.2";
 const PORT: u16 = 4433;
 /// The unit's `WatchdogSec`.
 const WATCHDOG_SEC: u64 = 30;
-/// The capabilities the packaged unit grants.
-const UNIT_CAPS: &[&str] = &[
-    "CAP_BPF",
-    "CAP_PERFMON",
-    "CAP_NET_ADMIN",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_RESOURCE",
-];
 
 /// What `cargo xtask systemd-check` was asked for.
 #[derive(Debug, Default, Clone, Copy)]
@@ -64,7 +56,7 @@ pub struct Options {
 
 /// One check's outcome.
 struct Outcome {
-    name: &'static str,
+    name: String,
     secs: f64,
     passed: bool,
     evidence: String,
@@ -155,11 +147,11 @@ fn summary(out: &[Outcome], aborted: Option<&anyhow::Error>, total: Duration) ->
 }
 
 /// Runs `f` as the check `name`: prints its line at once and records it.
-fn check(out: &mut Vec<Outcome>, name: &'static str, f: impl FnOnce() -> Result<String>) -> bool {
+fn check(out: &mut Vec<Outcome>, name: &str, f: impl FnOnce() -> Result<String>) -> bool {
     let t = Instant::now();
     let r = f();
     let o = Outcome {
-        name,
+        name: name.to_string(),
         secs: t.elapsed().as_secs_f64(),
         passed: r.is_ok(),
         evidence: match r {
@@ -191,7 +183,7 @@ fn run(dir: &Path, logs: &Path, debs: &Debs, opts: Options, out: &mut Vec<Outcom
     )?;
     let ct = Container::boot(&base, &dir.join("run"), logs)?;
     out.push(Outcome {
-        name: "container boot",
+        name: "container boot".into(),
         secs: t.elapsed().as_secs_f64(),
         passed: true,
         evidence: format!(
@@ -301,7 +293,10 @@ impl Container {
                 "--register=no",
                 "--keep-unit",
                 "--private-network",
-                "--capability=CAP_BPF,CAP_PERFMON,CAP_NET_ADMIN",
+                // CAP_SYS_RAWIO: as on a host, systemd's
+                // sys-kernel-tracing.mount (ConditionCapability=) mounts
+                // tracefs at boot.
+                "--capability=CAP_BPF,CAP_PERFMON,CAP_NET_ADMIN,CAP_SYS_RAWIO",
                 // nspawn's seccomp allow-list lacks these two (a host has
                 // no such filter): without them map creation and the
                 // tracepoint attach fail with EPERM.
@@ -579,23 +574,33 @@ impl Checks<'_> {
         check(self.out, "watchdog (SIGSTOP)", || watchdog(ct));
         check(self.out, "stop / restart", || stop_restart(ct));
         check(self.out, "systemd-analyze security", || security(ct));
-        for cap in UNIT_CAPS {
-            check(self.out, cap_name(cap), || without_cap(ct, cap));
+        let caps = match unit_caps(ct) {
+            Ok(caps) => caps,
+            Err(e) => {
+                check(self.out, "unit capabilities", || Err(e));
+                Vec::new()
+            }
+        };
+        for cap in &caps {
+            check(self.out, &format!("without {cap}"), || {
+                without_cap(ct, cap, &caps)
+            });
         }
         check(self.out, "upgrade keeps bans", || upgrade(ct));
         check(self.out, "dpkg --purge", || purge(ct));
     }
 }
 
-fn cap_name(cap: &str) -> &'static str {
-    match cap {
-        "CAP_BPF" => "without CAP_BPF",
-        "CAP_PERFMON" => "without CAP_PERFMON",
-        "CAP_NET_ADMIN" => "without CAP_NET_ADMIN",
-        "CAP_SYS_ADMIN" => "without CAP_SYS_ADMIN",
-        "CAP_SYS_RESOURCE" => "without CAP_SYS_RESOURCE",
-        _ => "without a capability",
-    }
+/// The capabilities the installed unit grants (its `CapabilityBoundingSet=`).
+fn unit_caps(ct: &Container) -> Result<Vec<String>> {
+    let line = ct.sh_ok("grep '^CapabilityBoundingSet=' /lib/systemd/system/hsmon.service")?;
+    let caps: Vec<String> = line
+        .trim_start_matches("CapabilityBoundingSet=")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    ensure!(!caps.is_empty(), "the unit lists no capabilities: {line}");
+    Ok(caps)
 }
 
 fn install(ct: &Container) -> Result<String> {
@@ -943,8 +948,12 @@ fn security(ct: &Container) -> Result<String> {
     Ok(line.trim().replace("→ ", ""))
 }
 
-fn without_cap(ct: &Container, cap: &str) -> Result<String> {
-    let others: Vec<&str> = UNIT_CAPS.iter().copied().filter(|c| *c != cap).collect();
+fn without_cap(ct: &Container, cap: &str, all: &[String]) -> Result<String> {
+    let others: Vec<&str> = all
+        .iter()
+        .map(String::as_str)
+        .filter(|c| c != &cap)
+        .collect();
     let dropin = format!(
         "[Service]\nCapabilityBoundingSet=\nCapabilityBoundingSet={0}\nAmbientCapabilities=\n\
          AmbientCapabilities={0}\n",
@@ -1044,13 +1053,13 @@ mod tests {
     fn summary_fails_on_a_failed_check() {
         let out = vec![
             Outcome {
-                name: "a",
+                name: "a".into(),
                 secs: 1.0,
                 passed: true,
                 evidence: "fine".into(),
             },
             Outcome {
-                name: "b",
+                name: "b".into(),
                 secs: 2.0,
                 passed: false,
                 evidence: "boom".into(),
