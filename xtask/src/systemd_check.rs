@@ -34,7 +34,8 @@ use crate::{deb, util};
 pub const SYSTEMD_CHECK_PACKAGES: &[&str] = &["systemd-container", "debootstrap"];
 /// The container's packages on top of Debian's minimal base.
 const BASE_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,openssl,python3,procps,bpftool";
-/// The container's machine name (and its cgroup's).
+/// The container's machine name and cgroup: this prefix and xtask's pid
+/// (two checks from two worktrees may run at once).
 const MACHINE: &str = "hsmon-sdcheck";
 /// PATH inside the container.
 const CT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -147,7 +148,11 @@ fn summary(out: &[Outcome], aborted: Option<&anyhow::Error>, total: Duration) ->
 }
 
 /// Runs `f` as the check `name`: prints its line at once and records it.
+/// After SIGINT/SIGTERM no check runs (and none is recorded).
 fn check(out: &mut Vec<Outcome>, name: &str, f: impl FnOnce() -> Result<String>) -> bool {
+    if rootfs::was_interrupted() {
+        return false;
+    }
     let t = Instant::now();
     let r = f();
     let o = Outcome {
@@ -204,7 +209,7 @@ fn run(dir: &Path, logs: &Path, debs: &Debs, opts: Options, out: &mut Vec<Outcom
     ct.sh_ok(&network_script())
         .context("the container's veth pair and TLS server")?;
     Checks { ct: &ct, out }.all();
-    Ok(())
+    rootfs::interrupted()
 }
 
 /// The veth pair (container 10.203.0.1 <-> namespace `peer` 10.203.0.2),
@@ -265,16 +270,24 @@ impl Container {
                 .arg(nspawn_run),
         )?;
         let unified = cgroup2_mount().context("no cgroup2 hierarchy is mounted")?;
-        let cg = unified.join(MACHINE);
+        let machine = format!("{MACHINE}-{}", std::process::id());
+        let cg = unified.join(&machine);
         // nspawn mirrors the cgroup into the named `systemd` v1 hierarchy
         // of a hybrid host.
         let mut cgroups = vec![cg.clone()];
         let v1 = Path::new("/sys/fs/cgroup/systemd");
         if v1 != unified && v1.is_dir() {
-            cgroups.push(v1.join(MACHINE));
+            cgroups.push(v1.join(&machine));
         }
-        for c in &cgroups {
-            remove_cgroup(c);
+        // Cgroups of earlier runs that were killed before cleaning up (a
+        // cgroup with processes in it, a running check's, stays).
+        for parent in [unified.as_path(), v1] {
+            for stale in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+                let name = stale.file_name();
+                if name.to_string_lossy().starts_with(MACHINE) {
+                    remove_cgroup(&stale.path(), true);
+                }
+            }
         }
         std::fs::create_dir_all(&cg).with_context(|| format!("creating {}", cg.display()))?;
         let console = logs.join("console.log");
@@ -289,7 +302,7 @@ impl Container {
             .args(["--boot", "--directory"])
             .arg(overlay.path())
             .args([
-                &format!("--machine={MACHINE}"),
+                &format!("--machine={machine}"),
                 "--register=no",
                 "--keep-unit",
                 "--private-network",
@@ -451,7 +464,7 @@ impl Drop for Container {
         }
         let _ = std::fs::remove_dir(&self.bpffs);
         for c in &self.cgroups {
-            remove_cgroup(c);
+            remove_cgroup(c, false);
         }
         // The overlay is unmounted when `self.overlay` drops, next.
     }
@@ -509,23 +522,25 @@ fn cgroup2_mount() -> Option<PathBuf> {
 }
 
 /// Removes a cgroup directory and the ones below it, deepest first (a
-/// cgroup with processes stays, and is reported).
-fn remove_cgroup(dir: &Path) {
+/// cgroup with processes stays, and is reported unless `quiet`).
+fn remove_cgroup(dir: &Path, quiet: bool) {
     if !dir.is_dir() {
         return;
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup(&e.path());
+                remove_cgroup(&e.path(), quiet);
             }
         }
     }
     if let Err(e) = std::fs::remove_dir(dir) {
-        eprintln!(
-            "systemd-check: could not remove cgroup {}: {e}",
-            dir.display()
-        );
+        if !quiet {
+            eprintln!(
+                "systemd-check: could not remove cgroup {}: {e}",
+                dir.display()
+            );
+        }
     }
 }
 
@@ -1020,7 +1035,33 @@ fn upgrade(ct: &Container) -> Result<String> {
     ))
 }
 
+/// Ids of the programs in the kernel that use this agent's pinned FLOWS
+/// map (other agents on the host have programs of the same names).
+fn our_programs(ct: &Container) -> Result<Vec<u64>> {
+    let map: serde_json::Value = serde_json::from_str(
+        &ct.sh_ok("bpftool -j map show pinned /sys/fs/bpf/hsmon/maps-v1/FLOWS")?,
+    )?;
+    let map_id = map["id"].as_u64().context("FLOWS map id")?;
+    let progs: serde_json::Value = serde_json::from_str(&ct.sh_ok("bpftool -j prog show")?)?;
+    Ok(progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["map_ids"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|i| i.as_u64() == Some(map_id)))
+        })
+        .filter_map(|p| p["id"].as_u64())
+        .collect())
+}
+
 fn purge(ct: &Container) -> Result<String> {
+    let ours = our_programs(ct)?;
+    ensure!(
+        !ours.is_empty(),
+        "no program uses the agent's FLOWS map before the purge"
+    );
     ct.sh_ok("dpkg --purge hsmon")?;
     let active = ct
         .sh("systemctl is-active hsmon", Duration::from_secs(20))?
@@ -1031,17 +1072,34 @@ fn purge(ct: &Container) -> Result<String> {
         "find / -xdev \\( -name '*hsmon*' -o -name 'hsmon' \\) -not -path '/root/*' \
          -not -path '/proc/*' 2>/dev/null; ls -d /sys/fs/bpf/hsmon /run/hsmon 2>/dev/null; true",
     )?;
-    let links = ct.sh_ok("bpftool -j prog show")?;
-    let progs = links.matches("\"name\":\"hsmon_").count();
+    // Programs are freed asynchronously once their last link and fd go.
+    let left_progs = rootfs::poll(Duration::from_secs(10), Duration::from_millis(300), || {
+        let listed = ct.sh_ok("bpftool -j prog show").ok()?;
+        let progs: serde_json::Value = serde_json::from_str(&listed).ok()?;
+        let ids: Vec<u64> = progs
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["id"].as_u64())
+            .collect();
+        let n = ours.iter().filter(|id| ids.contains(id)).count();
+        (n == 0).then_some(0)
+    });
+    let progs = match left_progs {
+        Some(n) => n,
+        None => ours.len(),
+    };
     let connects = ct.peer_connects(2.0)?;
     ensure!(
         active != "active" && left.is_empty() && progs == 0 && connects,
-        "after purge: is-active {active}; left: {}; {progs} hsmon programs in the kernel; \
-         banned peer connects: {connects}",
-        left.lines().collect::<Vec<_>>().join(" ")
+        "after purge: is-active {active}; left: {}; {progs} of the agent's {} programs still \
+         in the kernel; banned peer connects: {connects}",
+        left.lines().collect::<Vec<_>>().join(" "),
+        ours.len()
     );
     Ok(format!(
-        "unit {active}, no file, pin, state or program of hsmon left; {PEER} connects again"
+        "unit {active}; none of the agent's {} programs, no file, pin or state of hsmon left; \
+         {PEER} connects again",
+        ours.len()
     ))
 }
 

@@ -180,6 +180,11 @@ pub const RESOLVED: &[(&str, &str, Runs)] = &[
         Runs::Own("hsmon: the release build inside the fresh root"),
     ),
     (
+        "xtask/src/test_suite.rs",
+        "xtask",
+        Runs::Own("xtask itself (`cargo xtask systemd-check`)"),
+    ),
+    (
         "xtask/src/systemd_check.rs",
         "shell command word $@",
         Runs::Program("systemd-nspawn"),
