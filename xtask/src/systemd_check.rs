@@ -8,8 +8,10 @@
 //! network namespace (`--private-network`: nothing is added to the host's
 //! interfaces; inside it a veth pair to a peer namespace at 10.203.0.0/24),
 //! a bpffs of its own at `/sys/fs/bpf`, CAP_BPF/CAP_PERFMON/CAP_NET_ADMIN
-//! on top of nspawn's defaults, and a cgroup of its own in the host's
-//! cgroup2 hierarchy. It installs the `.deb` of `cargo xtask deb` and runs
+//! (and CAP_SYS_RAWIO, so systemd mounts tracefs at boot as on a host) on
+//! top of nspawn's defaults, `bpf` and `perf_event_open` added to nspawn's
+//! seccomp allow-list, and a cgroup of its own in the host's cgroup2
+//! hierarchy. It installs the `.deb` of `cargo xtask deb` and runs
 //! the checks of issue 15, one PASS/FAIL line each with its evidence
 //! (`target/systemd/logs/summary.txt`; every command run in the container
 //! and its output in `commands.log`, the boot console in `console.log`).
@@ -852,7 +854,14 @@ fn kill9(ct: &Container) -> Result<String> {
     ban_peer(ct)?;
     let pid = ct.main_pid()?;
     ct.sh_ok(&format!("kill -9 {pid}"))?;
-    let state = ct.sh_ok("systemctl show -p ActiveState,SubState --value hsmon | paste -sd/")?;
+    // Probe once systemd has seen the death (RestartSec=2s: auto-restart).
+    let state = rootfs::poll(Duration::from_secs(3), Duration::from_millis(50), || {
+        let s = ct
+            .sh_ok("systemctl show -p ActiveState,SubState --value hsmon | paste -sd/")
+            .ok()?;
+        (s != "active/running").then_some(s)
+    })
+    .unwrap_or_else(|| "still active/running 3 s after kill -9".into());
     let through = ct.peer_connects(1.0)?;
     ensure!(
         !through,

@@ -2,7 +2,7 @@
 //! failure: formatting, clippy, unit and property tests, release build, then
 //! the root-only integration tests against the release `hsmon`, and
 //! `cargo xtask systemd-check` (the package under a real systemd, about
-//! 1.5 minutes warm; `HSMON_SYSTEMD_CHECK=0` skips it and says so).
+//! 1.5 minutes cached; `HSMON_SYSTEMD_CHECK=0` skips it and says so).
 
 use std::process::Command;
 use std::time::Instant;
