@@ -198,7 +198,7 @@ fn run(dir: &Path, logs: &Path, debs: &Debs, opts: Options, out: &mut Vec<Outcom
             if cached { "cached" } else { "new debootstrap" },
             ct.sh_ok("systemctl --version | head -1 | cut -d' ' -f2")?,
             ct.sh_ok("systemctl is-system-running || true")?,
-            ct.overlay.kind
+            ct.overlay_kind
         ),
     });
     for (deb, name) in [
@@ -246,8 +246,11 @@ struct Container {
     bpffs: PathBuf,
     cgroups: Vec<PathBuf>,
     logs: PathBuf,
-    /// Unmounted last.
-    overlay: Overlay,
+    /// "overlay" or "copy".
+    overlay_kind: &'static str,
+    run_dir: PathBuf,
+    /// Unmounted last (then `run_dir` is removed).
+    overlay: Option<Overlay>,
 }
 
 impl Container {
@@ -331,7 +334,9 @@ impl Container {
             bpffs,
             cgroups,
             logs: logs.to_path_buf(),
-            overlay,
+            overlay_kind: overlay.kind,
+            run_dir: run_dir.to_path_buf(),
+            overlay: Some(overlay),
         };
         let nspawn_pid = i32::try_from(ct.nspawn.id()).context("pid")?;
         ct.leader = rootfs::poll(Duration::from_secs(30), Duration::from_millis(200), || {
@@ -355,7 +360,8 @@ impl Container {
     }
 
     fn root(&self) -> &Path {
-        self.overlay.path()
+        // Only `Drop` takes the overlay.
+        self.overlay.as_ref().map_or(&self.run_dir, Overlay::path)
     }
 
     /// Runs `script` with bash inside the container (all its namespaces,
@@ -468,7 +474,13 @@ impl Drop for Container {
         for c in &self.cgroups {
             remove_cgroup(c, false);
         }
-        // The overlay is unmounted when `self.overlay` drops, next.
+        drop(self.overlay.take());
+        if let Err(e) = std::fs::remove_dir_all(&self.run_dir) {
+            eprintln!(
+                "systemd-check: could not remove {}: {e}",
+                self.run_dir.display()
+            );
+        }
     }
 }
 
