@@ -133,7 +133,7 @@ fn unit_keeps_the_promised_settings() {
     ] {
         assert_eq!(get(key), [want], "{key}");
     }
-    let caps = "CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_RESOURCE";
+    let caps = "CAP_BPF CAP_PERFMON CAP_NET_ADMIN";
     assert_eq!(get("CapabilityBoundingSet"), [caps]);
     assert_eq!(get("AmbientCapabilities"), [caps]);
 }

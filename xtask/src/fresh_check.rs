@@ -20,28 +20,22 @@
 //! SIGINT/SIGTERM. Logs: `target/fresh/logs/`; summary:
 //! `target/fresh/logs/summary.txt`.
 
-use std::fs::File;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::apt::{self, Apt};
+use crate::rootfs::{
+    self, install_signal_handlers, interrupted, last_line_matching, private_mount_namespace,
+    run_logged, spawn_logged, wait_child, Overlay,
+};
 use crate::util;
 
-/// Debian packages `fresh-check` itself needs on the host, installed on
-/// demand (not part of `setup`).
-pub const FRESH_CHECK_PACKAGES: &[&str] = &["debootstrap"];
 /// What a fresh machine of this project's kind has besides Debian's minimal
 /// base (rustup and its toolchains are copied in separately).
 const BASE_PACKAGES: &str = "ca-certificates,git,build-essential,python3";
-/// The Debian release of the project's machines.
-const SUITE: &str = "bookworm";
-/// Debian mirror when the host's apt sources name none.
-const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// PATH inside the root: rustup's proxies first, as on the real machine.
 const ROOT_PATH: &str =
     "/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -53,9 +47,6 @@ const CLONE_IN_ROOT: &str = "/root/hsmon";
 const RUN_READY_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// CI's limit for one run of `.ci/run`.
 const CI_TIMEOUT: Duration = Duration::from_secs(90 * 60);
-
-/// Set by the SIGINT/SIGTERM handler: stop waiting and clean up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// What `cargo xtask fresh-check` was asked for.
 #[derive(Debug, Default, Clone, Copy)]
@@ -189,100 +180,16 @@ fn summary_text(results: &[StepResult], aborted: Option<&anyhow::Error>) -> Stri
 
 /// Builds the cached base unless it exists; returns whether it was cached.
 fn ensure_base(base: &Path, logs: &Path, rebuild: bool) -> Result<bool> {
-    let marker = base.with_extension("ok");
-    if marker.is_file() && !rebuild {
-        return Ok(true);
-    }
-    let _ = std::fs::remove_file(&marker);
-    if base.exists() {
-        std::fs::remove_dir_all(base).with_context(|| format!("removing {}", base.display()))?;
-    }
-    let missing: Vec<&str> = FRESH_CHECK_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| apt::installed_version(p).is_none())
-        .collect();
-    Apt::default().install(&missing)?;
-    let mirror = host_mirror().unwrap_or_else(|| DEFAULT_MIRROR.to_string());
-    println!(
-        "fresh-check: debootstrap {SUITE} from {mirror} into {} (a few minutes)",
-        base.display()
-    );
-    let mut c = Command::new("debootstrap");
-    c.args([
-        "--variant=minbase",
-        &format!("--include={BASE_PACKAGES}"),
-        SUITE,
-    ])
-    .arg(base)
-    .arg(&mirror);
-    run_logged(
-        &mut c,
+    rootfs::ensure_debootstrap(
+        base,
+        BASE_PACKAGES,
         &logs.join("debootstrap.log"),
-        Duration::from_secs(30 * 60),
-    )?;
-    copy_apt_config(base)?;
-    copy_rustup(base)?;
-    File::create(&marker).with_context(|| format!("creating {}", marker.display()))?;
-    Ok(false)
-}
-
-/// The first `URIs:` of the host's deb822 sources, or the mirror of its
-/// first `deb` line.
-fn host_mirror() -> Option<String> {
-    let deb822 = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").ok();
-    if let Some(uri) = deb822.as_deref().and_then(first_uri) {
-        return Some(uri);
-    }
-    let list = std::fs::read_to_string("/etc/apt/sources.list").ok()?;
-    list.lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("deb "))
-        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("http")))
-        .map(str::to_string)
-}
-
-/// The first `URIs:` value of a deb822 sources file.
-fn first_uri(deb822: &str) -> Option<String> {
-    deb822
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("URIs:"))
-        .and_then(|v| v.split_whitespace().next())
-        .map(str::to_string)
-}
-
-/// The host's apt sources and settings, so apt inside the root reaches the
-/// same Debian archive (and its updates) as this machine.
-fn copy_apt_config(base: &Path) -> Result<()> {
-    let list = base.join("etc/apt/sources.list");
-    if Path::new("/etc/apt/sources.list.d/debian.sources").is_file() {
-        let _ = std::fs::remove_file(&list);
-    }
-    for dir in ["etc/apt/sources.list.d", "etc/apt/apt.conf.d"] {
-        let host = Path::new("/").join(dir);
-        let Ok(entries) = std::fs::read_dir(&host) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name_str = name.to_string_lossy();
-            // Only Debian's own sources (others are disabled here) and apt
-            // settings files (not the image's docker/packagekit hooks).
-            let wanted = if dir.ends_with("sources.list.d") {
-                name_str.ends_with(".sources") || name_str.ends_with(".list")
-            } else {
-                !name_str.starts_with("docker") && !name_str.contains("packagekit")
-            };
-            if !wanted || !entry.path().is_file() {
-                continue;
-            }
-            let to = base.join(dir).join(&name);
-            std::fs::copy(entry.path(), &to).with_context(|| {
-                format!("copying {} to {}", entry.path().display(), to.display())
-            })?;
-        }
-    }
-    Ok(())
+        rebuild,
+        |base| {
+            rootfs::copy_apt_config(base)?;
+            copy_rustup(base)
+        },
+    )
 }
 
 /// rustup's toolchains (`/root/.rustup`) and its proxies (the entries of
@@ -342,87 +249,25 @@ fn is_rustup_proxy(path: &Path, rustup: &Path) -> bool {
     }
 }
 
-/// Makes this process's mounts private to it: nothing mounted for the
-/// fresh root is seen on the host, and all of it disappears with the last
-/// process of the namespace.
-fn private_mount_namespace() -> Result<()> {
-    // SAFETY: unshare(2) with CLONE_NEWNS; xtask has not started threads.
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNS)");
-    }
-    util::run(Command::new("mount").args(["--make-rprivate", "/"]))
-}
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT/SIGTERM set [`INTERRUPTED`] (children still get the default
-/// action: handlers are reset by exec).
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        unsafe {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
-        }
-    }
-}
-
-fn interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
 /// The run's root: an overlay (or copy) of the base with the kernel
 /// facilities mounted. On drop, every process inside is killed and the
 /// mounts are removed.
 struct FreshRoot {
     root: PathBuf,
     kind: &'static str,
+    /// Unmounted (with everything mounted below it) after `Drop` killed
+    /// every process inside.
+    _overlay: Overlay,
 }
 
 impl FreshRoot {
     fn create(base: &Path, run_dir: &Path) -> Result<Self> {
-        if run_dir.exists() {
-            let _ = Command::new("umount")
-                .arg("-R")
-                .arg(run_dir.join("root"))
-                .status();
-            std::fs::remove_dir_all(run_dir)
-                .with_context(|| format!("removing the last run's {}", run_dir.display()))?;
-        }
-        let root = run_dir.join("root");
-        let upper = run_dir.join("upper");
-        let work = run_dir.join("work");
-        for d in [&root, &upper, &work] {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
-        let overlay = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!(
-                "lowerdir={},upperdir={},workdir={}",
-                base.display(),
-                upper.display(),
-                work.display()
-            ))
-            .arg(&root)
-            .status();
-        let kind = if overlay.is_ok_and(|s| s.success()) {
-            "overlay"
-        } else {
-            println!("fresh-check: overlayfs failed; copying the base instead");
-            util::run(
-                Command::new("cp")
-                    .arg("-a")
-                    .arg(format!("{}/.", base.display()))
-                    .arg(&root),
-            )?;
-            "copy"
+        let overlay = Overlay::create(base, run_dir)?;
+        let fresh = Self {
+            root: overlay.path().to_path_buf(),
+            kind: overlay.kind,
+            _overlay: overlay,
         };
-        let fresh = Self { root, kind };
         fresh.mount_facilities()?;
         Ok(fresh)
     }
@@ -547,15 +392,8 @@ impl FreshRoot {
 
 impl Drop for FreshRoot {
     fn drop(&mut self) {
+        // `_overlay` is dropped (unmounted) after this.
         self.kill_all();
-        let status = Command::new("umount").arg("-R").arg(&self.root).status();
-        if !status.is_ok_and(|s| s.success()) {
-            let _ = Command::new("umount")
-                .arg("-R")
-                .arg("-l")
-                .arg(&self.root)
-                .status();
-        }
     }
 }
 
@@ -625,7 +463,7 @@ fn run_agent(root: &FreshRoot, logs: &Path) -> Result<String> {
                 log.display()
             );
         }
-        if INTERRUPTED.load(Ordering::SeqCst) || started.elapsed() > RUN_READY_TIMEOUT {
+        if rootfs::was_interrupted() || started.elapsed() > RUN_READY_TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
             bail!(
@@ -702,74 +540,13 @@ fn run_ci(root: &FreshRoot, logs: &Path) -> Result<String> {
     }
 }
 
-/// The last line of `path` that contains `needle`.
-fn last_line_matching(path: &Path, needle: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .rev()
-        .find(|l| l.contains(needle))
-        .map(|l| l.trim().to_string())
-}
-
-/// Waits up to `timeout` for `child`; `None` if it still runs (or on an
-/// interrupt, after which it is killed).
-fn wait_child(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().context("waiting for a child")? {
-            return Ok(Some(s));
-        }
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("interrupted");
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Spawns `cmd` with stdout and stderr appended to `log`.
-fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
-    let line = util::describe(cmd);
-    let out = File::options()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("opening {}", log.display()))?;
-    let err = out.try_clone().context("duplicating the log file")?;
-    eprintln!("+ {line}  (log: {})", log.display());
-    cmd.stdout(out)
-        .stderr(err)
-        .spawn()
-        .with_context(|| format!("could not start `{line}`"))
-}
-
-/// Runs `cmd` to completion with its output in `log`; fails on a non-zero
-/// exit or after `timeout`.
-fn run_logged(cmd: &mut Command, log: &Path, timeout: Duration) -> Result<()> {
-    let line = util::describe(cmd);
-    let mut child = spawn_logged(cmd, log)?;
-    match wait_child(&mut child, timeout)? {
-        Some(s) if s.success() => Ok(()),
-        Some(s) => bail!("`{line}` failed ({s}); see {}", log.display()),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("`{line}` did not finish within {} s", timeout.as_secs())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn deb822_first_uri() {
+        use crate::rootfs::first_uri;
         let text = "Types: deb\n# comment\nURIs: http://mirror.example/debian http://b\nSuites: bookworm\n";
         assert_eq!(first_uri(text), Some("http://mirror.example/debian".into()));
         assert_eq!(first_uri("Types: deb\n"), None);

@@ -11,10 +11,12 @@ mod deb;
 mod fresh_check;
 mod fuzz;
 mod quickstart;
+mod rootfs;
 mod run;
 mod setup;
 #[cfg(test)]
 mod spawn_guard;
+mod systemd_check;
 mod test_suite;
 mod util;
 
@@ -108,6 +110,15 @@ enum Cmd {
         #[arg(long)]
         skip_ci: bool,
     },
+    /// The Debian package under a real systemd: boots a Debian 12 container
+    /// (systemd-nspawn --boot; root cached under target/systemd/) and checks
+    /// install, start, traffic, reload, crash, watchdog, stop/restart,
+    /// capabilities, upgrade and purge; needs root.
+    SystemdCheck {
+        /// Build the cached Debian root again.
+        #[arg(long)]
+        rebuild_base: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -139,5 +150,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             rebuild_base,
             skip_ci,
         }),
+        Cmd::SystemdCheck { rebuild_base } => {
+            systemd_check::systemd_check(systemd_check::Options { rebuild_base })
+        }
     }
 }

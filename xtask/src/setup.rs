@@ -41,6 +41,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "libssl-dev",
     "procps",
     "systemd",
+    "systemd-container",
+    "debootstrap",
 ];
 /// Pid file of the nginx started by Debian's package (its default config).
 const PACKAGED_NGINX_PID: &str = "/run/nginx.pid";

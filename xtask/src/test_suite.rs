@@ -1,11 +1,13 @@
 //! `cargo xtask test`: the whole gate, in order, stopping at the first
 //! failure: formatting, clippy, unit and property tests, release build, then
-//! the root-only integration tests against the release `hsmon`.
+//! the root-only integration tests against the release `hsmon`, and
+//! `cargo xtask systemd-check` (the package under a real systemd, about
+//! 1.5 minutes cached; `HSMON_SYSTEMD_CHECK=0` skips it and says so).
 
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::build;
 use crate::setup::{self, Options as SetupOptions};
@@ -182,6 +184,19 @@ pub fn test(opts: Options) -> Result<()> {
             .args(&opts.args),
         "see the failing integration tests above",
     )?;
+    println!("==> systemd-check");
+    if std::env::var("HSMON_SYSTEMD_CHECK").is_ok_and(|v| v.trim() == "0") {
+        println!("SKIPPED: systemd-check (HSMON_SYSTEMD_CHECK=0): the package was NOT tested under systemd");
+    } else {
+        // A child process: systemd-check moves itself into a private mount
+        // namespace.
+        let xtask = std::env::current_exe().context("the path of the running xtask")?;
+        p.step(
+            "systemd-check",
+            Command::new(xtask).arg("systemd-check"),
+            "see the FAIL lines above and target/systemd/logs/",
+        )?;
+    }
     p.summary("all passed");
     Ok(())
 }

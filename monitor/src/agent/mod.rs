@@ -98,6 +98,7 @@ async fn agent(args: Args) -> Result<()> {
     let reneg_cap = effective.kernel_reneg_cap;
     tracing::info!(source = %effective.source, ?policy_settings, reneg_cap, "policy");
     let mut signals = Signals::new()?;
+    system::check_capabilities()?;
     system::raise_memlock_limit();
     system::ensure_tracefs()?;
     let ifaces = ifaces::resolve(&args.iface)?;

@@ -50,6 +50,7 @@ pub const INSTALLED: &[(&str, Source)] = &[
     ("sslsniff-bpfcc", Source::Apt("bpfcc-tools")),
     ("llvm-config", Source::Apt("llvm-22-dev")),
     ("debootstrap", Source::Apt("debootstrap")),
+    ("systemd-nspawn", Source::Apt("systemd-container")),
     ("bpf-linker", Source::CargoInstall),
     ("cargo-fuzz", Source::CargoInstall),
     ("cargo-deb", Source::CargoInstall),
@@ -179,6 +180,16 @@ pub const RESOLVED: &[(&str, &str, Runs)] = &[
         Runs::Own("hsmon: the release build inside the fresh root"),
     ),
     (
+        "xtask/src/test_suite.rs",
+        "xtask",
+        Runs::Own("xtask itself (`cargo xtask systemd-check`)"),
+    ),
+    (
+        "xtask/src/systemd_check.rs",
+        "shell command word $@",
+        Runs::Program("systemd-nspawn"),
+    ),
+    (
         "xtask/src/quickstart.rs",
         "hsmon",
         Runs::Own("hsmon: the release build"),
@@ -197,8 +208,6 @@ struct Lists<'a> {
     test: &'a [&'a str],
     /// `cargo xtask bench` ([`crate::bench::BENCH_PACKAGES`]).
     bench: &'a [&'a str],
-    /// `cargo xtask fresh-check` ([`crate::fresh_check::FRESH_CHECK_PACKAGES`]).
-    fresh: &'a [&'a str],
 }
 
 /// The directories scanned, relative to the workspace root.
@@ -337,21 +346,16 @@ fn problem(s: &Spawn, name: &str, lists: &Lists<'_>) -> Option<String> {
         return None;
     };
     let bench = s.file.starts_with("tests/examples/") || s.file.starts_with("xtask/src/bench/");
-    let fresh = s.file.starts_with("xtask/src/fresh_check");
-    let ok = lists.test.contains(pkg)
-        || (bench && lists.bench.contains(pkg))
-        || (fresh && lists.fresh.contains(pkg));
+    let ok = lists.test.contains(pkg) || (bench && lists.bench.contains(pkg));
     (!ok).then(|| {
         format!(
             "{}: `{name}` (via {}) needs Debian package `{pkg}`, which `cargo xtask setup{}` does not \
              install: add it to {}",
             s.at,
             s.via,
-            if bench || fresh { "" } else { " --test-deps" },
+            if bench { "" } else { " --test-deps" },
             if bench {
                 "setup::TEST_PACKAGES or bench::BENCH_PACKAGES"
-            } else if fresh {
-                "fresh_check::FRESH_CHECK_PACKAGES"
             } else {
                 "setup::TEST_PACKAGES"
             }
@@ -367,7 +371,6 @@ mod tests {
         Lists {
             test,
             bench: crate::bench::BENCH_PACKAGES,
-            fresh: crate::fresh_check::FRESH_CHECK_PACKAGES,
         }
     }
 
@@ -538,7 +541,6 @@ fn t() {
             if let Source::Apt(pkg) = src {
                 let known = crate::setup::TEST_PACKAGES.contains(pkg)
                     || crate::bench::BENCH_PACKAGES.contains(pkg)
-                    || crate::fresh_check::FRESH_CHECK_PACKAGES.contains(pkg)
                     || *pkg == crate::setup::LLVM_PACKAGE;
                 assert!(known, "{prog}: package {pkg} is in no setup list");
             }
