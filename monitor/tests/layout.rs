@@ -604,11 +604,6 @@ const PENDING: &[&str] = &[
     // The agent's inside still meets in one hub (`agent::state::Shared`,
     // five mutexes) that every component imports and `agent` wires.
     "part of the cycle {agent, agent::",
-    // The ring-buffer reader feeds the policy, resets over-cap connections
-    // and emits their decisions itself (pipeline work inside ingest).
-    "agent::ingest -> agent::enforce: against",
-    "agent::ingest -> agent::policy: against",
-    "agent::ingest -> agent::publish: against",
 ];
 
 #[test]

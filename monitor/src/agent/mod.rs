@@ -14,13 +14,13 @@ pub mod enforce;
 pub mod ingest;
 pub mod kernel;
 pub mod persist;
+mod pipeline;
 pub mod policy;
 pub mod publish;
 mod reload;
 mod state;
 
 use enforce::bans;
-use ingest::events;
 use kernel::{ebpf_log, ifaces, loader, maps, system, uprobes};
 use publish::{decision_log, event_bus, metrics, notify, server, status};
 
@@ -143,7 +143,7 @@ async fn agent(args: Args) -> Result<()> {
     if let Some(logger) = logger {
         tasks.spawn(ebpf_log::forward(logger));
     }
-    tasks.spawn(events::read_events(kernel_maps.events, shared.clone()));
+    tasks.spawn(pipeline::read_events(kernel_maps.events, shared.clone()));
 
     let mut attachments = persistence.attach(&mut ebpf, &ifaces)?;
     let state_writer = persistence.writer(&args.socket.socket.display().to_string(), &attachments);
@@ -164,7 +164,7 @@ async fn agent(args: Args) -> Result<()> {
             tracing::warn!("the libssl uprobes were already set");
         }
     }
-    tasks.spawn(sweep(
+    tasks.spawn(pipeline::sweep_timer(
         shared.clone(),
         args.sweep_interval,
         notify::Watchdog::from_env(),
@@ -265,36 +265,4 @@ async fn agent(args: Args) -> Result<()> {
         tracing::info!("hsmon stopped");
     }
     outcome
-}
-
-/// Every `interval` (`--sweep-interval`, 1 s by default): re-read `FLOWS`, collect
-/// closed flows; then, under a systemd watchdog, ping it at half its interval
-/// (sweeping more often when that is shorter), so a stuck sweep stops the
-/// pings.
-async fn sweep(
-    shared: Arc<Shared>,
-    interval: Duration,
-    mut watchdog: Option<notify::Watchdog>,
-) -> Result<()> {
-    let every = match &watchdog {
-        Some(w) => {
-            tracing::info!(every = ?w.every(), "systemd watchdog enabled: pinging it from the sweep");
-            interval.min(w.every() / 2).max(Duration::from_millis(10))
-        }
-        None => interval,
-    };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let s = shared.clone();
-        match tokio::task::spawn_blocking(move || s.sweep()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("flow sweep: {e:#}"),
-            Err(e) => tracing::warn!("flow sweep task: {e}"),
-        }
-        if let Some(w) = watchdog.as_mut() {
-            w.tick();
-        }
-    }
 }
