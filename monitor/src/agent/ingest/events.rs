@@ -7,8 +7,8 @@
 
 use std::io;
 use std::mem::size_of;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -19,8 +19,10 @@ use monitor_common::flow::{
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::agent::ingest::flows::FlowTable;
 use crate::agent::ingest::record::{client_server_addrs, FlowUpdate};
-use crate::agent::state::{lock, Shared};
+use crate::agent::kernel::maps::KernelFlows;
+use crate::locks::lock;
 
 /// Most events handled per wake-up before giving other tasks a turn.
 const BATCH: usize = 4096;
@@ -52,11 +54,32 @@ impl Observed {
     }
 }
 
-/// Reads `EVENTS` until the task is cancelled, handing each batch's
-/// observations to `on_batch` (called on the async worker: it must not block).
+/// The reader's own counts.
+#[derive(Debug, Default)]
+pub struct ReaderCounts {
+    read: AtomicU64,
+    bad: AtomicU64,
+}
+
+impl ReaderCounts {
+    /// Ring-buffer events read.
+    pub fn read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// Ring-buffer events that were too short or of an unknown kind.
+    pub fn bad(&self) -> u64 {
+        self.bad.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads `EVENTS` until the task is cancelled: each event goes to the flow
+/// `table`, each batch's observations to `on_batch` (called on the async
+/// worker: it must not block).
 pub async fn read_events(
     ring: RingBuf<MapData>,
-    shared: Arc<Shared>,
+    table: Arc<Mutex<FlowTable<KernelFlows>>>,
+    counts: Arc<ReaderCounts>,
     mut on_batch: impl FnMut(Observed),
 ) -> Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same
@@ -83,7 +106,7 @@ pub async fn read_events(
             guard.clear_ready();
         }
         drop(guard);
-        let observed = handle(&shared, &mut batch);
+        let observed = handle(&table, &counts, &mut batch);
         if !observed.is_empty() {
             on_batch(observed);
         }
@@ -95,18 +118,20 @@ pub async fn read_events(
 
 /// Applies a batch of decoded events to the flow table and returns what
 /// they showed.
-fn handle(shared: &Shared, batch: &mut Vec<Option<FlowEvent>>) -> Observed {
+fn handle(
+    table: &Mutex<FlowTable<KernelFlows>>,
+    counts: &ReaderCounts,
+    batch: &mut Vec<Option<FlowEvent>>,
+) -> Observed {
     let mut out = Observed::default();
     if batch.is_empty() {
         return out;
     }
-    shared
-        .events_read
-        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    let mut table = lock(&shared.table);
+    counts.read.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let mut table = lock(table);
     for ev in batch.drain(..) {
         let Some(ev) = ev else {
-            shared.events_bad.fetch_add(1, Ordering::Relaxed);
+            counts.bad.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let departed = match ev.kind {
@@ -130,7 +155,7 @@ fn handle(shared: &Shared, batch: &mut Vec<Option<FlowEvent>>) -> Observed {
                 false
             }
             _ => {
-                shared.events_bad.fetch_add(1, Ordering::Relaxed);
+                counts.bad.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
         };

@@ -50,7 +50,7 @@
 //! 10 s.
 
 pub mod conn;
-mod history;
+pub mod history;
 mod settings;
 mod windows;
 
