@@ -597,9 +597,9 @@ fn cycles(edges: &BTreeMap<(String, String), Vec<Import>>) -> Vec<BTreeSet<Strin
     out
 }
 
-/// Findings of work still under way (issue 12), tolerated in this tree
-/// only: every entry must still match a finding (so the list only shrinks),
-/// and `HSMON_LAYOUT_STRICT=1` tolerates none.
+/// Findings tolerated while a change is under way (empty since issue 12's
+/// last step): every entry must still match a finding (so the list only
+/// shrinks), and `HSMON_LAYOUT_STRICT=1` tolerates none.
 const PENDING: &[&str] = &[];
 
 #[test]

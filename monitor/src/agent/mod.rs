@@ -1,14 +1,17 @@
-//! `hsmon run`: the agent. Loads and attaches the eBPF programs, keeps the
-//! flow table (sweep + ring-buffer reader), serves the control API.
+//! `hsmon run`: the agent. This file starts and stops it: it loads and
+//! attaches the eBPF programs, makes each component's state and hands the
+//! pieces to `pipeline.rs` (the only wiring, and every timer), to the
+//! publisher's view and to the SIGHUP reloader.
 //!
-//! The policy is fed twice: by the ring-buffer reader (`events.rs`), which
-//! hands it every event's flow state and so acts within the reader's
-//! wake-up of the segment that crossed a threshold, and by the sweep (every
-//! second, `--sweep-interval`), which re-reads the flow map: the fallback
-//! for lost events, and the clock of the time-based rules. Its
-//! maps and links are pinned (see `persist.rs`): on SIGINT/SIGTERM it leaves them
-//! (protection continues; `hsmon cleanup` removes them), or with
-//! `--no-persist` detaches everything and removes what it created.
+//! The policy is fed twice, both through the pipeline: by the ring-buffer
+//! reader (`ingest/events.rs`), whose every event's flow state reaches it
+//! within the reader's wake-up of the segment that crossed a threshold,
+//! and by the sweep timer (every second, `--sweep-interval`), which
+//! re-reads the flow map: the fallback for lost events, and the clock of
+//! the time-based rules. Its maps and links are pinned (see `persist/`): on
+//! SIGINT/SIGTERM it leaves them (protection continues; `hsmon cleanup`
+//! removes them), or with `--no-persist` detaches everything and removes
+//! what it created.
 
 pub mod enforce;
 pub mod ingest;
