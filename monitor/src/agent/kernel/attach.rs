@@ -33,8 +33,9 @@ use crate::agent::kernel::pins::{self, PinDir};
 use crate::api::status::{Hook, TracepointHook};
 use serde::{Deserialize, Serialize};
 
-/// A clsact filter hsmon attached (the state file keeps them) (netlink filters are not fds and cannot
-/// be pinned: the kernel keeps them until deleted).
+/// A clsact filter hsmon attached, as the state file keeps it (netlink
+/// filters are not fds and cannot be pinned: the kernel keeps them until
+/// deleted).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedFilter {
     /// The interface.
