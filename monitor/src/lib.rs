@@ -10,6 +10,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod locks;
 pub mod logging;
 pub mod stdout;
 

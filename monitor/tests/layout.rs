@@ -597,19 +597,10 @@ fn cycles(edges: &BTreeMap<(String, String), Vec<Import>>) -> Vec<BTreeSet<Strin
     out
 }
 
-/// Findings of work still under way (issue 12), tolerated in this tree
-/// only: every entry must still match a finding (so the list only shrinks),
-/// and `HSMON_LAYOUT_STRICT=1` tolerates none.
-const PENDING: &[&str] = &[
-    // The agent's inside still meets in one hub (`agent::state::Shared`,
-    // five mutexes) that every component imports and `agent` wires.
-    "part of the cycle {agent, agent::",
-    // The ring-buffer reader feeds the policy, resets over-cap connections
-    // and emits their decisions itself (pipeline work inside ingest).
-    "agent::ingest -> agent::enforce: against",
-    "agent::ingest -> agent::policy: against",
-    "agent::ingest -> agent::publish: against",
-];
+/// Findings tolerated while a change is under way (empty since issue 12's
+/// last step): every entry must still match a finding (so the list only
+/// shrinks), and `HSMON_LAYOUT_STRICT=1` tolerates none.
+const PENDING: &[&str] = &[];
 
 #[test]
 fn the_agent_layout_holds() {

@@ -1,30 +1,36 @@
-//! `hsmon run`: the agent. Loads and attaches the eBPF programs, keeps the
-//! flow table (sweep + ring-buffer reader), serves the control API.
+//! `hsmon run`: the agent. This file starts and stops it: it loads and
+//! attaches the eBPF programs, makes each component's state and hands the
+//! pieces to `pipeline.rs` (the only wiring, and every timer), to the
+//! publisher's view and to the SIGHUP reloader.
 //!
-//! The policy is fed twice: by the ring-buffer reader (`events.rs`), which
-//! hands it every event's flow state and so acts within the reader's
-//! wake-up of the segment that crossed a threshold, and by the sweep (every
-//! second, `--sweep-interval`), which re-reads the flow map: the fallback
-//! for lost events, and the clock of the time-based rules. Its
-//! maps and links are pinned (see `persist.rs`): on SIGINT/SIGTERM it leaves them
-//! (protection continues; `hsmon cleanup` removes them), or with
-//! `--no-persist` detaches everything and removes what it created.
+//! The policy is fed twice, both through the pipeline: by the ring-buffer
+//! reader (`ingest/events.rs`), whose every event's flow state reaches it
+//! within the reader's wake-up of the segment that crossed a threshold,
+//! and by the sweep timer (every second, `--sweep-interval`), which
+//! re-reads the flow map: the fallback for lost events, and the clock of
+//! the time-based rules. Its maps and links are pinned (see `persist/`): on
+//! SIGINT/SIGTERM it leaves them (protection continues; `hsmon cleanup`
+//! removes them), or with `--no-persist` detaches everything and removes
+//! what it created.
 
 pub mod enforce;
 pub mod ingest;
 pub mod kernel;
 pub mod persist;
+mod pipeline;
 pub mod policy;
 pub mod publish;
 mod reload;
-mod state;
 
 use enforce::bans;
-use ingest::events;
+use enforce::over_cap::OverCap;
+use ingest::events::ReaderCounts;
 use kernel::{ebpf_log, ifaces, loader, maps, system, uprobes};
+use pipeline::Pipeline;
+use publish::view::View;
 use publish::{decision_log, event_bus, metrics, notify, server, status};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -33,7 +39,6 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 pub use crate::config::RunArgs as Args;
 use ingest::flows::FlowTable;
 pub use persist::remove_all;
-use state::Shared;
 pub use uprobes::UprobeSet;
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -127,28 +132,57 @@ async fn agent(args: Args) -> Result<()> {
     let ban_table = persistence.ban_table(&mut ebpf, allow)?;
     loader::load_programs(&mut ebpf)?;
 
-    let shared = Arc::new(Shared::new(
-        FlowTable::new(kernel_maps.flows, args.keep_closed),
-        kernel_maps.stats,
-        ban_table,
-    ));
+    // The components' state, made here and handed in pieces: the pipeline
+    // moves data between them, the publisher reads them, SIGHUP resets
+    // the policy's settings and the allowlist.
+    let events = Arc::new(event_bus::EventBus::new());
+    let mut ban_table = ban_table;
     // The ban table tells the event bus of each change as it makes it.
-    let bus = shared.events.clone();
-    state::lock(&shared.bans).set_sink(Box::new(move |change, ban| bus.ban(change, ban)));
-    *state::lock(&shared.policy) = policy::Policy::new(policy_settings);
+    let bus = events.clone();
+    ban_table.set_sink(Box::new(move |change, ban| bus.ban(change, ban)));
+    let mut policy = policy::Policy::new(policy_settings);
     // Connections already open predate this agent: adopted, never timed.
-    state::lock(&shared.policy).adopt_flows_before(crate::agent::kernel::clock::monotonic_now_ns());
-    state::lock(&shared.policy).import_history(&persistence.history());
-    signals.reload = Some(reload::Reloader::new(&mut ebpf, shared.clone(), overrides)?);
+    policy.adopt_flows_before(kernel::clock::monotonic_now_ns());
+    policy.import_history(&persistence.history());
+    let pipeline = Arc::new(Pipeline {
+        table: Arc::new(Mutex::new(FlowTable::new(
+            kernel_maps.flows,
+            args.keep_closed,
+        ))),
+        policy: Arc::new(Mutex::new(policy)),
+        bans: Arc::new(Mutex::new(ban_table)),
+        over_cap: Arc::new(Mutex::new(OverCap::default())),
+        events,
+    });
+    let reader = Arc::new(ReaderCounts::default());
+    let uprobes_set: Arc<OnceLock<uprobes::Uprobes>> = Arc::new(OnceLock::new());
+    let view = Arc::new(View {
+        table: pipeline.table.clone(),
+        stats: Mutex::new(kernel_maps.stats),
+        reader: reader.clone(),
+        bans: pipeline.bans.clone(),
+        policy: pipeline.policy.clone(),
+        over_cap: pipeline.over_cap.clone(),
+        uprobes: uprobes_set.clone(),
+        info: OnceLock::new(),
+        events: pipeline.events.clone(),
+    });
+    signals.reload = Some(reload::Reloader::new(
+        &mut ebpf,
+        pipeline.bans.clone(),
+        pipeline.policy.clone(),
+        pipeline.events.clone(),
+        overrides,
+    )?);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(logger) = logger {
         tasks.spawn(ebpf_log::forward(logger));
     }
-    tasks.spawn(events::read_events(kernel_maps.events, shared.clone()));
+    tasks.spawn(pipeline.clone().read_events(kernel_maps.events, reader));
 
     let mut attachments = persistence.attach(&mut ebpf, &ifaces)?;
     let state_writer = persistence.writer(&args.socket.socket.display().to_string(), &attachments);
-    tasks.spawn(persist::save_loop(shared.clone(), state_writer.clone()));
+    tasks.spawn(pipeline.clone().state_timer(state_writer.clone()));
     let mut tracepoints = attachments.tracepoints().to_vec();
     let uprobe_set = if args.no_uprobes {
         UprobeSet::Off
@@ -161,18 +195,18 @@ async fn agent(args: Args) -> Result<()> {
         uprobes::Uprobes::attach_or_warn(&mut ebpf, &args.uprobe_target, uprobe_set)
     {
         tracepoints.extend(u.tracepoints().iter().cloned());
-        if shared.uprobes.set(u).is_err() {
+        if uprobes_set.set(u).is_err() {
             tracing::warn!("the libssl uprobes were already set");
         }
     }
-    tasks.spawn(sweep(
-        shared.clone(),
-        args.sweep_interval,
-        notify::Watchdog::from_env(),
-    ));
-    tasks.spawn(bans::sweep(shared.clone()));
+    tasks.spawn(
+        pipeline
+            .clone()
+            .sweep_timer(args.sweep_interval, notify::Watchdog::from_env()),
+    );
+    tasks.spawn(pipeline.clone().ban_timer());
     if let Some(listener) = metrics_listener {
-        tasks.spawn(metrics::serve(listener, shared.clone(), args.flow_map_size));
+        tasks.spawn(metrics::serve(listener, view.clone(), args.flow_map_size));
     }
 
     let (listener, socket_file) = server::bind(&args.socket.socket, &args.socket_group)?;
@@ -186,11 +220,11 @@ async fn agent(args: Args) -> Result<()> {
         policy_source: effective.source.clone(),
         persist: persistence.info(),
     };
-    if shared.info.set(info).is_err() {
+    if view.info.set(info).is_err() {
         tracing::warn!("the agent's status facts were already set");
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(server::serve(listener, shared.clone(), async {
+    let mut server = tokio::spawn(server::serve(listener, view.clone(), async {
         let _ = stop_rx.await;
     }));
     tracing::info!(
@@ -206,7 +240,7 @@ async fn agent(args: Args) -> Result<()> {
         ifaces.len(),
         args.socket.socket.display()
     ));
-    shared.events.publish(
+    pipeline.events.publish(
         event_bus::Kind::AgentStarted,
         serde_json::json!({
             "pid": std::process::id(),
@@ -218,8 +252,8 @@ async fn agent(args: Args) -> Result<()> {
 
     // From here on the object is only kept alive; the uprobe rescans attach through it.
     let ebpf = Arc::new(std::sync::Mutex::new(ebpf));
-    if shared.uprobes.get().is_some() {
-        tasks.spawn(uprobes::rescan_every(ebpf.clone(), shared.clone()));
+    if uprobes_set.get().is_some() {
+        tasks.spawn(pipeline::uprobe_timer(ebpf.clone(), uprobes_set.clone()));
     }
     let outcome = tokio::select! {
         sig = signals.recv() => {
@@ -238,7 +272,7 @@ async fn agent(args: Args) -> Result<()> {
         },
     };
 
-    shared
+    pipeline
         .events
         .publish(event_bus::Kind::AgentStopping, serde_json::Value::Null);
     notify::stopping();
@@ -251,51 +285,22 @@ async fn agent(args: Args) -> Result<()> {
         server.abort();
     }
     tasks.shutdown().await;
-    persistence.stop(&mut attachments, &shared, &state_writer);
+    persistence.stop(&mut attachments, || pipeline.save_state(&state_writer));
     drop(socket_file);
     drop(ebpf);
+    drop(signals);
+    drop(pipeline);
+    drop(view);
     // The uprobes (one perf event per probe and file) detach when the last
-    // reference to the shared state goes; time it, it can take a while.
+    // reference to them goes; time it, it can take a while.
     let detaching = std::time::Instant::now();
-    drop(shared);
+    drop(uprobes_set);
     tracing::debug!(
-        "shared state (uprobes included) released in {:.2} s",
+        "the agent's state (uprobes included) released in {:.2} s",
         detaching.elapsed().as_secs_f64()
     );
     if outcome.is_ok() {
         tracing::info!("hsmon stopped");
     }
     outcome
-}
-
-/// Every `interval` (`--sweep-interval`, 1 s by default): re-read `FLOWS`, collect
-/// closed flows; then, under a systemd watchdog, ping it at half its interval
-/// (sweeping more often when that is shorter), so a stuck sweep stops the
-/// pings.
-async fn sweep(
-    shared: Arc<Shared>,
-    interval: Duration,
-    mut watchdog: Option<notify::Watchdog>,
-) -> Result<()> {
-    let every = match &watchdog {
-        Some(w) => {
-            tracing::info!(every = ?w.every(), "systemd watchdog enabled: pinging it from the sweep");
-            interval.min(w.every() / 2).max(Duration::from_millis(10))
-        }
-        None => interval,
-    };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let s = shared.clone();
-        match tokio::task::spawn_blocking(move || s.sweep()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("flow sweep: {e:#}"),
-            Err(e) => tracing::warn!("flow sweep task: {e}"),
-        }
-        if let Some(w) = watchdog.as_mut() {
-            w.tick();
-        }
-    }
 }

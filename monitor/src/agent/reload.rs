@@ -10,7 +10,7 @@
 //! published as a `config_reload_failed` event.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, MapData};
@@ -18,27 +18,40 @@ use aya::Ebpf;
 use monitor_common::flow::TrackerConfig;
 use serde_json::json;
 
-use crate::agent::publish::event_bus::Kind;
-use crate::agent::state::{lock, Shared};
+use crate::agent::enforce::bans::{BanTable, KernelBans};
+use crate::agent::policy::Policy;
+use crate::agent::publish::event_bus::{EventBus, Kind};
 use crate::config::Overrides;
+use crate::locks::lock;
 
 /// Re-applies the policy file on SIGHUP.
 pub struct Reloader {
-    shared: Arc<Shared>,
+    bans: Arc<Mutex<BanTable<KernelBans>>>,
+    policy: Arc<Mutex<Policy>>,
+    events: Arc<EventBus>,
     overrides: Overrides,
     config_map: Array<MapData, TrackerConfig>,
 }
 
 impl Reloader {
     /// Takes the `CONFIG` map out of `ebpf` (already written and bound to
-    /// the loaded programs) to rewrite it on reload.
-    pub fn new(ebpf: &mut Ebpf, shared: Arc<Shared>, overrides: Overrides) -> Result<Self> {
+    /// the loaded programs) to rewrite it on reload; a reload sets the
+    /// allowlist of `bans` and the settings of `policy` and tells `events`.
+    pub fn new(
+        ebpf: &mut Ebpf,
+        bans: Arc<Mutex<BanTable<KernelBans>>>,
+        policy: Arc<Mutex<Policy>>,
+        events: Arc<EventBus>,
+        overrides: Overrides,
+    ) -> Result<Self> {
         let map = ebpf
             .take_map("CONFIG")
             .ok_or_else(|| anyhow!("the eBPF object has no map CONFIG"))?;
         let config_map = Array::try_from(map).context("CONFIG is not an array")?;
         Ok(Reloader {
-            shared,
+            bans,
+            policy,
+            events,
             overrides,
             config_map,
         })
@@ -49,7 +62,7 @@ impl Reloader {
         match self.try_reload() {
             Ok((source, reneg_cap, dry_run)) => {
                 tracing::info!(%source, reneg_cap, dry_run, "SIGHUP: configuration reloaded");
-                self.shared.events.publish(
+                self.events.publish(
                     Kind::ConfigReloaded,
                     json!({ "source": source, "reneg_cap": reneg_cap, "dry_run": dry_run }),
                 );
@@ -57,7 +70,7 @@ impl Reloader {
             Err(e) => {
                 let msg = format!("{e:#}");
                 tracing::error!("SIGHUP: configuration not reloaded, the old one stays: {msg}");
-                self.shared.events.publish(
+                self.events.publish(
                     Kind::ConfigReloadFailed,
                     json!({ "file": self.file_name(), "error": msg }),
                 );
@@ -94,8 +107,8 @@ impl Reloader {
                 .set(0, kernel, 0)
                 .context("writing the CONFIG map")?;
         }
-        lock(&self.shared.bans).set_allowlist(allow);
-        lock(&self.shared.policy).set_settings(settings.clone());
+        lock(&self.bans).set_allowlist(allow);
+        lock(&self.policy).set_settings(settings.clone());
         tracing::info!(?settings, "policy after reload");
         Ok((source, cap, dry_run))
     }

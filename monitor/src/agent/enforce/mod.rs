@@ -3,6 +3,7 @@
 //! and the over-cap sweep.
 
 pub mod bans;
+pub mod cap;
 pub mod over_cap;
 pub mod resets;
 pub mod sock_destroy;

@@ -1,17 +1,14 @@
 //! The `EVENTS` ring-buffer reader: wakes on readiness (epoll through
 //! tokio's `AsyncFd`: the kernel's ring-buffer notification, no polling
-//! interval), drains, hands every event's flow state to the flow table and
-//! then at once to the policy ([`crate::agent::policy::Policy::on_events`]: the
-//! peer's and the connection's rules are evaluated per event, bans go into
-//! the kernel's map before the reader sleeps again), and resets connections
-//! that went over the renegotiation cap (`EVENT_LIMIT_HIT`, see
-//! [`crate::agent::enforce::sock_destroy`]). Resets (netlink round trips) and printing the
-//! decisions run on a blocking thread, after the policy's lock is released.
+//! interval), drains, hands every event's flow state to the flow table, and
+//! then the batch's observations to its caller (the pipeline, which feeds
+//! the policy and resets what went over the renegotiation cap) before it
+//! sleeps again.
 
 use std::io;
 use std::mem::size_of;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -22,9 +19,10 @@ use monitor_common::flow::{
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::agent::ingest::record::client_server_addrs;
-use crate::agent::policy::{ConnRef, Counts, Decision, FlowUpdate, Outcome, Rule};
-use crate::agent::state::{lock, Shared};
+use crate::agent::ingest::flows::FlowTable;
+use crate::agent::ingest::record::{client_server_addrs, FlowUpdate};
+use crate::agent::kernel::maps::KernelFlows;
+use crate::locks::lock;
 
 /// Most events handled per wake-up before giving other tasks a turn.
 const BATCH: usize = 4096;
@@ -39,15 +37,57 @@ pub fn parse_event(bytes: &[u8]) -> Option<FlowEvent> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowEvent>()) })
 }
 
-/// Reads `EVENTS` until the task is cancelled.
-pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result<()> {
+/// What one batch of events showed: every flow state, for the policy, and
+/// the flows the kernel stopped at the renegotiation cap (`EVENT_LIMIT_HIT`).
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Each event's flow state, in order.
+    pub updates: Vec<FlowUpdate>,
+    /// Flows that went over the renegotiation cap.
+    pub limit_hits: Vec<(FlowKey, FlowValue)>,
+}
+
+impl Observed {
+    /// Nothing observed.
+    pub fn is_empty(&self) -> bool {
+        self.updates.is_empty() && self.limit_hits.is_empty()
+    }
+}
+
+/// The reader's own counts.
+#[derive(Debug, Default)]
+pub struct ReaderCounts {
+    read: AtomicU64,
+    bad: AtomicU64,
+}
+
+impl ReaderCounts {
+    /// Ring-buffer events read.
+    pub fn read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// Ring-buffer events that were too short or of an unknown kind.
+    pub fn bad(&self) -> u64 {
+        self.bad.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads `EVENTS` until the task is cancelled: each event goes to the flow
+/// `table`, each batch's observations to `on_batch` (called on the async
+/// worker: it must not block).
+pub async fn read_events(
+    ring: RingBuf<MapData>,
+    table: Arc<Mutex<FlowTable<KernelFlows>>>,
+    counts: Arc<ReaderCounts>,
+    mut on_batch: impl FnMut(Observed),
+) -> Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same
     // for as long as the AsyncFd holds it.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(io::Error::from)
         .context("watching the EVENTS ring buffer")?;
     let mut batch = Vec::with_capacity(64);
-    let mut updates = Vec::with_capacity(64);
     loop {
         let mut guard = fd
             .readable_mut()
@@ -66,16 +106,9 @@ pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result<
             guard.clear_ready();
         }
         drop(guard);
-        let resets = handle(&shared, &mut batch, &mut updates);
-        let mut decisions = shared.policy_events(&updates);
-        updates.clear();
-        if !resets.is_empty() || !decisions.is_empty() {
-            // Netlink round trips and stdout: off the async workers.
-            let s = shared.clone();
-            tokio::task::spawn_blocking(move || {
-                s.publish_decisions(&mut decisions);
-                reset_all(&s, &resets);
-            });
+        let observed = handle(&table, &counts, &mut batch);
+        if !observed.is_empty() {
+            on_batch(observed);
         }
         if more {
             tokio::task::yield_now().await;
@@ -83,25 +116,22 @@ pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> Result<
     }
 }
 
-/// Applies a batch of decoded events to the flow table; fills `updates`
-/// with the flow states for the policy and returns the connections to reset
-/// (their flows went over the renegotiation cap).
+/// Applies a batch of decoded events to the flow table and returns what
+/// they showed.
 fn handle(
-    shared: &Shared,
+    table: &Mutex<FlowTable<KernelFlows>>,
+    counts: &ReaderCounts,
     batch: &mut Vec<Option<FlowEvent>>,
-    updates: &mut Vec<FlowUpdate>,
-) -> Vec<LimitHit> {
-    let mut resets = Vec::new();
+) -> Observed {
+    let mut out = Observed::default();
     if batch.is_empty() {
-        return resets;
+        return out;
     }
-    shared
-        .events_read
-        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    let mut table = lock(&shared.table);
+    counts.read.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let mut table = lock(table);
     for ev in batch.drain(..) {
         let Some(ev) = ev else {
-            shared.events_bad.fetch_add(1, Ordering::Relaxed);
+            counts.bad.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let departed = match ev.kind {
@@ -121,162 +151,26 @@ fn handle(
             }
             EVENT_LIMIT_HIT => {
                 table.on_progress(ev.key, ev.value);
-                lock(&shared.over_cap).mark_reset(&ev.key, &ev.value);
-                resets.push(LimitHit::of(&ev));
+                out.limit_hits.push((ev.key, ev.value));
                 false
             }
             _ => {
-                shared.events_bad.fetch_add(1, Ordering::Relaxed);
+                counts.bad.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
         };
-        updates.push(FlowUpdate {
+        out.updates.push(FlowUpdate {
             key: ev.key,
             value: ev.value,
             departed,
         });
     }
-    resets
+    out
 }
-
-/// A connection whose client went over the renegotiation cap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LimitHit {
-    /// The client (the peer of the socket to reset).
-    pub client: std::net::SocketAddr,
-    /// The server (this host: its socket is reset).
-    pub server: std::net::SocketAddr,
-    /// Client-initiated renegotiations counted when the cap was hit.
-    pub renegotiations_client: u32,
-}
-
-impl LimitHit {
-    /// The client and server of an `EVENT_LIMIT_HIT`.
-    pub fn of(ev: &FlowEvent) -> Self {
-        Self::of_flow(&ev.key, &ev.value)
-    }
-
-    /// The client and server of a flow.
-    pub fn of_flow(key: &FlowKey, value: &FlowValue) -> Self {
-        let (client, server) = client_server_addrs(key, value);
-        LimitHit {
-            client,
-            server,
-            renegotiations_client: value.tracker.counters.renegotiations_client,
-        }
-    }
-}
-
-/// Resets (`SOCK_DESTROY`) the server-side socket of each connection, logging
-/// each with its 4-tuple, and reports each as a `reneg_cap` decision (stdout
-/// and the event stream).
-pub fn reset_all(shared: &Shared, hits: &[LimitHit]) {
-    let mut decisions = Vec::with_capacity(hits.len());
-    for hit in hits {
-        let conn = crate::agent::enforce::sock_destroy::Conn {
-            local: hit.server,
-            remote: hit.client,
-        };
-        let (client, server, renegs) = (hit.client, hit.server, hit.renegotiations_client);
-        let action = match crate::agent::enforce::sock_destroy::destroy(&conn) {
-            Ok(crate::agent::enforce::sock_destroy::Outcome::Destroyed) => {
-                tracing::warn!(
-                    %client, %server, renegotiations_client = renegs,
-                    "renegotiation cap exceeded: connection reset"
-                );
-                Outcome::Reset
-            }
-            Ok(crate::agent::enforce::sock_destroy::Outcome::Gone) => {
-                tracing::info!(
-                    %client, %server, renegotiations_client = renegs,
-                    "renegotiation cap exceeded: connection already closed, nothing to reset"
-                );
-                Outcome::AlreadyClosed
-            }
-            Err(e) => {
-                tracing::warn!(
-                    %client, %server, renegotiations_client = renegs,
-                    "renegotiation cap exceeded: resetting the connection failed: {e:#}"
-                );
-                Outcome::ResetFailed
-            }
-        };
-        decisions.push(cap_decision(
-            hit,
-            action,
-            lock(&shared.policy).peer_counts(client.ip()),
-        ));
-    }
-    crate::agent::publish::decision_log::emit(&mut decisions, &shared.events);
-}
-
-/// The `reneg_cap` decision for a connection the kernel stopped.
-fn cap_decision(hit: &LimitHit, action: Outcome, peer: Counts) -> Decision {
-    let mut d = Decision::new(Rule::RenegCap, hit.client.ip(), false);
-    d.connection = Some(ConnRef {
-        client: hit.client,
-        server: hit.server,
-    });
-    d.counts = Counts {
-        renegotiations_conn: Some(u64::from(hit.renegotiations_client)),
-        ..peer
-    };
-    d.action = action;
-    d
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::agent::ingest::record::tests::sample_flow;
-
-    #[test]
-    fn limit_hit_names_client_and_server() {
-        use crate::agent::ingest::record::socket_addr;
-        use monitor_common::flow::addr_bytes;
-        let (key, mut value) = sample_flow();
-        value.tracker.counters.renegotiations_client = 4;
-        let ev = FlowEvent {
-            kind: EVENT_LIMIT_HIT,
-            value,
-            key,
-            ..FlowEvent::default()
-        };
-        let hit = LimitHit::of(&ev);
-        let a = socket_addr(&addr_bytes(&key.addr_a), key.port_a);
-        let b = socket_addr(&addr_bytes(&key.addr_b), key.port_b);
-        let want = if value.client_is_a != 0 {
-            (a, b)
-        } else {
-            (b, a)
-        };
-        assert_eq!((hit.client, hit.server), want);
-        assert_eq!(hit.renegotiations_client, 4);
-        let mut flipped = ev;
-        flipped.value.client_is_a ^= 1;
-        let hit2 = LimitHit::of(&flipped);
-        assert_eq!((hit2.client, hit2.server), (hit.server, hit.client));
-    }
-
-    #[test]
-    fn cap_resets_are_decisions() {
-        let (key, mut value) = sample_flow();
-        value.tracker.counters.renegotiations_client = 4;
-        let hit = LimitHit::of_flow(&key, &value);
-        let peer = Counts {
-            renegotiations_1m: 4,
-            ..Counts::default()
-        };
-        let d = cap_decision(&hit, Outcome::Reset, peer);
-        let v = serde_json::to_value(&d).expect("json");
-        assert_eq!(v["rule"], "reneg_cap");
-        assert_eq!(v["action"], "reset");
-        assert_eq!(v["peer"], hit.client.ip().to_string());
-        assert_eq!(v["connection"]["server"], hit.server.to_string());
-        assert_eq!(v["counts"]["renegotiations_conn"], 4);
-        assert_eq!(v["counts"]["renegotiations_1m"], 4);
-        assert_eq!(v["dry_run"], false);
-    }
 
     #[test]
     fn events_round_trip_and_short_ones_fail() {

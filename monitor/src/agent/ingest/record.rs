@@ -136,6 +136,18 @@ impl ConnRecord {
     }
 }
 
+/// One flow's state as a ring-buffer event showed it: what ingest hands on
+/// to the policy.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowUpdate {
+    /// The flow.
+    pub key: FlowKey,
+    /// Its state in the event.
+    pub value: FlowValue,
+    /// It left the live set (`EVENT_FLOW_CLOSED`).
+    pub departed: bool,
+}
+
 /// A flow's client and server socket addresses
 /// ([`monitor_common::orient::client_server`]).
 pub fn client_server_addrs(key: &FlowKey, value: &FlowValue) -> (SocketAddr, SocketAddr) {

@@ -1,7 +1,7 @@
 //! Attaching the programs and undoing it: TC on each interface (TCX, or
 //! clsact + netlink when TCX is refused) and the socket-state tracepoint.
 //!
-//! With a pin directory ([`crate::agent::persist::pins::PinDir`]) the links are pinned, so
+//! With a pin directory ([`crate::agent::kernel::pins::PinDir`]) the links are pinned, so
 //! the programs keep running while no agent does (`kill -9`, a restart).
 //! An agent that finds a previous agent's pinned TCX link swaps its own
 //! program into it (`BPF_LINK_UPDATE`, atomic: never two hsmon programs on
@@ -29,9 +29,24 @@ use aya::Ebpf;
 use crate::agent::kernel::ifaces::Iface;
 use crate::agent::kernel::loader::{program, PROG_SOCK_STATE, PROG_TC_EGRESS, PROG_TC_INGRESS};
 use crate::agent::kernel::netlink;
-use crate::agent::persist::pins::{self, PinDir};
-use crate::agent::persist::state_file::SavedFilter;
+use crate::agent::kernel::pins::{self, PinDir};
 use crate::api::status::{Hook, TracepointHook};
+use serde::{Deserialize, Serialize};
+
+/// A clsact filter hsmon attached, as the state file keeps it (netlink
+/// filters are not fds and cannot be pinned: the kernel keeps them until
+/// deleted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedFilter {
+    /// The interface.
+    pub iface: String,
+    /// `"ingress"` or `"egress"`.
+    pub direction: String,
+    /// The filter's priority.
+    pub priority: u16,
+    /// The filter's handle.
+    pub handle: u32,
+}
 
 /// The pinned link name of the socket-state tracepoint.
 const TP_LINK: &str = "tp-sock_state";

@@ -1,6 +1,6 @@
 //! All user-side eBPF glue: loading the object, attaching the
 //! programs (TC, tracepoints, uprobes), the kernel maps and the network
-//! interfaces they watch.
+//! interfaces they watch, and the pins that outlive the agent.
 
 pub mod attach;
 pub mod clock;
@@ -9,5 +9,6 @@ pub mod ifaces;
 pub mod loader;
 pub mod maps;
 pub mod netlink;
+pub mod pins;
 pub mod system;
 pub mod uprobes;

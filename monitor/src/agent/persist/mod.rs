@@ -1,11 +1,11 @@
 //! State across restarts, as `hsmon run` uses it: the pin directory
-//! ([`crate::agent::pins`]), the state file ([`crate::agent::persist::state_file`]) and what a stop
+//! ([`crate::agent::kernel::pins`]), the state file ([`crate::agent::persist::state_file`]) and what a stop
 //! does with them.
 //!
 //! Start: lock the pin directory, read the state file, reuse the pinned maps
 //! that fit, take over pinned links, restore the bans (kernel maps + the
 //! state file's reasons) and the policy's ban history. Run: rewrite the
-//! state file when it changes (checked every second). Stop (SIGINT/SIGTERM):
+//! state file when it changes (the pipeline checks every second). Stop (SIGINT/SIGTERM):
 //! by default everything stays pinned and attached, so bans keep dropping
 //! and counters keep counting until the next agent takes over (`hsmon
 //! cleanup` removes it all); with `--no-persist` the agent detaches, unpins
@@ -13,26 +13,23 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Result;
 use aya::Ebpf;
 
-pub mod pins;
+pub use crate::agent::kernel::pins;
 pub mod state_file;
 
 use crate::agent::enforce::bans::{BanTable, KernelBans};
 use crate::agent::kernel::attach::Attachments;
 use crate::agent::kernel::clock::monotonic_now_ns;
 use crate::agent::kernel::ifaces::Iface;
-use crate::agent::state::{lock, Shared};
+use crate::agent::policy::history::SavedHistory;
 use crate::api::cidr::Cidr;
 pub use crate::config::flags::{PersistArgs, TcMode};
+use crate::locks::lock;
 use pins::PinDir;
-use state_file::{Loaded, SavedState, STATE_VERSION};
-
-/// How often the state file is checked for changes.
-const SAVE_EVERY: Duration = Duration::from_secs(1);
+use state_file::{Loaded, SavedBan, SavedState, STATE_VERSION};
 
 /// What `hsmon status` says about persistence.
 #[derive(Clone, Debug, Default)]
@@ -169,7 +166,7 @@ impl Persistence {
     }
 
     /// The previous agent's policy ban history.
-    pub fn history(&self) -> Vec<state_file::SavedHistory> {
+    pub fn history(&self) -> Vec<SavedHistory> {
         self.prior
             .as_ref()
             .map(|s| s.history.clone())
@@ -200,9 +197,9 @@ impl Persistence {
         })
     }
 
-    /// The clean stop: keep everything (default, after a last save) or, with
+    /// The clean stop: keep everything (default, after `last_save`) or, with
     /// `--no-persist`, remove everything.
-    pub fn stop(&self, attachments: &mut Attachments, shared: &Shared, writer: &StateWriter) {
+    pub fn stop(&self, attachments: &mut Attachments, last_save: impl FnOnce() -> Result<()>) {
         if self.args.no_persist {
             attachments.detach();
             self.pins.unpin_maps();
@@ -213,7 +210,7 @@ impl Persistence {
             }
             tracing::info!("--no-persist: programs detached, pins and state file removed");
         } else {
-            if let Err(e) = writer.save(shared) {
+            if let Err(e) = last_save() {
                 tracing::warn!("{e:#}");
             }
             attachments.release();
@@ -237,10 +234,10 @@ pub struct StateWriter {
 impl StateWriter {
     /// Writes the state file if the bans or the history changed since the
     /// last write.
-    pub fn save(&self, shared: &Shared) -> Result<()> {
+    pub fn save(&self, bans: Vec<SavedBan>, history: Vec<SavedHistory>) -> Result<()> {
         let mut state = self.base.clone();
-        state.bans = lock(&shared.bans).saved();
-        state.history = lock(&shared.policy).export_history();
+        state.bans = bans;
+        state.history = history;
         let mut last = lock(&self.last);
         if last.as_ref() == Some(&state) {
             return Ok(());
@@ -248,26 +245,6 @@ impl StateWriter {
         state_file::save(&self.path, &state)?;
         *last = Some(state);
         Ok(())
-    }
-}
-
-/// Every [`SAVE_EVERY`]: rewrite the state file if it changed.
-pub async fn save_loop(shared: Arc<Shared>, writer: Arc<StateWriter>) -> Result<()> {
-    let mut tick = tokio::time::interval(SAVE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut warned = false;
-    loop {
-        tick.tick().await;
-        let (s, w) = (shared.clone(), writer.clone());
-        match tokio::task::spawn_blocking(move || w.save(&s)).await {
-            Ok(Ok(())) => warned = false,
-            Ok(Err(e)) if !warned => {
-                tracing::warn!("state file: {e:#}");
-                warned = true;
-            }
-            Ok(Err(_)) => {}
-            Err(e) => tracing::warn!("state file task: {e}"),
-        }
     }
 }
 

@@ -18,48 +18,12 @@ use serde::{Deserialize, Serialize};
 /// Where `hsmon run` keeps its state file unless `--state-file` says otherwise.
 pub use crate::config::flags::DEFAULT_STATE_FILE;
 
+pub use crate::agent::enforce::bans::SavedBan;
+pub use crate::agent::kernel::attach::SavedFilter;
+pub use crate::agent::policy::history::SavedHistory;
+
 /// The format version written in the file.
 pub const STATE_VERSION: u32 = 1;
-
-/// One ban as the state file keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedBan {
-    /// The banned prefix (`"192.0.2.7/32"`).
-    pub cidr: String,
-    /// The reason text.
-    pub reason: String,
-    /// The kernel reason code (`BAN_REASON_*`).
-    pub code: u32,
-    /// When it ends (`CLOCK_MONOTONIC` ns).
-    pub expires_ns: u64,
-}
-
-/// One peer's or prefix's ban history as the policy exports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedHistory {
-    /// `"peer"` (an address) or `"prefix"` (a client prefix rule's group).
-    pub kind: String,
-    /// The address or prefix (`"192.0.2.7/32"`, `"192.0.2.0/24"`).
-    pub target: String,
-    /// When its bans were issued (monotonic ns), oldest first.
-    pub bans_ns: Vec<u64>,
-    /// When its last ban ends (monotonic ns).
-    pub banned_until_ns: u64,
-}
-
-/// A clsact filter hsmon attached (netlink filters are not fds and cannot
-/// be pinned: the kernel keeps them until deleted).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedFilter {
-    /// The interface.
-    pub iface: String,
-    /// `"ingress"` or `"egress"`.
-    pub direction: String,
-    /// The filter's priority.
-    pub priority: u16,
-    /// The filter's handle.
-    pub handle: u32,
-}
 
 /// Everything in the state file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,19 @@
 //! agent keeps escalating.
 
 use super::{Cidr, History, Policy};
-use crate::agent::persist::state_file::SavedHistory;
+
+/// One peer's or prefix's ban history as the policy exports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedHistory {
+    /// `"peer"` (an address) or `"prefix"` (a client prefix rule's group).
+    pub kind: String,
+    /// The address or prefix (`"192.0.2.7/32"`, `"192.0.2.0/24"`).
+    pub target: String,
+    /// When its bans were issued (monotonic ns), oldest first.
+    pub bans_ns: Vec<u64>,
+    /// When its last ban ends (monotonic ns).
+    pub banned_until_ns: u64,
+}
 
 impl Policy {
     /// The ban history of every peer and prefix, sorted (for the state

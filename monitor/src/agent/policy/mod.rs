@@ -50,7 +50,7 @@
 //! 10 s.
 
 pub mod conn;
-mod history;
+pub mod history;
 mod settings;
 mod windows;
 
@@ -154,16 +154,8 @@ struct Seen {
     at: u64,
 }
 
-/// One flow's state handed to [`Policy::on_events`].
-#[derive(Clone, Copy, Debug)]
-pub struct FlowUpdate {
-    /// The flow.
-    pub key: FlowKey,
-    /// Its state in the event.
-    pub value: FlowValue,
-    /// It left the live set (`EVENT_FLOW_CLOSED`).
-    pub departed: bool,
-}
+/// One flow's state handed to [`Policy::on_events`] (what ingest observed).
+pub use crate::agent::ingest::record::FlowUpdate;
 
 /// The policy's state.
 #[derive(Debug)]

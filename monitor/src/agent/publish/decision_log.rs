@@ -15,7 +15,7 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context as _, Result};
 
-use crate::agent::state::lock;
+use crate::locks::lock;
 
 /// The file decisions are appended to, once `--events-file` opened it.
 static SINK: OnceLock<Mutex<Sink>> = OnceLock::new();

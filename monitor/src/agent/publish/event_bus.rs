@@ -16,16 +16,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
-use axum::extract::{RawQuery, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 
 use crate::agent::enforce::bans::BanChange;
-use crate::agent::state::lock;
 use crate::api::bans::BanRecord;
+use crate::locks::lock;
 
 /// How many events the backlog keeps, and how far a follower may fall
 /// behind before it is told `lagged`.
@@ -213,73 +209,6 @@ impl EventBus {
 pub fn lagged_line(skipped: u64) -> String {
     json!({"seq": 0, "time": now_rfc3339(), "event": Kind::Lagged.name(), "skipped": skipped})
         .to_string()
-}
-
-/// `GET /v1/events`: the backlog as JSON lines; with `?follow=1` the
-/// backlog and then every new event as it comes (`lagged` lines when the
-/// reader falls behind), until the agent stops.
-pub async fn handler(
-    State(shared): State<Arc<crate::agent::state::Shared>>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let follow = crate::agent::publish::server::wants_follow(query.as_deref());
-    let headers = [(header::CONTENT_TYPE, "application/x-ndjson")];
-    if !follow {
-        let mut body = String::new();
-        for ev in shared.events.backlog() {
-            body.push_str(&ev.line);
-            body.push('\n');
-        }
-        return (headers, body).into_response();
-    }
-    let (backlog, rx) = shared.events.follow();
-    let last_seq = backlog.last().map_or(0, |e| e.seq);
-    let ended = backlog.iter().any(|e| e.last);
-    let state = Follow {
-        backlog: backlog.into(),
-        rx,
-        last_seq,
-        ended,
-    };
-    let stream = futures_util::stream::unfold(state, |mut st| async move {
-        let line = st.next_line().await?;
-        Some((Ok::<_, std::convert::Infallible>(line), st))
-    });
-    (headers, Body::from_stream(stream)).into_response()
-}
-
-/// A follower's position: the backlog still to send, then the channel.
-struct Follow {
-    backlog: VecDeque<Event>,
-    rx: broadcast::Receiver<Event>,
-    last_seq: u64,
-    ended: bool,
-}
-
-impl Follow {
-    /// The next line to send (with its newline), or `None` at the end.
-    async fn next_line(&mut self) -> Option<String> {
-        if let Some(ev) = self.backlog.pop_front() {
-            return Some(format!("{}\n", ev.line));
-        }
-        if self.ended {
-            return None;
-        }
-        loop {
-            match self.rx.recv().await {
-                Ok(ev) if ev.seq <= self.last_seq => continue,
-                Ok(ev) => {
-                    self.last_seq = ev.seq;
-                    self.ended = ev.last;
-                    return Some(format!("{}\n", ev.line));
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    return Some(format!("{}\n", lagged_line(n)));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    }
 }
 
 #[cfg(test)]

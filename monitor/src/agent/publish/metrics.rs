@@ -15,15 +15,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use monitor_common::flow::Stat;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -32,7 +27,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::agent::state::{lock, Shared};
+use crate::agent::publish::routes;
+use crate::agent::publish::view::View;
+use crate::locks::lock;
 
 pub use crate::config::flags::{MetricsAddr, DEFAULT_METRICS_ADDR};
 /// The HTTP path of the exposition.
@@ -315,32 +312,25 @@ impl Snapshot {
     }
 
     /// Reads everything a scrape shows (blocking: map syscalls).
-    pub fn take(shared: &Shared, flow_map_capacity: u32) -> Result<Self> {
-        let mut kernel = lock(&shared.stats).read()?;
-        if let Some(u) = shared.uprobes.get() {
+    pub fn take(view: &View, flow_map_capacity: u32) -> Result<Self> {
+        let mut kernel = lock(&view.stats).read()?;
+        if let Some(u) = view.uprobes.get() {
             kernel.extend(u.stats_by_name()?);
         }
-        let flows = lock(&shared.table).metrics(TOP_PEERS)?;
-        let bans_active = lock(&shared.bans)
+        let flows = lock(&view.table).metrics(TOP_PEERS)?;
+        let bans_active = lock(&view.bans)
             .list(crate::agent::kernel::clock::monotonic_now_ns())
             .len();
         Ok(Snapshot {
             flows,
             kernel,
-            events_read: shared.events_read.load(Ordering::Relaxed),
-            events_bad: shared.events_bad.load(Ordering::Relaxed),
+            events_read: view.reader.read(),
+            events_bad: view.reader.bad(),
             flow_map_capacity,
-            bans_issued: shared.events.bans_issued(),
+            bans_issued: view.events.bans_issued(),
             bans_active,
         })
     }
-}
-
-/// What the metrics server's handler needs.
-#[derive(Clone)]
-struct MetricsState {
-    shared: Arc<Shared>,
-    flow_map_capacity: u32,
 }
 
 /// Binds the metrics listener (`--metrics-addr`), naming the address and
@@ -351,48 +341,15 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
-/// The metrics server's routes: `GET /metrics`.
-fn router(shared: Arc<Shared>, flow_map_capacity: u32) -> Router {
-    Router::new()
-        .route(METRICS_PATH, get(metrics))
-        .with_state(MetricsState {
-            shared,
-            flow_map_capacity,
-        })
-}
-
 /// Serves `GET /metrics` on `listener` until the task is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    flow_map_capacity: u32,
-) -> Result<()> {
+pub async fn serve(listener: TcpListener, view: Arc<View>, flow_map_capacity: u32) -> Result<()> {
     let addr = listener
         .local_addr()
         .context("the metrics listener's address")?;
     tracing::info!(%addr, "serving Prometheus metrics on http://{addr}{METRICS_PATH}");
-    axum::serve(listener, router(shared, flow_map_capacity))
+    axum::serve(listener, routes::metrics::router(view, flow_map_capacity))
         .await
         .with_context(|| format!("serving metrics on {addr}"))
-}
-
-/// `GET /metrics`.
-async fn metrics(State(st): State<MetricsState>) -> Response {
-    let done = tokio::task::spawn_blocking(move || {
-        Snapshot::take(&st.shared, st.flow_map_capacity)?.encode()
-    })
-    .await;
-    match done {
-        Ok(Ok(text)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
-        Ok(Err(e)) => failed(format!("{e:#}")),
-        Err(e) => failed(format!("the scrape's task failed: {e}")),
-    }
-}
-
-/// A 500 answer.
-fn failed(msg: String) -> Response {
-    tracing::warn!("metrics: {msg}");
-    (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response()
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The control server: HTTP/JSON on a Unix socket (`GET /v1/conns`,
-//! `GET /v1/stats`, `GET /v1/events`, the ban routes of `crate::agent::enforce::bans`), the
+//! The control server: HTTP/JSON on a Unix socket (the routes of
+//! [`crate::agent::publish::routes`], one file per resource), the
 //! socket file's life cycle, and who may use it: the file is mode 0660,
 //! group [`DEFAULT_SOCKET_GROUP`] (`--socket-group`) when that group exists,
 //! and every request's peer credentials (`SO_PEERCRED`) are checked: root,
@@ -19,14 +19,12 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::accept::{self, Limits};
 
-use crate::agent::state::Shared;
-use crate::api::{CONNS_PATH, EVENTS_PATH, STATS_PATH};
+use crate::agent::publish::routes::{self, Failure};
+use crate::agent::publish::view::View;
 
 /// Who may use the control socket besides root and the agent's own user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,23 +134,19 @@ async fn check_peer(
     next: Next,
 ) -> Response {
     let Some(peer) = peer else {
-        return (
+        return Failure::new(
             StatusCode::FORBIDDEN,
-            Json(serde_json::json!({ "error": "permission denied: the peer's credentials cannot be read" })),
+            "permission denied: the peer's credentials cannot be read",
         )
-            .into_response();
+        .into_response();
     };
     let groups = peer.pid.map(supplementary_groups).unwrap_or_default();
     if access.allows(peer.uid, peer.gid, &groups) {
         return next.run(req).await;
     }
     let msg = access.refusal(peer.uid, peer.gid);
-    tracing::info!(uid = peer.uid, pid = ?peer.pid, "control API refused: {msg}");
-    (
-        StatusCode::FORBIDDEN,
-        Json(serde_json::json!({ "error": msg })),
-    )
-        .into_response()
+    tracing::debug!(uid = peer.uid, pid = ?peer.pid, "refused peer");
+    Failure::new(StatusCode::FORBIDDEN, msg).into_response()
 }
 
 /// The socket file this agent created; removed when dropped (only if it is
@@ -238,79 +232,17 @@ pub fn bind(path: &Path, group: &str) -> Result<(Listener, SocketFile)> {
     ))
 }
 
-/// The API's routes.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route(CONNS_PATH, get(conns))
-        .route(STATS_PATH, get(stats))
-        .route(
-            crate::api::STATUS_PATH,
-            get(crate::agent::publish::status::handler),
-        )
-        .route(crate::api::PEERS_PATH, get(peers))
-        .route(EVENTS_PATH, get(crate::agent::publish::event_bus::handler))
-        .merge(crate::agent::enforce::bans::routes())
-        .with_state(shared)
-}
-
 /// Serves the API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: Listener,
-    shared: Arc<Shared>,
+    view: Arc<View>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let access = Arc::new(listener.access);
-    let app = router(shared).layer(axum::middleware::from_fn_with_state(access, check_peer));
+    let app = routes::router(view).layer(axum::middleware::from_fn_with_state(access, check_peer));
     accept::run(listener.listener, app, listener.limits, shutdown)
         .await
         .context("serving the control API")
-}
-
-/// `GET /v1/conns`.
-async fn conns(State(shared): State<Arc<Shared>>) -> Response {
-    blocking(move || shared.conns()).await
-}
-
-/// `GET /v1/peers`.
-async fn peers(State(shared): State<Arc<Shared>>) -> Response {
-    blocking(move || Ok(crate::agent::state::lock(&shared.policy).peers())).await
-}
-
-/// `GET /v1/stats`.
-async fn stats(State(shared): State<Arc<Shared>>) -> Response {
-    blocking(move || shared.stats()).await
-}
-
-/// Runs a map-reading closure off the async threads and answers with its
-/// JSON, or a 500 with `{"error": ...}`.
-async fn blocking<T, F>(f: F) -> Response
-where
-    T: serde::Serialize + Send + 'static,
-    F: FnOnce() -> Result<T> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => error(format!("{e:#}")),
-        Err(e) => error(format!("the request's task failed: {e}")),
-    }
-}
-
-/// Whether a query string asks to follow (`follow`, `follow=1`, `follow=true`).
-pub fn wants_follow(query: Option<&str>) -> bool {
-    query.is_some_and(|q| {
-        q.split('&')
-            .any(|kv| matches!(kv, "follow" | "follow=1" | "follow=true" | "follow=yes"))
-    })
-}
-
-/// A 500 answer.
-fn error(msg: String) -> Response {
-    tracing::warn!("control API: {msg}");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(serde_json::json!({ "error": msg })),
-    )
-        .into_response()
 }
 
 #[cfg(test)]
@@ -342,14 +274,6 @@ mod tests {
         assert!(a
             .refusal(65534, 65534)
             .contains("only root and members of group hsmon"));
-    }
-
-    #[test]
-    fn follow_queries() {
-        assert!(wants_follow(Some("follow=1")));
-        assert!(wants_follow(Some("x=2&follow")));
-        assert!(!wants_follow(Some("follow=0")));
-        assert!(!wants_follow(None));
     }
 
     #[test]

@@ -1,20 +1,17 @@
-//! `GET /v1/status`: the agent's own facts (set once at start-up, see
-//! [`AgentInfo`]) joined with the live state the other tasks keep in
-//! [`Shared`]: the flow table, `STATS`, the event reader's counts, the bans.
+//! The status document (`GET /v1/status`, route in
+//! [`crate::agent::publish::routes::status`]): the agent's own facts (set
+//! once at start-up, see [`AgentInfo`]) joined with the live state the
+//! [`View`] reads: the flow table, `STATS`, the event reader's counts, the bans.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use monitor_common::ban::MAX_BANS_PER_FAMILY;
 
-use crate::agent::state::{lock, Shared};
+use crate::agent::kernel::uprobes::UprobeSet;
+use crate::agent::publish::view::View;
 use crate::api::status::{EventCounts, Fill, Hook, MapFills, Status, TracepointHook};
+use crate::locks::lock;
 
 /// What the agent knows about itself once its programs are attached.
 #[derive(Clone, Debug)]
@@ -37,7 +34,7 @@ pub struct AgentInfo {
     pub persist: crate::agent::persist::PersistInfo,
 }
 
-impl Shared {
+impl View {
     /// The status document (blocking: reads `FLOWS` and `STATS`; changes nothing).
     pub fn status(&self) -> Result<Status> {
         let info = self
@@ -64,7 +61,7 @@ impl Shared {
             uprobe_set: self
                 .uprobes
                 .get()
-                .map_or(crate::agent::UprobeSet::Off, |u| u.set())
+                .map_or(UprobeSet::Off, |u| u.set())
                 .name()
                 .to_owned(),
             maps: MapFills {
@@ -83,9 +80,9 @@ impl Shared {
                 memory_bytes: bpf_map_memory(),
             },
             events: EventCounts {
-                read: self.events_read.load(Ordering::Relaxed),
+                read: self.reader.read(),
                 lost: kernel.get("events_lost").copied().unwrap_or(0),
-                bad: self.events_bad.load(Ordering::Relaxed),
+                bad: self.reader.bad(),
             },
             bans_active: (v4 + v6) as u64,
             policy: lock(&self.policy).settings().summary(&info.policy_source),
@@ -134,32 +131,6 @@ fn map_fdinfo(text: &str) -> Option<(u64, u64)> {
     };
     field("map_type:")?;
     Some((field("map_id:")?, field("memlock:")?))
-}
-
-/// `GET /v1/status`: 200 with [`Status`], 503 before start-up finished, 500
-/// when a map cannot be read.
-pub async fn handler(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.info.get().is_none() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "error": "the agent is still starting" })),
-        )
-            .into_response();
-    }
-    match tokio::task::spawn_blocking(move || shared.status()).await {
-        Ok(Ok(s)) => Json(s).into_response(),
-        Ok(Err(e)) => internal(format!("{e:#}")),
-        Err(e) => internal(format!("the status task failed: {e}")),
-    }
-}
-
-fn internal(msg: String) -> Response {
-    tracing::warn!("control API: /v1/status: {msg}");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(serde_json::json!({ "error": msg })),
-    )
-        .into_response()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The agent's side of bans: the kernel's `BANS_V4` / `BANS_V6` tries and
-//! `BAN_COUNT` (layout: `monitor_common::ban`), the allowlist, the control
-//! API routes (`crate::api::bans` documents them) and the sweep that removes
-//! expired bans.
+//! `BAN_COUNT` (layout: `monitor_common::ban`), the allowlist and the sweep
+//! that removes expired bans (the control API's ban routes are
+//! `crate::agent::publish::routes::bans`; `crate::api::bans` documents them).
 //!
 //! The agent owns the maps: [`BanTable`] keeps every ban it put there (with
 //! its reason text) and writes `BAN_COUNT` after each change, so the count is
@@ -10,17 +10,10 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use axum::extract::rejection::JsonRejection;
-use axum::extract::DefaultBodyLimit;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, MapData, MapError};
 use aya::Ebpf;
@@ -31,17 +24,25 @@ use monitor_common::flow::addr_from_bytes;
 
 mod allowlist;
 
-use crate::agent::kernel::clock::monotonic_now_ns;
-use crate::agent::state::{lock, Shared};
-use crate::api::bans::{
-    check_reason, check_ttl, AddBan, BanRecord, BulkAdd, BulkRefusal, BulkResult, ADDED_BY_MANUAL,
-    BANS_BULK_PATH, BANS_PATH, MAX_BULK,
-};
-use crate::api::cidr::{parse_ban_target, Cidr};
+use crate::api::bans::{check_reason, check_ttl, BanRecord, ADDED_BY_MANUAL};
+use crate::api::cidr::Cidr;
 pub use allowlist::allowlist;
 
-/// How often expired bans are removed from the maps.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often expired bans are removed from the maps (the pipeline's ban timer).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// One ban as the state file keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedBan {
+    /// The banned prefix (`"192.0.2.7/32"`).
+    pub cidr: String,
+    /// The reason text.
+    pub reason: String,
+    /// The kernel reason code (`BAN_REASON_*`).
+    pub code: u32,
+    /// When it ends (`CLOCK_MONOTONIC` ns).
+    pub expires_ns: u64,
+}
 
 /// Name of the IPv4 ban trie.
 pub const MAP_BANS_V4: &str = "BANS_V4";
@@ -325,12 +326,12 @@ impl<M: BanMaps> BanTable<M> {
         mut maps: M,
         allow: Vec<Cidr>,
         kernel: Vec<(Cidr, BanValue)>,
-        saved: &[crate::agent::persist::state_file::SavedBan],
+        saved: &[SavedBan],
         readd: bool,
         now_ns: u64,
     ) -> Result<Self> {
         let mut bans = BanEntries::default();
-        let saved_by_cidr: BTreeMap<Cidr, &crate::agent::persist::state_file::SavedBan> = saved
+        let saved_by_cidr: BTreeMap<Cidr, &SavedBan> = saved
             .iter()
             .filter_map(|b| b.cidr.parse::<Cidr>().ok().map(|c| (c, b)))
             .collect();
@@ -377,10 +378,10 @@ impl<M: BanMaps> BanTable<M> {
     }
 
     /// The bans in the table, as the state file keeps them.
-    pub fn saved(&self) -> Vec<crate::agent::persist::state_file::SavedBan> {
+    pub fn saved(&self) -> Vec<SavedBan> {
         self.bans
             .iter()
-            .map(|(c, e)| crate::agent::persist::state_file::SavedBan {
+            .map(|(c, e)| SavedBan {
                 cidr: c.to_string(),
                 reason: e.reason.clone(),
                 code: e.value.reason,
@@ -621,157 +622,6 @@ fn record(cidr: &Cidr, e: &BanEntry, now_ns: u64) -> BanRecord {
             monitor_common::ban::BAN_REASON_POLICY => "policy".to_owned(),
             other => format!("reason_{other}"),
         },
-    }
-}
-
-/// The routes `GET/POST /v1/bans`, `POST /v1/bans/bulk` and
-/// `DELETE /v1/bans/{cidr}`.
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route(BANS_PATH, get(list).post(add))
-        .route(
-            BANS_BULK_PATH,
-            post(add_bulk).layer(DefaultBodyLimit::max(BULK_BODY_LIMIT)),
-        )
-        .route(&format!("{BANS_PATH}/{{*cidr}}"), delete(remove))
-}
-
-/// The largest `POST /v1/bans/bulk` body: [`MAX_BULK`] bans with long
-/// reasons (the default limit, 2 MB, holds about 30,000).
-const BULK_BODY_LIMIT: usize = 64 << 20;
-
-/// `POST /v1/bans/bulk`: every ban added like `POST /v1/bans`, under one
-/// lock; refusals are listed, not fatal.
-async fn add_bulk(
-    State(shared): State<Arc<Shared>>,
-    body: Result<Json<BulkAdd>, JsonRejection>,
-) -> Response {
-    let req = match request_body(body) {
-        Ok(req) => req,
-        Err(refused) => return refused,
-    };
-    if req.bans.len() > MAX_BULK {
-        return refusal(BanError::Invalid(format!(
-            "{} bans in one request; at most {MAX_BULK}",
-            req.bans.len()
-        )));
-    }
-    blocking(move || {
-        // Bad prefixes are refused here; the rest go to the table in one go.
-        let mut refused: Vec<(usize, BulkRefusal)> = Vec::new();
-        let mut good = Vec::with_capacity(req.bans.len());
-        let mut index = Vec::with_capacity(req.bans.len());
-        for (i, ban) in req.bans.iter().enumerate() {
-            match parse_ban_target(&ban.cidr) {
-                Ok(cidr) => {
-                    good.push((cidr, Duration::from_millis(ban.ttl_ms), ban.reason.clone()));
-                    index.push(i);
-                }
-                Err(e) => refused.push((
-                    i,
-                    BulkRefusal {
-                        cidr: ban.cidr.clone(),
-                        error: e,
-                    },
-                )),
-            }
-        }
-        let (added, table_refused) = lock(&shared.bans).add_many(good, monotonic_now_ns());
-        for (j, e) in table_refused {
-            let i = index[j];
-            refused.push((
-                i,
-                BulkRefusal {
-                    cidr: req.bans[i].cidr.clone(),
-                    error: format!("{:#}", anyhow::Error::new(e)),
-                },
-            ));
-        }
-        refused.sort_by_key(|(i, _)| *i);
-        Ok(BulkResult {
-            added,
-            refused: refused.into_iter().map(|(_, r)| r).collect(),
-        })
-    })
-    .await
-}
-
-/// The request's JSON body, or the 400 answer naming what is wrong with it
-/// (the handler returns that answer as is: boxing it would buy nothing).
-#[allow(clippy::result_large_err)]
-fn request_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
-    body.map(|Json(req)| req)
-        .map_err(|e| refusal(BanError::Invalid(format!("bad request body: {e}"))))
-}
-
-/// `GET /v1/bans`.
-async fn list(State(shared): State<Arc<Shared>>) -> Response {
-    blocking(move || Ok(lock(&shared.bans).list(monotonic_now_ns()))).await
-}
-
-/// `POST /v1/bans`.
-async fn add(
-    State(shared): State<Arc<Shared>>,
-    body: Result<Json<AddBan>, JsonRejection>,
-) -> Response {
-    let req = match request_body(body) {
-        Ok(req) => req,
-        Err(refused) => return refused,
-    };
-    let cidr = match parse_ban_target(&req.cidr) {
-        Ok(c) => c,
-        Err(e) => return refusal(BanError::Invalid(e)),
-    };
-    let ttl = Duration::from_millis(req.ttl_ms);
-    blocking(move || lock(&shared.bans).add(cidr, ttl, &req.reason, monotonic_now_ns())).await
-}
-
-/// `DELETE /v1/bans/{cidr}`.
-async fn remove(State(shared): State<Arc<Shared>>, Path(cidr): Path<String>) -> Response {
-    let cidr = match cidr.trim_start_matches('/').parse::<Cidr>() {
-        Ok(c) => c,
-        Err(e) => return refusal(BanError::Invalid(e.to_string())),
-    };
-    blocking(move || lock(&shared.bans).remove(&cidr, monotonic_now_ns())).await
-}
-
-/// Runs a map-changing closure off the async threads; answers its JSON or
-/// the error's status with `{"error": ...}`.
-async fn blocking<T, F>(f: F) -> Response
-where
-    T: serde::Serialize + Send + 'static,
-    F: FnOnce() -> Result<T, BanError> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => refusal(e),
-        Err(e) => refusal(BanError::Kernel(anyhow!("the request's task failed: {e}"))),
-    }
-}
-
-fn refusal(e: BanError) -> Response {
-    let status = e.status();
-    let msg = format!("{:#}", anyhow::Error::new(e));
-    if status.is_server_error() {
-        tracing::warn!("control API: {msg}");
-    } else {
-        tracing::info!("control API refused: {msg}");
-    }
-    (status, Json(serde_json::json!({ "error": msg }))).into_response()
-}
-
-/// Every second: remove the bans that ended from the maps.
-pub async fn sweep(shared: Arc<Shared>) -> Result<()> {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let s = shared.clone();
-        match tokio::task::spawn_blocking(move || lock(&s.bans).sweep(monotonic_now_ns())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("ban sweep: {e:#}"),
-            Err(e) => tracing::warn!("ban sweep task: {e}"),
-        }
     }
 }
 

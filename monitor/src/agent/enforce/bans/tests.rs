@@ -224,7 +224,7 @@ fn sweep_removes_only_expired() {
 
 #[test]
 fn restore_keeps_active_bans_with_their_saved_reasons() {
-    use crate::agent::persist::state_file::SavedBan;
+    use super::SavedBan;
     let kernel = vec![
         (c("10.200.0.2"), BanValue::new(20 * S, BAN_REASON_MANUAL)),
         (c("10.9.0.0/16"), BanValue::new(30 * S, BAN_REASON_MANUAL)),

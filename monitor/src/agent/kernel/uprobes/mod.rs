@@ -5,7 +5,7 @@
 //!
 //! Targets ([`discover`]): the system libssl, every `libssl*.so*` a running
 //! process maps, every running executable with OpenSSL linked in
-//! statically; one set of probes per (device, inode). [`rescan_every`]
+//! statically; one set of probes per (device, inode). The pipeline
 //! repeats the discovery every [`RESCAN_EVERY`]: new files get probes,
 //! files no running process maps any more lose them (the system libssl
 //! keeps its probes). The attach cookie of every probe is the file's index
@@ -29,7 +29,7 @@ mod probes;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
@@ -40,9 +40,9 @@ use monitor_common::flow::{addr_from_bytes, FlowKey};
 use monitor_common::ssl::{comm_bytes, ProcInfo, SIDE_CLIENT, SIDE_SERVER, SSL_STAT_COUNT};
 
 use crate::agent::kernel::loader::program;
-use crate::agent::state::{lock, Shared};
 use crate::api::conns::{ConnRecord, FailureReason, ProcessFields};
 use crate::api::status::TracepointHook;
+use crate::locks::lock;
 use discover::{FileId, Target, SYSTEM_LIBSSL};
 
 /// How often the targets are looked for again (new processes are probed
@@ -98,6 +98,12 @@ struct Targets {
 }
 
 impl Uprobes {
+    /// Whether the targets are discovered (and so worth a rescan every
+    /// [`RESCAN_EVERY`]), not fixed by `--uprobe-target`.
+    pub fn discovers(&self) -> bool {
+        lock(&self.targets).only.is_empty()
+    }
+
     /// Loads the probes, attaches the tracepoints and probes every target
     /// found now (only the files in `only` when it is not empty) with the
     /// functions of `set` (not [`UprobeSet::Off`]); `None`, after one
@@ -318,35 +324,6 @@ impl Targets {
                 tracing::warn!("OpenSSL uprobes on {}: {e:#}", target.display);
                 self.failed.insert(target.id);
             }
-        }
-    }
-}
-
-/// Every [`RESCAN_EVERY`]: [`Uprobes::rescan`] (in a blocking thread:
-/// `/proc` and ELF reads). Runs until the agent stops; does nothing when
-/// the uprobes are not attached.
-pub async fn rescan_every(ebpf: Arc<Mutex<Ebpf>>, shared: Arc<Shared>) -> Result<()> {
-    let mut tick = tokio::time::interval(RESCAN_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate: attaching just scanned
-    loop {
-        tick.tick().await;
-        let fixed = shared
-            .uprobes
-            .get()
-            .is_none_or(|u| !lock(&u.targets).only.is_empty());
-        if fixed {
-            continue;
-        }
-        let (e, s) = (ebpf.clone(), shared.clone());
-        let done = tokio::task::spawn_blocking(move || {
-            if let Some(u) = s.uprobes.get() {
-                u.rescan(&mut lock(&e));
-            }
-        })
-        .await;
-        if let Err(e) = done {
-            tracing::warn!("uprobe target scan failed: {e}");
         }
     }
 }
