@@ -116,6 +116,11 @@ async fn agent(args: Args) -> Result<()> {
     let ports = args.ports.map(|p| p.0).unwrap_or_default();
     let mut config = maps::tracker_config(&ports);
     config.reneg_cap = reneg_cap;
+    let hook_mode = args.hooks.or(effective.config.hooks).unwrap_or_default();
+    if hook_mode == crate::config::HookMode::Socket {
+        config.hooks = monitor_common::flow::HOOKS_SOCKET;
+    }
+    tracing::info!(hooks = hook_mode.name(), "hook mode");
     maps::write_config(&mut ebpf, &config)?;
     let kernel_maps = maps::take(&mut ebpf, args.flow_map_size)?;
     let allow = bans::allowlist(&effective.allow)?;
@@ -146,6 +151,10 @@ async fn agent(args: Args) -> Result<()> {
     tasks.spawn(events::read_events(kernel_maps.events, shared.clone()));
 
     let mut attachments = persistence.attach(&mut ebpf, &ifaces)?;
+    let sock_hooks = match hook_mode {
+        crate::config::HookMode::Socket => Some(kernel::sock_hooks::SockHooks::attach(&mut ebpf)?),
+        crate::config::HookMode::Tc => None,
+    };
     let state_writer = persistence.writer(&args.socket.socket.display().to_string(), &attachments);
     tasks.spawn(persist::save_loop(shared.clone(), state_writer.clone()));
     let mut tracepoints = attachments.tracepoints().to_vec();
@@ -180,7 +189,12 @@ async fn agent(args: Args) -> Result<()> {
         socket: args.socket.socket.display().to_string(),
         metrics_addr: args.metrics_addr.0.map(|a| a.to_string()),
         flow_map_capacity: args.flow_map_size,
-        hooks: attachments.hooks().to_vec(),
+        hooks: attachments
+            .hooks()
+            .iter()
+            .chain(sock_hooks.iter().flat_map(|s| s.hooks()))
+            .cloned()
+            .collect(),
         tracepoints,
         policy_source: effective.source.clone(),
         persist: persistence.info(),
@@ -250,6 +264,7 @@ async fn agent(args: Args) -> Result<()> {
         server.abort();
     }
     tasks.shutdown().await;
+    drop(sock_hooks);
     persistence.stop(&mut attachments, &shared, &state_writer);
     drop(socket_file);
     drop(ebpf);

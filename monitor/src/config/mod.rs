@@ -18,7 +18,7 @@ pub mod flags;
 pub mod resolve;
 
 pub use crate::api::decisions::Action;
-pub use flags::{PortList, RunArgs, SocketArg, DEFAULT_SOCKET};
+pub use flags::{HookMode, PortList, RunArgs, SocketArg, DEFAULT_SOCKET};
 pub use resolve::{resolve, Effective, Overrides};
 
 /// Where `hsmon run` and `hsmon config check` look when no file is named.
@@ -91,6 +91,9 @@ pub struct Config {
     pub prefix: PrefixLimits,
     /// `[action]`.
     pub action: Actions,
+    /// Which hooks count (`"tc"` or `"socket"`; `hsmon run --hooks`
+    /// wins). Read at start-up only: a reload keeps the running mode.
+    pub hooks: Option<flags::HookMode>,
 }
 
 /// `[limits]`: per-connection limits.

@@ -9,5 +9,6 @@ pub mod ifaces;
 pub mod loader;
 pub mod maps;
 pub mod netlink;
+pub mod sock_hooks;
 pub mod system;
 pub mod uprobes;
