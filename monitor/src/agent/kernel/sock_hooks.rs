@@ -32,38 +32,58 @@ pub const PROG_SOCK_OPS: &str = "hsmon_sock_ops";
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// Where the cgroup v2 hierarchy is looked for, in order: hybrid hosts
-/// mount it at `unified`, pure cgroup v2 hosts at `/sys/fs/cgroup`. The
-/// `/proc/1/root` forms reach the host's mounts from a private mount
-/// namespace (`ip netns exec` remounts `/sys` without them).
-const CGROUP2_CANDIDATES: [&str; 4] = [
-    "/sys/fs/cgroup/unified",
-    "/sys/fs/cgroup",
-    "/proc/1/root/sys/fs/cgroup/unified",
-    "/proc/1/root/sys/fs/cgroup",
-];
+/// mount it at `unified`, pure cgroup v2 hosts at `/sys/fs/cgroup`.
+const CGROUP2_CANDIDATES: [&str; 2] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
 
-/// Whether `path` is the root of a mounted cgroup v2 file system.
-fn is_cgroup2(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
+/// `SYSFS_MAGIC`: `/sys/fs/cgroup` is sysfs's own empty mount point when
+/// nothing is mounted there (e.g. under `ip netns exec`, which remounts
+/// `/sys` in a private mount namespace).
+const SYSFS_MAGIC: i64 = 0x6265_6572;
+
+/// The file system magic of `path` (`statfs`), if it can be read.
+fn fs_magic(path: &Path) -> Option<i64> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: a zeroed statfs buffer and a NUL-terminated path.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return false;
+        return None;
     }
     #[allow(clippy::unnecessary_cast)]
-    let magic = st.f_type as i64;
-    magic == CGROUP2_SUPER_MAGIC
+    Some(st.f_type as i64)
 }
 
-/// The cgroup v2 root to attach to (see [`CGROUP2_CANDIDATES`]).
+/// The cgroup v2 root to attach to (see [`CGROUP2_CANDIDATES`]). When this
+/// mount namespace has none and `/sys/fs/cgroup` is sysfs's bare mount
+/// point (a private `/sys`, as `ip netns exec` makes), cgroup2 is mounted
+/// there, as the agent mounts tracefs where it is missing: it is the same
+/// hierarchy the host uses (the agent's cgroup namespace's root).
 pub fn cgroup2_root() -> Result<PathBuf> {
     for c in CGROUP2_CANDIDATES {
         let p = Path::new(c);
-        if is_cgroup2(p) {
+        if fs_magic(p) == Some(CGROUP2_SUPER_MAGIC) {
             return Ok(p.to_path_buf());
         }
+    }
+    let bare = Path::new("/sys/fs/cgroup");
+    if fs_magic(bare) == Some(SYSFS_MAGIC) {
+        let c = |s: &str| CString::new(s).context("a path with a NUL byte");
+        let (src, target, fstype) = (c("cgroup2")?, c("/sys/fs/cgroup")?, c("cgroup2")?);
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("mounting cgroup2 at /sys/fs/cgroup (needed by --hooks socket)");
+        }
+        tracing::info!("mounted cgroup2 at /sys/fs/cgroup (this mount namespace had none)");
+        return Ok(bare.to_path_buf());
     }
     anyhow::bail!(
         "--hooks socket needs a mounted cgroup v2 hierarchy; none at {} \
