@@ -437,6 +437,18 @@ mod tests {
     }
 
     #[test]
+    fn socket_identity_separates_equal_four_tuples() {
+        let a = ipv4_mapped([127, 0, 0, 1]);
+        let (k, _) = FlowKey::from_endpoints(&a, 40000, &a, 4433);
+        assert_eq!((k.sock_cookie, k.netns_cookie, k._pad), (0, 0, 0));
+        let in_a = k.with_socket(7, 1);
+        let in_b = k.with_socket(9, 2);
+        assert_ne!(in_a, in_b);
+        assert_ne!(in_a, k);
+        assert_eq!((in_a.addr_a, in_a.port_b), (k.addr_a, k.port_b));
+    }
+
+    #[test]
     fn address_words_round_trip_and_sort_like_bytes() {
         let lo: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01];
         let hi: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00];
