@@ -362,6 +362,18 @@ mod tests {
     }
 
     #[test]
+    fn hook_mode_is_read() {
+        use flags::HookMode;
+        assert_eq!(Config::parse("", "x").expect("parses").hooks, None);
+        let c = Config::parse("hooks = \"socket\"\n", "x").expect("parses");
+        assert_eq!(c.hooks, Some(HookMode::Socket));
+        let c = Config::parse("hooks = \"tc\"\n", "x").expect("parses");
+        assert_eq!(c.hooks, Some(HookMode::Tc));
+        let e = Config::parse("hooks = \"xdp\"\n", "x").expect_err("unknown mode");
+        assert!(e.to_string().contains("expected `tc` or `socket`"), "{e}");
+    }
+
+    #[test]
     fn connection_and_prefix_rules_are_read() {
         let c = Config::parse(
             "[limits]\nhandshake_timeout = \"2s\"\nkeyupdates_per_second = 5\n[prefix]\nv4_len = 16\nv6_len = 48\nhandshakes_per_10s = 30\n[action]\nhandshake_timeout = \"ban\"\nkeyupdates_per_second = \"alert\"\nprefix_handshakes_per_10s = \"reset\"\n",
