@@ -313,7 +313,9 @@ fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
     if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         let port = ctx.local_port() as u16;
         if either_port_watched(CONFIG.get(0), port, port) {
-            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+            // Keep the flags another sock_ops program may have set.
+            let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
+            let _ = ctx.set_cb_flags(flags as i32);
         }
         return Some(());
     }
