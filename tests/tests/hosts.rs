@@ -725,16 +725,35 @@ fn ghost_close(name: &str, mode: Hooks) {
     if let Err(e) = run.check() {
         fail(e.context(r.agent.logs(40)));
     }
+    if mode == Hooks::Socket {
+        // The ghost's server socket has its own entry, in its own namespace,
+        // closed; the real one is another entry.
+        let all: Vec<HsmonConn> = r
+            .agent
+            .conns()
+            .unwrap_or_else(|e| fail(e))
+            .into_iter()
+            .filter(|c| c.client_addr().is_ok_and(|a| a.port() == 40002))
+            .collect();
+        eprintln!("entries for client port 40002: {all:?}");
+        let mut netns: Vec<_> = all.iter().map(|c| c.netns_cookie).collect();
+        netns.sort();
+        netns.dedup();
+        assert_eq!(all.len(), 2, "the real and the ghost's entry: {all:?}");
+        assert_eq!(netns.len(), 2, "two namespaces: {all:?}");
+    }
 }
 
 /// The ghost: connect from `client:cport` to `server:sport` on this
-/// namespace's loopback, then close both ends.
+/// namespace's loopback, send the start of a ClientHello (so socket hooks
+/// give the ghost's server socket an entry of its own), then close both
+/// ends.
 const GHOST: &str = r#"import socket, sys
 c, cp, s, sp = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind((s, sp)); l.listen(1)
 k = socket.socket(); k.bind((c, cp)); k.connect((s, sp))
 a, _ = l.accept()
-k.sendall(b"\x16\x03\x01\x00\x05hello"); a.recv(100)
+k.sendall(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00"); a.recv(100)
 k.close(); a.close(); l.close()
 print("GHOST closed", flush=True)
 "#;
