@@ -96,6 +96,14 @@ pub fn hsmon_tc_noop(_ctx: TcContext) -> i32 {
 /// segment that is not one whole application-data record.
 #[inline(always)]
 fn track(ctx: &TcContext, ingress: bool) -> bool {
+    let cfg = CONFIG.get(0);
+    if let Some(c) = cfg {
+        if c.hooks == HOOKS_SOCKET {
+            // Socket mode: the `cgroup_skb` programs count local sockets
+            // (`crate::sock`); TC keeps only the bans.
+            return false;
+        }
+    }
     let mut seg = MaybeUninit::<Segment>::uninit();
     if !parse(ctx, seg.as_mut_ptr()) {
         return false;
@@ -109,14 +117,6 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
     }
     if has_payload {
         count(Stat::Segments);
-    }
-    let cfg = CONFIG.get(0);
-    if let Some(c) = cfg {
-        if c.hooks == HOOKS_SOCKET {
-            // Socket mode: the `cgroup_skb` programs count local sockets
-            // (`crate::sock`); TC keeps only the bans.
-            return false;
-        }
     }
     if !either_port_watched(cfg, seg.src_port, seg.dst_port) {
         // Flows are only created for a watched server port: neither end's
