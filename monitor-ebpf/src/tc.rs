@@ -11,7 +11,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     flow::{
-        FlowKey, FlowValue, Stat, TrackerConfig, EVENT_FLOW_OPENED, EVENT_LIMIT_HIT, MAX_PORTS,
+        FlowKey, FlowValue, Stat, TrackerConfig, EVENT_FLOW_OPENED, EVENT_LIMIT_HIT, HOOKS_SOCKET,
+        MAX_PORTS,
     },
     payload::Payload,
     tls::{could_start_client_hello, CT_HANDSHAKE},
@@ -20,14 +21,14 @@ use monitor_common::{
 
 use crate::{
     maps::{count, send_flow_event, CONFIG, FLOWS, SCRATCH},
-    packet::{parse, Segment, SkbPayload, TCP_FIN, TCP_RST},
+    packet::{parse, Segment, Skb, SkbPayload, TCP_FIN, TCP_RST},
 };
 
 /// What the `bpf_loop` callback needs, on the caller's stack.
 #[repr(C)]
-struct StepCtx<'a> {
+struct StepCtx {
     flow: *mut FlowValue,
-    payload: SkbPayload<'a>,
+    payload: SkbPayload,
     dir: u32,
     off: u32,
     len: u32,
@@ -95,6 +96,14 @@ pub fn hsmon_tc_noop(_ctx: TcContext) -> i32 {
 /// segment that is not one whole application-data record.
 #[inline(always)]
 fn track(ctx: &TcContext, ingress: bool) -> bool {
+    let cfg = CONFIG.get(0);
+    if let Some(c) = cfg {
+        if c.hooks == HOOKS_SOCKET {
+            // Socket mode: the `cgroup_skb` programs count local sockets
+            // (`crate::sock`); TC keeps only the bans.
+            return false;
+        }
+    }
     let mut seg = MaybeUninit::<Segment>::uninit();
     if !parse(ctx, seg.as_mut_ptr()) {
         return false;
@@ -109,7 +118,6 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
     if has_payload {
         count(Stat::Segments);
     }
-    let cfg = CONFIG.get(0);
     if !either_port_watched(cfg, seg.src_port, seg.dst_port) {
         // Flows are only created for a watched server port: neither end's
         // port is watched, so this cannot be a tracked flow's segment.
@@ -118,7 +126,7 @@ fn track(ctx: &TcContext, ingress: bool) -> bool {
     let (key, sender_is_a) =
         FlowKey::from_endpoints(&seg.src, seg.src_port, &seg.dst, seg.dst_port);
     let payload = SkbPayload {
-        ctx,
+        skb: Skb::tc(ctx),
         off: seg.payload_off,
         len: seg.payload_len,
     };
@@ -195,7 +203,11 @@ fn just_created(flow: &FlowValue) -> bool {
 /// `true` to drop it (counted in `STATS`); the first time, an
 /// `EVENT_LIMIT_HIT` tells the agent to reset the connection.
 #[inline(always)]
-fn reneg_cap_drops(flow: &mut FlowValue, key: &FlowKey, cfg: Option<&TrackerConfig>) -> bool {
+pub(crate) fn reneg_cap_drops(
+    flow: &mut FlowValue,
+    key: &FlowKey,
+    cfg: Option<&TrackerConfig>,
+) -> bool {
     let cap = match cfg {
         Some(cfg) => cfg.reneg_cap,
         None => 0,
@@ -220,7 +232,7 @@ fn reneg_cap_drops(flow: &mut FlowValue, key: &FlowKey, cfg: Option<&TrackerConf
 /// kind as an argument gets specialised by LLVM into clones that carry no
 /// BTF func info, which the verifier refuses ("missing btf func_info").
 #[inline(never)]
-fn flow_opened(flow: &FlowValue, key: &FlowKey) {
+pub(crate) fn flow_opened(flow: &FlowValue, key: &FlowKey) {
     send_flow_event(EVENT_FLOW_OPENED, flow, key);
 }
 
@@ -237,7 +249,7 @@ fn limit_hit(flow: &FlowValue, key: &FlowKey) {
 /// per `bpf_loop` iteration. The budget is `step_bound` of the bytes left:
 /// every step consumes at least one byte, so no segment can exhaust it.
 #[inline(always)]
-fn parse_payload(flow: &mut FlowValue, dir: usize, seq: u32, payload: SkbPayload) {
+pub(crate) fn parse_payload(flow: &mut FlowValue, dir: usize, seq: u32, payload: SkbPayload) {
     let Ok((mut off, len)) = flow.tracker.begin_segment(dir, seq, payload.len as usize) else {
         return;
     };
@@ -332,7 +344,7 @@ fn create_flow(
 
 /// The payload's first 6 bytes; bytes past a shorter payload are zero.
 #[inline(always)]
-fn first_six(payload: &SkbPayload) -> Option<[u8; 6]> {
+pub(crate) fn first_six(payload: &SkbPayload) -> Option<[u8; 6]> {
     if payload.len >= 6 {
         let v = payload.load_be(0, 6)?;
         let b = v.to_be_bytes();
@@ -379,7 +391,7 @@ fn port_watched(server_port: u16) -> bool {
 /// different list over pinned maps stops feeding the flows of ports it no
 /// longer watches, as it stops creating them.)
 #[inline(always)]
-fn either_port_watched(cfg: Option<&TrackerConfig>, a: u16, b: u16) -> bool {
+pub(crate) fn either_port_watched(cfg: Option<&TrackerConfig>, a: u16, b: u16) -> bool {
     let Some(cfg) = cfg else {
         return true;
     };

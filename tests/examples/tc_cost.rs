@@ -135,6 +135,7 @@ fn main() -> Result<()> {
         port_count: 1,
         ports,
         reneg_cap: 0,
+        ..TrackerConfig::default()
     })?;
 
     // A second ingress harness with a ban on the client's /24: every packet

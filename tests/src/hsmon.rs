@@ -57,6 +57,13 @@ pub struct HsmonConn {
     pub unsynced: bool,
     /// "open" or "closed".
     pub state: String,
+    /// The server socket's cookie (socket hooks); null for TC flows.
+    #[serde(default)]
+    pub socket_cookie: Option<u64>,
+    /// The server socket's network namespace cookie (socket hooks); null
+    /// for TC flows.
+    #[serde(default)]
+    pub netns_cookie: Option<u64>,
 }
 
 impl HsmonConn {

@@ -122,6 +122,11 @@ async fn agent(args: Args) -> Result<()> {
     let ports = args.ports.map(|p| p.0).unwrap_or_default();
     let mut config = maps::tracker_config(&ports);
     config.reneg_cap = reneg_cap;
+    let hook_mode = args.hooks.or(effective.config.hooks).unwrap_or_default();
+    if hook_mode == crate::config::HookMode::Socket {
+        config.hooks = monitor_common::flow::HOOKS_SOCKET;
+    }
+    tracing::info!(hooks = hook_mode.name(), "hook mode");
     maps::write_config(&mut ebpf, &config)?;
     let kernel_maps = maps::take(&mut ebpf, args.flow_map_size)?;
     let allow = bans::allowlist(&effective.allow)?;
@@ -181,6 +186,10 @@ async fn agent(args: Args) -> Result<()> {
     tasks.spawn(pipeline.clone().read_events(kernel_maps.events, reader));
 
     let mut attachments = persistence.attach(&mut ebpf, &ifaces)?;
+    let sock_hooks = match hook_mode {
+        crate::config::HookMode::Socket => Some(kernel::sock_hooks::SockHooks::attach(&mut ebpf)?),
+        crate::config::HookMode::Tc => None,
+    };
     let state_writer = persistence.writer(&args.socket.socket.display().to_string(), &attachments);
     tasks.spawn(pipeline.clone().state_timer(state_writer.clone()));
     let mut tracepoints = attachments.tracepoints().to_vec();
@@ -215,7 +224,12 @@ async fn agent(args: Args) -> Result<()> {
         socket: args.socket.socket.display().to_string(),
         metrics_addr: args.metrics_addr.0.map(|a| a.to_string()),
         flow_map_capacity: args.flow_map_size,
-        hooks: attachments.hooks().to_vec(),
+        hooks: attachments
+            .hooks()
+            .iter()
+            .chain(sock_hooks.iter().flat_map(|s| s.hooks()))
+            .cloned()
+            .collect(),
         tracepoints,
         policy_source: effective.source.clone(),
         persist: persistence.info(),
@@ -285,6 +299,7 @@ async fn agent(args: Args) -> Result<()> {
         server.abort();
     }
     tasks.shutdown().await;
+    drop(sock_hooks);
     persistence.stop(&mut attachments, || pipeline.save_state(&state_writer));
     drop(socket_file);
     drop(ebpf);

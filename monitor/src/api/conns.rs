@@ -109,6 +109,14 @@ pub struct ConnRecord {
     /// results the application saw after failed handshake calls.
     #[serde(default)]
     pub failure_reasons: Vec<FailureReason>,
+    /// The server socket's cookie when the socket hooks counted this
+    /// connection (`hsmon run --hooks socket`); null for TC-observed ones.
+    #[serde(default)]
+    pub socket_cookie: Option<u64>,
+    /// The cookie of the server socket's network namespace (socket hooks);
+    /// null for TC-observed connections.
+    #[serde(default)]
+    pub netns_cookie: Option<u64>,
     /// The process behind the connection, from the libssl uprobes; every
     /// field null when unknown.
     #[serde(flatten, default)]

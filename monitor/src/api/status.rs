@@ -72,7 +72,8 @@ pub struct Hook {
     pub program: String,
     /// `"ingress"` or `"egress"`.
     pub direction: String,
-    /// `"tcx"` (a TCX link) or `"clsact"` (netlink, on a clsact qdisc).
+    /// `"tcx"` (a TCX link), `"clsact"` (netlink, on a clsact qdisc) or
+    /// `"cgroup"` (a socket hook at the cgroup v2 root, `--hooks socket`).
     pub mode: String,
 }
 

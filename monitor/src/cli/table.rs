@@ -114,6 +114,8 @@ mod tests {
             first_seen_ms_ago: 0,
             last_seen_ms_ago: 0,
             failure_reasons: Vec::new(),
+            socket_cookie: None,
+            netns_cookie: None,
             process: Default::default(),
         }
     }

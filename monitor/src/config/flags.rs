@@ -116,6 +116,36 @@ pub struct RunArgs {
     /// Pinned state across restarts (`--pin-dir`, `--state-file`, `--no-persist`).
     #[command(flatten)]
     pub persist: PersistArgs,
+    /// Which hooks count TLS records: `tc` (the TC programs on the
+    /// interfaces, flows by 4-tuple) or `socket` (`cgroup_skb` programs at
+    /// the cgroup v2 root, one entry per local server socket in any network
+    /// namespace, after NAT; TC then only drops banned sources). Overrides
+    /// the policy file's `hooks`; default `tc`. See the README's "Socket
+    /// hooks".
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub hooks: Option<HookMode>,
+}
+
+/// `hsmon run --hooks` (and the policy file's `hooks`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookMode {
+    /// The TC programs count flows by 4-tuple.
+    #[default]
+    Tc,
+    /// The socket hooks count each local server socket (`cgroup_skb` +
+    /// `SK_STORAGE`); TC keeps the bans.
+    Socket,
+}
+
+impl HookMode {
+    /// The mode's name on the command line and in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            HookMode::Tc => "tc",
+            HookMode::Socket => "socket",
+        }
+    }
 }
 
 /// A port filter from `--ports`.

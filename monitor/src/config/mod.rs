@@ -18,7 +18,7 @@ pub mod flags;
 pub mod resolve;
 
 pub use crate::api::decisions::Action;
-pub use flags::{PortList, RunArgs, SocketArg, DEFAULT_SOCKET};
+pub use flags::{HookMode, PortList, RunArgs, SocketArg, DEFAULT_SOCKET};
 pub use resolve::{resolve, Effective, Overrides};
 
 /// Where `hsmon run` and `hsmon config check` look when no file is named.
@@ -91,6 +91,9 @@ pub struct Config {
     pub prefix: PrefixLimits,
     /// `[action]`.
     pub action: Actions,
+    /// Which hooks count (`"tc"` or `"socket"`; `hsmon run --hooks`
+    /// wins). Read at start-up only: a reload keeps the running mode.
+    pub hooks: Option<flags::HookMode>,
 }
 
 /// `[limits]`: per-connection limits.
@@ -356,6 +359,18 @@ mod tests {
         assert_eq!(c.limits.reneg_cap, 3);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.prefix.handshakes_per_10s, 0);
+    }
+
+    #[test]
+    fn hook_mode_is_read() {
+        use flags::HookMode;
+        assert_eq!(Config::parse("", "x").expect("parses").hooks, None);
+        let c = Config::parse("hooks = \"socket\"\n", "x").expect("parses");
+        assert_eq!(c.hooks, Some(HookMode::Socket));
+        let c = Config::parse("hooks = \"tc\"\n", "x").expect("parses");
+        assert_eq!(c.hooks, Some(HookMode::Tc));
+        let e = Config::parse("hooks = \"xdp\"\n", "x").expect_err("unknown mode");
+        assert!(e.to_string().contains("expected `tc` or `socket`"), "{e}");
     }
 
     #[test]

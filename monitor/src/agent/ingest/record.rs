@@ -131,6 +131,8 @@ impl ConnRecord {
             first_seen_ms_ago: ms_ago(now_ns, value.first_seen_ns),
             last_seen_ms_ago: ms_ago(now_ns, value.last_seen_ns),
             failure_reasons: alert_reasons(t),
+            socket_cookie: (key.sock_cookie != 0).then_some(key.sock_cookie),
+            netns_cookie: (key.sock_cookie != 0).then_some(key.netns_cookie),
             process: ProcessFields::default(),
         }
     }

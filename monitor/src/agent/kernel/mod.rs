@@ -10,5 +10,6 @@ pub mod loader;
 pub mod maps;
 pub mod netlink;
 pub mod pins;
+pub mod sock_hooks;
 pub mod system;
 pub mod uprobes;
