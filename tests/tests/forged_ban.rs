@@ -18,15 +18,21 @@ use anyhow::{bail, Context, Result};
 use monitor_common::testing::{tls12_client_reneg, tls12_full, Conversation, Driver};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
+use tests::attack::{ok_count, Client};
 use tests::decisions::decisions;
 use tests::netns::{in_netns, spawn_in_netns};
+use tests::openssl::TlsVersion;
 use tests::packet::Endpoint;
+use tests::pyssl::PyTlsServer;
 use tests::require_root;
 use tests::rig::Rig;
 use tests::test_run::frame;
 
 /// Forged renegotiations: one above the default per-peer limit (10 a minute).
 const FORGED_RENEGOTIATIONS: usize = 11;
+
+/// The server port the forged connection names (and the real one uses).
+const SERVER_PORT: u16 = 8643;
 
 /// A TLS 1.2 connection with `n` honoured client renegotiations, every
 /// record of both directions in its own segment.
@@ -117,14 +123,29 @@ fn client_reaches(r: &Rig, addr: SocketAddr) -> Result<bool> {
 #[ignore = "issue 11: TC trusts both directions of whatever crosses the hook: 48 forged frames (no TCP handshake) count 11 renegotiations; the client's address is banned for 600 s (renegotiations_per_minute > 10) and its next connection times out"]
 fn forged_renegotiations_do_not_ban_the_address_they_name() {
     require_root!();
-    let r = Rig::start("forged-ban", &[]).expect("rig");
+    forged_flow_bans_nobody("forged-ban", &[]);
+}
+
+/// The same forgery with the socket hooks (`--hooks socket`): the frames
+/// belong to no socket, so nothing is tracked.
+#[test]
+fn socket_hooks_forged_renegotiations_do_not_ban_the_address_they_name() {
+    require_root!();
+    forged_flow_bans_nobody("forged-ban-sock", &["--hooks", "socket", "--ports", "8643"]);
+}
+
+/// Sends the forged connection (client side: the real client's address)
+/// past an agent started with `agent_args`, then checks that the client is
+/// neither banned nor named by a decision and still reaches the server.
+fn forged_flow_bans_nobody(name: &str, agent_args: &[&str]) {
+    let r = Rig::start(name, agent_args).expect("rig");
     let victim = Endpoint {
         ip: IpAddr::V4(r.net.client_v4),
         port: 40_777,
     };
     let server = Endpoint {
         ip: IpAddr::V4(r.net.server_v4),
-        port: 443,
+        port: SERVER_PORT,
     };
     let conv = forged_conversation(FORGED_RENEGOTIATIONS);
     let mut driver = Driver::new(&conv, [0x1000_0000, 0x7000_0000]);
@@ -159,4 +180,38 @@ fn forged_renegotiations_do_not_ban_the_address_they_name() {
     );
     assert!(named.is_empty(), "decisions naming the client: {named:?}");
     assert!(reachable, "the client can no longer reach the server");
+
+    // The agent does see real TLS on that port: one real connection with
+    // one renegotiation is listed with its counts.
+    let addr = r.server_addr(SERVER_PORT);
+    let _srv = PyTlsServer::start(
+        &r.net,
+        r.dir.path(),
+        &r.cert,
+        addr,
+        Some(TlsVersion::Tls12),
+        "pyserver",
+    )
+    .expect("python TLS server");
+    let mut c = Client::start(
+        &r.net.client_ns,
+        r.dir.path(),
+        "real",
+        addr,
+        &["tls=1.2".to_owned(), "ping=1,0,hello".to_owned()],
+    )
+    .expect("client");
+    let out = c.finish(Duration::from_secs(30));
+    let port = c.local_port().expect("the real client's port");
+    let real = r
+        .wait_conns("the real connection", Duration::from_secs(10), |cs| {
+            cs.iter()
+                .any(|x| x.client.ends_with(&format!(":{port}")) && x.handshakes == 1)
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\nclient: {out}"));
+    assert_eq!(ok_count(&out, "PING"), 1, "{out}");
+    assert!(
+        real.iter().all(|x| !x.client.ends_with(":40777")),
+        "the forged connection is listed: {real:?}"
+    );
 }

@@ -950,6 +950,16 @@ fn socket_hooks_out_of_order_segment_keeps_the_cap() {
     rig_attack_with("hosts-sock-ooo", &[], &["ooo"], Hooks::Socket);
 }
 
+/// The wrong-checksum segment of [`bad_checksum_segment_keeps_the_cap`]
+/// with socket hooks: 100 bytes, so the kernel leaves the checksum check to
+/// TCP, after the cgroup hook.
+#[test]
+#[ignore = "issue 11 item 2: silent bypass as at TC: 6 of 6 honoured, reneg_c 0, unsynced false (the cgroup hook runs before TCP checks the checksum of a segment over 76 bytes)"]
+fn socket_hooks_bad_checksum_segment_keeps_the_cap() {
+    require_root!();
+    rig_attack_with("hosts-sock-badsum", &[], &["badsum"], Hooks::Socket);
+}
+
 /// The bridge host with a client container: one entry per connection
 /// (however many hooks it crosses), the cap holds.
 #[test]
