@@ -19,11 +19,10 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use monitor_common::flow::{FlowKey, FlowValue};
 use monitor_common::tracker::FF_CLOSED;
 use serde_json::Value;
-use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tests::hsmon::control_request;
 use tests::openssl::{SClientOpts, SServerOpts, TlsVersion};
 use tests::prom::http_get;
 use tests::scenario::{with_scenario_agent_args, PER_CONN};
@@ -35,27 +34,6 @@ const METRICS: &str = "127.0.0.1:19481";
 /// between two sweeps.
 const SWEEP: Duration = Duration::from_secs(20);
 
-/// `GET path` on the control socket; the status code and body.
-fn get(socket: &Path, path: &str) -> Result<(u16, String)> {
-    let mut s = UnixStream::connect(socket)
-        .with_context(|| format!("connecting to {}", socket.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .context("setting a read timeout")?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: hsmon\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .with_context(|| format!("sending GET {path}"))?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)
-        .with_context(|| format!("reading the answer to GET {path}"))?;
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no HTTP status in {resp:?}"))?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, body.to_owned()))
-}
-
 /// Whether a kernel counter counts program runs: those move with any
 /// traffic on the host (the reads' own TCP connections included).
 fn counts_runs(name: &str) -> bool {
@@ -65,7 +43,7 @@ fn counts_runs(name: &str) -> bool {
 /// `GET path` on the control socket, parsed, with the fields that read the
 /// clock (`*_ms_ago`, `uptime_ms`) and the program-run counters removed.
 fn document(socket: &Path, path: &str) -> Result<Value> {
-    let (status, body) = get(socket, path)?;
+    let (status, body) = control_request(socket, "GET", path, None)?;
     ensure!(status == 200, "GET {path}: {status} {body}");
     let mut v: Value =
         serde_json::from_str(&body).with_context(|| format!("GET {path}: {body:?}"))?;

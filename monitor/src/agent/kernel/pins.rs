@@ -404,22 +404,8 @@ fn ensure_bpffs(root: &Path) -> Result<()> {
         return Ok(());
     }
     if root.starts_with(BPFFS_MOUNT) && Path::new(BPFFS_MOUNT).is_dir() {
-        let target = std::ffi::CString::new(BPFFS_MOUNT).context("mount point")?;
-        let fstype = std::ffi::CString::new("bpf").context("fs type")?;
-        // SAFETY: valid NUL-terminated strings; no data argument.
-        let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("mounting a bpf filesystem at {BPFFS_MOUNT}"));
-        }
+        super::system::mount_fs("bpf", BPFFS_MOUNT, "bpf")
+            .with_context(|| format!("mounting a bpf filesystem at {BPFFS_MOUNT}"))?;
         tracing::warn!(
             "no bpf filesystem was mounted at {BPFFS_MOUNT}: mounted one; in a private mount \
              namespace (e.g. `ip netns exec`) the pins last only as long as that namespace"

@@ -66,22 +66,8 @@ pub fn cgroup2_root() -> Result<PathBuf> {
     }
     let bare = Path::new("/sys/fs/cgroup");
     if fs_magic(bare) == Some(SYSFS_MAGIC) {
-        let c = |s: &str| CString::new(s).context("a path with a NUL byte");
-        let (src, target, fstype) = (c("cgroup2")?, c("/sys/fs/cgroup")?, c("cgroup2")?);
-        // SAFETY: valid NUL-terminated strings; no data argument.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error())
-                .context("mounting cgroup2 at /sys/fs/cgroup (needed by --hooks socket)");
-        }
+        super::system::mount_fs("cgroup2", "/sys/fs/cgroup", "cgroup2")
+            .context("mounting cgroup2 at /sys/fs/cgroup (needed by --hooks socket)")?;
         tracing::info!("mounted cgroup2 at /sys/fs/cgroup (this mount namespace had none)");
         return Ok(bare.to_path_buf());
     }

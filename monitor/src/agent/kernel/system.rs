@@ -125,20 +125,7 @@ pub fn ensure_tracefs() -> Result<()> {
     if !Path::new(TRACEFS).is_dir() {
         bail!("{TRACEFS} does not exist: this kernel has no tracefs mount point");
     }
-    let c = |s: &str| CString::new(s).context("a path with a NUL byte");
-    let (src, target, fstype) = (c("tracefs")?, c(TRACEFS)?, c("tracefs")?);
-    // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
+    if let Err(err) = mount_fs("tracefs", TRACEFS, "tracefs") {
         let hint = if err.raw_os_error() == Some(libc::EPERM) {
             ": mounting needs CAP_SYS_ADMIN; mount it before the agent starts \
              (`mount -t tracefs tracefs /sys/kernel/tracing`, or systemd's sys-kernel-tracing.mount, \
@@ -163,6 +150,31 @@ fn is_mounted(mountinfo: &str, mount_point: &str, fstype: &str) -> bool {
         };
         left.split(' ').nth(4) == Some(mount_point) && right.split(' ').next() == Some(fstype)
     })
+}
+
+/// `mount -t FSTYPE SOURCE TARGET` without options or flags (a path with a
+/// NUL byte is an `InvalidInput` error).
+pub fn mount_fs(source: &str, target: &str, fstype: &str) -> std::io::Result<()> {
+    let (src, tgt, fs_type) = (
+        CString::new(source)?,
+        CString::new(target)?,
+        CString::new(fstype)?,
+    );
+    // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fs_type.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
