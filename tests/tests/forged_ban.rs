@@ -14,16 +14,17 @@
 //! The real client must still reach the server afterwards, and no decision
 //! may name it.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use monitor_common::testing::{tls12_client_reneg, tls12_full, Conversation, Driver};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 use tests::attack::{ok_count, Client};
 use tests::decisions::decisions;
-use tests::netns::{in_netns, spawn_in_netns};
+use tests::netns::in_netns;
 use tests::openssl::TlsVersion;
 use tests::packet::Endpoint;
 use tests::pyssl::PyTlsServer;
+use tests::rawpeer::EchoServer;
 use tests::require_root;
 use tests::rig::Rig;
 use tests::test_run::frame;
@@ -96,26 +97,15 @@ fn send_frames(ifname: &str, frames: &[Vec<u8>]) -> Result<usize> {
 /// Whether the client namespace can open a TCP connection to `addr` (a
 /// listener the test runs in the server namespace) within 3 s.
 fn client_reaches(r: &Rig, addr: SocketAddr) -> Result<bool> {
-    let listener = spawn_in_netns(&r.net.server_ns, move || -> Result<()> {
-        let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
-        l.set_nonblocking(true)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(6);
-        while std::time::Instant::now() < deadline {
-            match l.accept() {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => bail!("accept: {e}"),
-            }
-        }
-        Ok(())
-    })?;
-    std::thread::sleep(Duration::from_millis(200));
+    // The project's echo server (it waits for readiness itself): one
+    // connection, given up after 6 s when none comes.
+    let server = EchoServer::start(&r.net, addr, 1, Duration::from_secs(6))?;
     let connected = in_netns(&r.net.client_ns, move || {
-        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok()
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+            .map(|s| s.shutdown(std::net::Shutdown::Write))
+            .is_ok()
     })?;
-    let _ = listener.join();
+    let _ = server.join();
     Ok(connected)
 }
 
@@ -181,8 +171,8 @@ fn forged_flow_bans_nobody(name: &str, agent_args: &[&str]) {
     assert!(named.is_empty(), "decisions naming the client: {named:?}");
     assert!(reachable, "the client can no longer reach the server");
 
-    // The agent does see real TLS on that port: one real connection with
-    // one renegotiation is listed with its counts.
+    // The agent does see real TLS on that port: one real connection (one
+    // echo) is listed with its handshake.
     let addr = r.server_addr(SERVER_PORT);
     let _srv = PyTlsServer::start(
         &r.net,
