@@ -122,11 +122,6 @@ impl BulkServer {
     pub fn client_hellos(&self) -> usize {
         lines_starting(&self.proc.stdout(), "HELLO ")
     }
-
-    /// Connections it finished sending its bytes to.
-    pub fn completed_sends(&self) -> usize {
-        lines_starting(&self.proc.stdout(), "SENT ")
-    }
 }
 
 fn lines_starting(text: &str, word: &str) -> usize {
