@@ -116,11 +116,9 @@ pub fn parse_h2load(out: &str) -> Option<H2loadResult> {
     let secs = out
         .lines()
         .find_map(|l| l.strip_prefix("finished in "))?
-        .split(['s', ','])
-        .next()?
-        .trim()
-        .parse()
-        .ok()?;
+        .split(',')
+        .next()
+        .and_then(parse_h2load_duration)?;
     let line = out.lines().find(|l| l.starts_with("requests:"))?;
     let field = |name: &str| -> Option<u64> {
         line.split(',')
@@ -134,6 +132,22 @@ pub fn parse_h2load(out: &str) -> Option<H2loadResult> {
         failed: field("failed")?,
         errored: field("errored")?,
     })
+}
+
+/// Parses one of h2load's durations (`993.14ms`, `2.00s`, `850us`) into
+/// seconds. h2load picks the unit by size, so a fast run prints `ms`.
+fn parse_h2load_duration(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return None;
+    };
+    number.trim().parse::<f64>().ok().map(|n| n * scale)
 }
 
 /// Runs h2load from the client namespace as a closed loop: `clients`
@@ -196,6 +210,12 @@ mod unit {
             })
         );
         assert_eq!(parse_h2load("nothing"), None);
+        let fast = "finished in 993.14ms, 1510.36 req/s, 0B/s\n\
+                    requests: 1500 total, 1500 started, 1500 done, 1500 succeeded, 0 failed, 0 errored, 0 timeout\n";
+        let r = parse_h2load(fast).expect("a sub-second run parses");
+        assert!((r.secs - 0.99314).abs() < 1e-9, "{}", r.secs);
+        assert_eq!(parse_h2load_duration("850us"), Some(850e-6));
+        assert_eq!(parse_h2load_duration("12 parsecs"), None);
         assert_eq!(opened_counts("x\nOPENED ok=10 failed=0\n"), Some((10, 0)));
     }
 }
