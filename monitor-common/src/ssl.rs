@@ -60,7 +60,9 @@
 //! **Which process when both ends are on this host.** Both processes write
 //! the same flow; the server side wins: a client-side writer never replaces
 //! a server-side entry, a server-side writer replaces a client-side one.
-//! Handshake times and failures are only added by the process the entry
+//! A client-side writer creates an entry only with `BPF_NOEXIST`, so when
+//! both ends write a fresh connection's entry at the same moment on two
+//! CPUs the server's survives whichever lands last. Handshake times and failures are only added by the process the entry
 //! names.
 
 use crate::flow::FlowKey;

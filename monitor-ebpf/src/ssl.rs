@@ -26,6 +26,7 @@
 //! list. The TC programs and `hsmon_sock_state` are not touched.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_comm,
         bpf_get_current_pid_tgid,
@@ -458,20 +459,24 @@ fn on_ssl_io(sock: &mut SockInfo, id: u64, call: SslCall) -> Option<()> {
     sock.owner = tgid;
     sock.owner_library = 1;
     sock.ssl = call.ssl;
-    if let Some(p) = PROCS.get_ptr_mut(&key) {
-        // SAFETY: a valid pointer into the map.
-        let p = unsafe { &mut *p };
-        if p.tgid == tgid {
-            if p.library == LIBRARY_UNKNOWN {
-                p.library = call.library; // named by an earlier plain send/recv
+    let existed = match PROCS.get_ptr_mut(&key) {
+        Some(p) => {
+            // SAFETY: a valid pointer into the map.
+            let p = unsafe { &mut *p };
+            if p.tgid == tgid {
+                if p.library == LIBRARY_UNKNOWN {
+                    p.library = call.library; // named by an earlier plain send/recv
+                }
+                return None;
             }
-            return None;
+            if p.side == SIDE_SERVER && sock.side == SIDE_CLIENT {
+                return None; // the server's (which wins)
+            }
+            true
         }
-        if p.side == SIDE_SERVER && sock.side == SIDE_CLIENT {
-            return None; // the server's (which wins)
-        }
-    }
-    write_proc(&key, id, sock.side, call.library);
+        None => false,
+    };
+    write_proc(&key, id, sock.side, call.library, existed);
     bump(SSL_STAT_ATTRIBUTED);
     Some(())
 }
@@ -492,21 +497,32 @@ fn on_plain_io(sock: &mut SockInfo, id: u64) -> Option<()> {
     }
     sock.owner = tgid;
     sock.owner_library = 0;
-    if let Some(p) = PROCS.get_ptr(&key) {
-        // SAFETY: a valid pointer into the map.
-        let p = unsafe { &*p };
-        if p.tgid == tgid || (p.side == SIDE_SERVER && sock.side == SIDE_CLIENT) {
-            return None; // already ours, or the server's (which wins)
+    let existed = match PROCS.get_ptr(&key) {
+        Some(p) => {
+            // SAFETY: a valid pointer into the map.
+            let p = unsafe { &*p };
+            if p.tgid == tgid || (p.side == SIDE_SERVER && sock.side == SIDE_CLIENT) {
+                return None; // already ours, or the server's (which wins)
+            }
+            true
         }
-    }
-    write_proc(&key, id, sock.side, LIBRARY_UNKNOWN);
+        None => false,
+    };
+    write_proc(&key, id, sock.side, LIBRARY_UNKNOWN, existed);
     bump(SSL_STAT_ATTRIBUTED_BY_SOCKET);
     Some(())
 }
 
 /// Writes a fresh `PROCS` entry for `key`: the calling thread's process.
+///
+/// A client-side writer only creates an entry (`BPF_NOEXIST`) or replaces
+/// another client's: when both ends of a local connection see no entry and
+/// write at the same moment on two CPUs, the server's write must survive
+/// even if the client's lands second (the server's socket is then marked
+/// attributed and never checks again). Replacing a stale client entry of
+/// another process keeps that narrow race; a fresh connection does not.
 #[inline(always)]
-fn write_proc(key: &FlowKey, id: u64, side: u32, library: u32) {
+fn write_proc(key: &FlowKey, id: u64, side: u32, library: u32, existed: bool) {
     let info = ProcInfo {
         tgid: (id >> 32) as u32,
         tid: id as u32,
@@ -524,5 +540,10 @@ fn write_proc(key: &FlowKey, id: u64, side: u32, library: u32) {
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    let _ = PROCS.insert(key, &info, 0);
+    let flags = if side == SIDE_CLIENT && !existed {
+        BPF_NOEXIST as u64
+    } else {
+        0
+    };
+    let _ = PROCS.insert(key, &info, flags);
 }
