@@ -424,12 +424,33 @@ fn small_message_workloads_are_never_reset_under_the_default_policy() {
     for (k, n) in &ds {
         assert!(*k == ping_alert && *n == 1, "decision {k} x{n}: {ds:?}");
     }
+    // hsmon's own counts: every 5-byte message is KeyUpdate-like, only the
+    // ping-pong's client records make streaks: all but the first 3 of its
+    // streak, and a few more when the server's session tickets (records of
+    // another size) arrive after the first pings.
     let conns = r.agent.conns().unwrap_or_else(|e| fail(e));
-    for port in [ping_port, push_port, beat_port] {
-        let c = conns
+    let conn = |port: u16| {
+        conns
             .iter()
             .find(|c| c.client.ends_with(&format!(":{port}")))
-            .unwrap_or_else(|| panic!("hsmon lists port {port}: {conns:?}"));
-        assert!(!c.unsynced, "{c:?}");
-    }
+            .unwrap_or_else(|| panic!("hsmon lists port {port}: {conns:?}"))
+    };
+    let (p, s, b) = (conn(ping_port), conn(push_port), conn(beat_port));
+    eprintln!(
+        "hsmon: ping-pong {}/{}, push {}/{}, heartbeats {}/{} (keyupdate_like/keyupdate_streaked)",
+        p.keyupdate_like,
+        p.keyupdate_streaked,
+        s.keyupdate_like,
+        s.keyupdate_streaked,
+        b.keyupdate_like,
+        b.keyupdate_streaked
+    );
+    assert!(
+        !p.unsynced && !s.unsynced && !b.unsynced,
+        "{p:?} {s:?} {b:?}"
+    );
+    assert_eq!(p.keyupdate_like, 2000, "{p:?}");
+    assert!((990..=997).contains(&p.keyupdate_streaked), "{p:?}");
+    assert_eq!((s.keyupdate_like, s.keyupdate_streaked), (340, 0), "{s:?}");
+    assert_eq!((b.keyupdate_like, b.keyupdate_streaked), (150, 0), "{b:?}");
 }
