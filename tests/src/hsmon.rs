@@ -53,6 +53,9 @@ pub struct HsmonConn {
     pub alerts: u64,
     /// TLS 1.3 KeyUpdate-like records.
     pub keyupdate_like: u64,
+    /// The client's KeyUpdate-size records in streaks (what the KeyUpdate
+    /// rule counts).
+    pub keyupdate_streaked: u64,
     /// The tracker lost the record boundary on this flow.
     pub unsynced: bool,
     /// "open" or "closed".
@@ -542,7 +545,7 @@ mod unit {
         let json = r#"[{"client":"[fd00:200::2]:40000","server":"[fd00:200::1]:4433","tls_version":null,
             "client_hellos":1,"handshakes":1,"resumed":false,"renegotiations_client":0,
             "renegotiations_server":0,"renegotiations_refused":0,"alerts":2,"keyupdate_like":0,
-            "unsynced":false,"state":"closed","pid":123}]"#;
+            "keyupdate_streaked":0,"unsynced":false,"state":"closed","pid":123}]"#;
         let c = parse_conns(json).expect("parse");
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].tls_version, None);

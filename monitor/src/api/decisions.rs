@@ -96,7 +96,8 @@ pub struct Counts {
     /// `handshake_timeout`: ms since the connection's first ClientHello.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_ms: Option<u64>,
-    /// `keyupdates_per_second`: the connection's `keyupdate_like` rate.
+    /// `keyupdates_per_second`: the connection's `keyupdate_streaked` rate
+    /// (per second, over the rule's span).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keyupdates_1s: Option<u64>,
     /// `reneg_cap`: the connection's client renegotiations.
