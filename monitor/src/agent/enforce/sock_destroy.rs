@@ -485,6 +485,73 @@ mod tests {
         assert!(parse_query_answer(&[], 1).is_err());
     }
 
+    #[test]
+    fn cookie_words_split_low_then_high() {
+        assert_eq!(
+            cookie_words(0x1122_3344_5566_7788),
+            [0x5566_7788, 0x1122_3344]
+        );
+    }
+
+    /// The socket cookie of `s` (`SO_COOKIE`).
+    fn so_cookie(s: &std::net::TcpStream) -> u64 {
+        use std::os::fd::AsRawFd as _;
+        let mut c: u64 = 0;
+        let mut len = mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: `c` and `len` are valid for the sizes given.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&mut c as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "SO_COOKIE");
+        c
+    }
+
+    /// Needs root: with socket cookies, only the socket named is destroyed:
+    /// a wrong cookie finds nothing (the connection survives), the right
+    /// one resets it.
+    #[test]
+    #[ignore = "needs root (CAP_NET_ADMIN)"]
+    fn a_socket_cookie_names_exactly_one_socket() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server_addr = listener.local_addr().expect("addr");
+        let mut client = std::net::TcpStream::connect(server_addr).expect("connect");
+        let (mut server_side, client_addr) = listener.accept().expect("accept");
+        let c = Conn {
+            local: server_addr,
+            remote: client_addr,
+        };
+        let own = netns::own_cookie().expect("own netns cookie");
+        let real = so_cookie(&server_side);
+        let wrong = SocketCookies {
+            socket: real ^ 1,
+            netns: own,
+        };
+        assert_eq!(destroy(&c, Some(wrong)).expect("destroy"), Outcome::Gone);
+        server_side.write_all(b"x").expect("still open");
+        let mut buf = [0u8; 1];
+        client.read_exact(&mut buf).expect("still open");
+        let right = SocketCookies {
+            socket: real,
+            netns: own,
+        };
+        assert_eq!(
+            destroy(&c, Some(right)).expect("destroy"),
+            Outcome::Destroyed
+        );
+        let err = client.read(&mut buf);
+        assert!(
+            matches!(&err, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{err:?}"
+        );
+    }
+
     /// Needs root: a real loopback connection in the calling namespace is
     /// destroyed; its peer sees the reset; the listener survives.
     #[test]
