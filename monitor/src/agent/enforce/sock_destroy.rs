@@ -307,9 +307,15 @@ fn destroy_anywhere(conn: &Conn) -> Result<Outcome> {
     if destroy_here(conn, [INET_DIAG_NOCOOKIE; 2])? == Outcome::Destroyed {
         return Ok(Outcome::Destroyed);
     }
+    let others = netns::others()?;
+    // One thread visits every namespace (not one thread each).
+    let answers = netns::run_in_each(&others, |_| query_here(conn, [INET_DIAG_NOCOOKIE; 2]));
+    if answers.len() != others.len() {
+        bail!("the thread visiting the other network namespaces failed");
+    }
     let mut holders = Vec::new();
-    for ns in netns::others()? {
-        match netns::run_in(ns.fd(), || query_here(conn, [INET_DIAG_NOCOOKIE; 2])) {
+    for (ns, answer) in others.iter().zip(answers) {
+        match answer {
             Ok(Ok(Some(found))) => holders.push((ns, found)),
             Ok(Ok(None)) => {}
             Ok(Err(e)) | Err(e) => {

@@ -114,6 +114,30 @@ pub fn run_in<T: Send>(ns: BorrowedFd<'_>, f: impl FnOnce() -> T + Send) -> Resu
     })
 }
 
+/// Runs `f` in each namespace of `nss` in turn, on one new thread that
+/// enters each (the caller's thread is not moved); one result per
+/// namespace, in order (an error where the namespace could not be entered).
+pub fn run_in_each<T: Send>(nss: &[Netns], f: impl Fn(&Netns) -> T + Sync) -> Vec<Result<T>> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nss.iter()
+                .map(|ns| {
+                    // SAFETY: setns(2) on a namespace descriptor `nss`
+                    // keeps open; it moves only this scoped thread.
+                    if unsafe { libc::setns(ns.file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error()).with_context(|| {
+                            format!("setns(CLONE_NEWNET) into {}", ns.path.display())
+                        });
+                    }
+                    Ok(f(ns))
+                })
+                .collect()
+        })
+        .join()
+        .unwrap_or_else(|_| vec![])
+    })
+}
+
 /// Every network namespace that a process is in or `ip netns` keeps,
 /// once each.
 fn scan_paths() -> Vec<Found> {
@@ -263,7 +287,13 @@ mod tests {
         assert_eq!(current_cookie().expect("cookie"), own, "caller not moved");
         let ns = find(inside).expect("found by cookie");
         assert_eq!(ns.cookie, inside);
-        assert!(others().expect("others").iter().any(|n| n.cookie == inside));
+        let all = others().expect("others");
+        assert!(all.iter().any(|n| n.cookie == inside));
+        // One thread visiting each namespace reads each one's own cookie.
+        let seen = run_in_each(&all, |_| current_cookie().expect("cookie"));
+        let want: Vec<u64> = all.iter().map(|n| n.cookie).collect();
+        let got: Vec<u64> = seen.into_iter().map(|r| r.expect("entered")).collect();
+        assert_eq!(got, want);
         let _ = child.kill();
         let _ = child.wait();
     }
