@@ -38,6 +38,18 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("monitor-ebpf's manifest path has no parent"))?;
+    // aya-build watches only monitor-ebpf's directory; the programs also
+    // compile monitor-common (the tracker, the map layouts), so a change
+    // there must rebuild the object too, or the agent and the embedded
+    // programs disagree on a map's value size.
+    let common = metadata
+        .packages
+        .iter()
+        .find(|p| p.name == "monitor-common")
+        .ok_or_else(|| anyhow!("the workspace has no monitor-common package"))?;
+    if let Some(dir) = common.manifest_path.parent() {
+        println!("cargo:rerun-if-changed={dir}");
+    }
     // aya-build prints the skip warning itself and returns early.
     aya_build::build_ebpf(
         [aya_build::Package {
