@@ -14,6 +14,13 @@
 //! * The renegotiation cap is enforced at cgroup ingress with TC's rule
 //!   (`crate::tc::reneg_cap_drops`): returning 0 drops the segment before
 //!   TCP queues it.
+//! * Stream truth for the client direction (`monitor_common::rewind`):
+//!   before a client segment is parsed, `Rewind::admit` compares it with the
+//!   tracker's next expected byte and TCP's `rcv_nxt` (`bpf_tcp_sock`): a
+//!   segment beyond the next expected byte is dropped (TCP sends it again in
+//!   order), and one that overlaps bytes TCP never accepted takes the
+//!   tracker back to the copy of its state TCP confirmed. The copies live in
+//!   the socket's storage ([`SockFlow::rewind`]).
 //! * `FLOWS` gets a mirror of the state under a key with the socket and
 //!   netns cookies (`monitor_common::flow::FlowKey`), for the agent; the
 //!   ring-buffer events are TC's.
@@ -33,7 +40,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
-        bpf_sk_fullsock, bpf_sk_storage_get,
+        bpf_sk_fullsock, bpf_sk_storage_get, bpf_tcp_sock,
     },
     macros::{btf_map, cgroup_skb, sock_ops},
     programs::{SkBuffContext, SockOpsContext},
@@ -41,6 +48,7 @@ use aya_ebpf::{
 use monitor_common::{
     flow::{ipv4_word_mapped, Addr, FlowKey, FlowValue, Stat, EVENT_FLOW_CLOSED},
     payload::Payload,
+    rewind::{Admit, Rewind},
     tls::{could_start_client_hello, CT_HANDSHAKE},
     tracker::{CLIENT, SERVER},
 };
@@ -61,6 +69,8 @@ pub struct SockFlow {
     pub key: FlowKey,
     /// The tracker state (the truth the cap reads).
     pub value: FlowValue,
+    /// Copies of the tracker state at confirmed client positions.
+    pub rewind: Rewind,
 }
 
 /// Per-socket flow state: freed with the socket, nothing to evict.
@@ -179,6 +189,21 @@ fn on_segment(ctx: &SkBuffContext, ingress: bool) -> bool {
                 sf.value.last_seen_ns = now;
             }
         }
+        if ingress && !created {
+            match admit(sk, sf, &seg) {
+                Admit::DropAhead => {
+                    count(Stat::SockDropAhead);
+                    return true;
+                }
+                Admit::DropUnverified => {
+                    count(Stat::SockUnverifiedDrops);
+                    return true;
+                }
+                Admit::Rewound => count(Stat::SockRewinds),
+                Admit::Unverified => count(Stat::SockUnverified),
+                Admit::Parse => {}
+            }
+        }
         let before = crate::progress::snapshot(&sf.value);
         parse_payload(&mut sf.value, dir, seg.seq, payload);
         if created {
@@ -197,6 +222,22 @@ fn on_segment(ctx: &SkBuffContext, ingress: bool) -> bool {
         mirror(sf);
     }
     drop
+}
+
+/// `Rewind::admit` for a client segment with TCP's `rcv_nxt` (`Parse` when
+/// the socket gives no TCP view).
+#[inline(always)]
+fn admit(sk: *mut bpf_sock, sf: &mut SockFlow, seg: &Segment) -> Admit {
+    // SAFETY: a full socket (checked by the caller); the helper returns null
+    // or the socket's TCP view.
+    let tp = unsafe { bpf_tcp_sock(sk) };
+    if tp.is_null() {
+        return Admit::Parse;
+    }
+    // SAFETY: the pointer the helper returned.
+    let rcv_nxt = unsafe { (*tp).rcv_nxt };
+    sf.rewind
+        .admit(&mut sf.value.tracker, seg.seq, seg.payload_len, rcv_nxt)
 }
 
 /// Writes the socket's state into its `FLOWS` mirror entry (again, if the
