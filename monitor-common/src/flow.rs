@@ -300,10 +300,13 @@ pub enum Stat {
     /// below `rcv_nxt`, and no confirmed copy fits: parsed without a check
     /// (`crate::rewind`).
     SockUnverified = 21,
+    /// Client segments the socket ingress program dropped because another
+    /// run (another CPU) was parsing a segment of the same socket.
+    SockBusyDrops = 22,
 }
 
 /// Number of `STATS` slots.
-pub const STAT_COUNT: u32 = 22;
+pub const STAT_COUNT: u32 = 23;
 
 impl Stat {
     /// Every slot, in index order.
@@ -330,6 +333,7 @@ impl Stat {
         Stat::SockRewinds,
         Stat::SockUnverifiedDrops,
         Stat::SockUnverified,
+        Stat::SockBusyDrops,
     ];
 
     /// The slot's name in `/v1/stats` and in metric names (`hsmon_kernel_<name>_total`).
@@ -357,6 +361,7 @@ impl Stat {
             Stat::SockRewinds => "sock_rewinds",
             Stat::SockUnverifiedDrops => "sock_unverified_drops",
             Stat::SockUnverified => "sock_unverified",
+            Stat::SockBusyDrops => "sock_busy_drops",
         }
     }
 
@@ -400,6 +405,9 @@ impl Stat {
             }
             Stat::SockUnverified => {
                 "Client segments parsed unchecked at socket ingress: overlap unaccepted bytes, no copy fits"
+            }
+            Stat::SockBusyDrops => {
+                "Client segments dropped at socket ingress while another CPU parsed the same socket's"
             }
         }
     }

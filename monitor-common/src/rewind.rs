@@ -24,7 +24,13 @@
 //!   state goes back to `conf` and the segment is parsed from `C`:
 //!   legitimate retransmissions carry the same bytes, so this changes
 //!   nothing for them; a forged segment TCP discarded leaves no trace.
-//!   When it does not, the tracker cannot tell: a segment starting beyond
+//!   A segment that ends before `N` would make the tracker forget the
+//!   parsed bytes beyond it, which TCP may still accept (a spurious
+//!   retransmission while the original waits in the socket's backlog): it
+//!   is dropped once, and the rewind happens if it comes again with the
+//!   same start while `rcv_nxt` still has not passed it (TCP really threw
+//!   the original away; one more retransmission timeout).
+//!   When no copy fits, the tracker cannot tell: a segment starting beyond
 //!   `R` is dropped (TCP would only queue it out of order; it comes again),
 //!   one starting at or below `R` is parsed as before (bytes up to `N`
 //!   skipped) and counted ([`Admit::Unverified`]).
@@ -47,6 +53,9 @@ use crate::tracker::{FlowState, CLIENT, DIR_SYNCED, FF_CLOSED, FF_OVER_CAP, SERV
 const HAVE_CONF: u32 = 1;
 /// `pend` holds a copy.
 const HAVE_PEND: u32 = 2;
+/// A segment at `held_seq` that a rewind would have cut short was dropped
+/// once.
+const HELD: u32 = 4;
 
 /// Is `a` before `b` in sequence space?
 #[inline(always)]
@@ -92,10 +101,11 @@ pub struct Rewind {
     pub conf_pos: u32,
     /// Client sequence number of `pend`.
     pub pend_pos: u32,
-    /// `HAVE_*` bits.
+    /// `HAVE_*` and `HELD` bits.
     pub have: u32,
-    /// Padding, always zero.
-    pub _pad: u32,
+    /// Sequence number of the segment dropped once instead of a rewind that
+    /// would cut the parsed range short (`HELD`).
+    pub held_seq: u32,
 }
 
 impl Rewind {
@@ -141,6 +151,17 @@ impl Rewind {
             return Admit::Parse;
         }
         if self.have & HAVE_CONF != 0 && seq_le(seq, self.conf_pos) && seq_le(self.conf_pos, r) {
+            if seq_lt(end, next) && (self.have & HELD == 0 || self.held_seq != seq) {
+                // Going back would forget the parsed bytes beyond `end`,
+                // which TCP may still accept from its backlog (a spurious
+                // retransmission while the original waits there): drop it
+                // once. If TCP really threw the original away, it comes
+                // again with `rcv_nxt` still here and is parsed then.
+                self.have |= HELD;
+                self.held_seq = seq;
+                return Admit::DropUnverified;
+            }
+            self.have &= !HELD;
             self.restore(flow);
             return Admit::Rewound;
         }
@@ -180,6 +201,8 @@ mod tests {
         base: u32,
         rcv_nxt: u32,
         accepted: std::vec::Vec<u8>,
+        /// TCP accepts nothing for now (the segments wait in its backlog).
+        frozen: bool,
     }
 
     extern crate std;
@@ -192,6 +215,7 @@ mod tests {
                 base,
                 rcv_nxt: base,
                 accepted: std::vec::Vec::new(),
+                frozen: false,
             }
         }
 
@@ -213,7 +237,7 @@ mod tests {
                 .on_segment(CLIENT, seq, bytes, step_bound(bytes.len() as u32));
             assert_ne!(o, SegmentOutcome::Gap, "the hook let a gap through");
             let have = self.rcv_nxt.wrapping_sub(self.base);
-            if !bad && off <= have && off + bytes.len() as u32 > have {
+            if !bad && !self.frozen && off <= have && off + bytes.len() as u32 > have {
                 self.accepted
                     .extend_from_slice(&bytes[(have - off) as usize..]);
                 self.rcv_nxt = self.base.wrapping_add(self.accepted.len() as u32);
@@ -266,6 +290,8 @@ mod tests {
             junk.truncate(1400);
             l.send(at, &junk, true);
             l.send(at + 1400, &junk, true);
+            // Shorter than what was parsed: dropped once, then rewound.
+            assert_eq!(l.send(at, &hs(40), false), Admit::DropUnverified);
             assert_eq!(l.send(at, &hs(40), false), Admit::Rewound);
             assert_eq!(l.flow.counters.records[2], 2);
             assert_eq!(l.flow.dirs[CLIENT].status, DIR_SYNCED);
@@ -310,6 +336,22 @@ mod tests {
         assert_eq!(l.flow.counters.retransmits, 1);
     }
 
+    /// A spurious retransmission shorter than what was parsed while TCP
+    /// still holds the original (backlog): dropped, nothing forgotten.
+    #[test]
+    fn short_retransmission_of_unaccepted_bytes_is_dropped_once() {
+        let stream: std::vec::Vec<u8> = [appdata(100), hs(80), appdata(20)].concat();
+        let mut l = Link::new(40);
+        l.send(0, &stream[..60], false);
+        // Two segments the hook passed, TCP not yet (rcv_nxt stays at 60).
+        l.frozen = true;
+        l.send(60, &stream[60..130], false);
+        l.send(130, &stream[130..], false);
+        let before = l.flow;
+        assert_eq!(l.send(60, &stream[60..130], false), Admit::DropUnverified);
+        assert_eq!(l.flow, before);
+    }
+
     /// A copy is never taken of a state built on bytes TCP discarded.
     #[test]
     fn chained_junk_cannot_become_the_copy() {
@@ -328,6 +370,7 @@ mod tests {
             Admit::DropUnverified
         );
         assert_eq!(l.send(at, &real, false), Admit::Rewound);
+        assert_eq!(l.flow.dirs[CLIENT].next_seq, l.rcv_nxt);
         assert_eq!(l.flow.counters.records[2], 1);
         assert_ne!(l.flow.dirs[CLIENT].status, DIR_UNSYNCED);
     }
@@ -342,6 +385,7 @@ mod tests {
         l.send(15, &junk, true);
         l.flow.flags |= FF_OVER_CAP;
         l.flow.dirs[SERVER].next_seq = 1234;
+        assert_eq!(l.send(15, &hs(10), false), Admit::DropUnverified);
         assert_eq!(l.send(15, &hs(10), false), Admit::Rewound);
         assert!(l.flow.over_cap());
         assert_eq!(l.flow.dirs[SERVER].next_seq, 1234);

@@ -33,14 +33,15 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        bpf_sock, bpf_spin_lock, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
     },
     btf_maps::SkStorage,
     cty::c_void,
     helpers::{
         bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
-        bpf_sk_fullsock, bpf_sk_storage_get, bpf_tcp_sock,
+        bpf_sk_fullsock, bpf_sk_storage_get, bpf_spin_lock as spin_lock, bpf_spin_unlock,
+        bpf_tcp_sock,
     },
     macros::{btf_map, cgroup_skb, sock_ops},
     programs::{SkBuffContext, SockOpsContext},
@@ -71,6 +72,10 @@ pub struct SockFlow {
     pub value: FlowValue,
     /// Copies of the tracker state at confirmed client positions.
     pub rewind: Rewind,
+    /// Guards `ingress_busy`.
+    pub lock: bpf_spin_lock,
+    /// 1 while an ingress run parses this socket's client segment.
+    pub ingress_busy: u32,
 }
 
 /// Per-socket flow state: freed with the socket, nothing to evict.
@@ -190,19 +195,48 @@ fn on_segment(ctx: &SkBuffContext, ingress: bool) -> bool {
             }
         }
         if ingress && !created {
-            match admit(sk, sf, &seg) {
+            // One ingress run at a time per socket: a second one (another
+            // CPU, e.g. loopback delivering from two CPUs' backlogs) would
+            // parse on state the first is changing. It drops its segment;
+            // TCP sends it again.
+            if !claim_ingress(sf) {
+                count(Stat::SockBusyDrops);
+                return true;
+            }
+            let verdict = admit(sk, sf, &seg);
+            let drop_now = match verdict {
                 Admit::DropAhead => {
                     count(Stat::SockDropAhead);
-                    return true;
+                    true
                 }
                 Admit::DropUnverified => {
                     count(Stat::SockUnverifiedDrops);
-                    return true;
+                    true
                 }
-                Admit::Rewound => count(Stat::SockRewinds),
-                Admit::Unverified => count(Stat::SockUnverified),
-                Admit::Parse => {}
+                Admit::Rewound => {
+                    count(Stat::SockRewinds);
+                    false
+                }
+                Admit::Unverified => {
+                    count(Stat::SockUnverified);
+                    false
+                }
+                Admit::Parse => false,
+            };
+            if drop_now {
+                release_ingress(sf);
+                return true;
             }
+            let before = crate::progress::snapshot(&sf.value);
+            parse_payload(&mut sf.value, dir, seg.seq, payload);
+            crate::progress::send_if_changed(&before, &sf.value, &sf.key);
+            let drop = reneg_cap_drops(&mut sf.value, &sf.key, cfg);
+            if closing {
+                sf.value.tracker.on_close(dir);
+            }
+            mirror(sf);
+            release_ingress(sf);
+            return drop;
         }
         let before = crate::progress::snapshot(&sf.value);
         parse_payload(&mut sf.value, dir, seg.seq, payload);
@@ -222,6 +256,29 @@ fn on_segment(ctx: &SkBuffContext, ingress: bool) -> bool {
         mirror(sf);
     }
     drop
+}
+
+/// Marks the socket's ingress as busy; `false` if another run has it.
+#[inline(always)]
+fn claim_ingress(sf: &mut SockFlow) -> bool {
+    // SAFETY: the lock inside this socket's storage value; nothing but
+    // plain loads and stores while it is held.
+    unsafe { spin_lock(&mut sf.lock) };
+    let free = sf.ingress_busy == 0;
+    if free {
+        sf.ingress_busy = 1;
+    }
+    unsafe { bpf_spin_unlock(&mut sf.lock) };
+    free
+}
+
+/// Ends what [`claim_ingress`] started.
+#[inline(always)]
+fn release_ingress(sf: &mut SockFlow) {
+    // SAFETY: as in `claim_ingress`.
+    unsafe { spin_lock(&mut sf.lock) };
+    sf.ingress_busy = 0;
+    unsafe { bpf_spin_unlock(&mut sf.lock) };
 }
 
 /// `Rewind::admit` for a client segment with TCP's `rcv_nxt` (`Parse` when
