@@ -21,6 +21,11 @@
 //!   order), and one that overlaps bytes TCP never accepted takes the
 //!   tracker back to the copy of its state TCP confirmed. The copies live in
 //!   the socket's storage ([`SockFlow::rewind`]).
+//! * One ingress run at a time per socket (loopback can deliver one
+//!   socket's segments on two CPUs at once): a `bpf_spin_lock` in the
+//!   storage value guards [`SockFlow::ingress_busy`]; a run that finds it
+//!   set drops its segment (`sock_busy_drops`). The lock is held only for
+//!   the flag (the parse calls `bpf_loop`, which may not run under it).
 //! * `FLOWS` gets a mirror of the state under a key with the socket and
 //!   netns cookies (`monitor_common::flow::FlowKey`), for the agent; the
 //!   ring-buffer events are TC's.
