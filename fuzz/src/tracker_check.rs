@@ -43,7 +43,7 @@ fn counters_vec(c: &FlowCounters) -> [u64; 18] {
         c.bad_records.into(),
         c.overflows.into(),
         c.malformed.into(),
-        0,
+        c.keyupdate_streaked.into(),
     ]
 }
 

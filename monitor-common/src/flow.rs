@@ -445,10 +445,10 @@ pub const MAX_PORTS: usize = 16;
 // The map types have no implicit padding: what the kernel writes is what user
 // space reads, byte for byte.
 const _: () = assert!(core::mem::size_of::<crate::tracker::DirState>() == 40);
-const _: () = assert!(core::mem::size_of::<crate::tracker::FlowState>() == 152);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 176);
+const _: () = assert!(core::mem::size_of::<crate::tracker::FlowState>() == 160);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 184);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 56);
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 248);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 256);
 const _: () = assert!(core::mem::size_of::<TrackerConfig>() == 44);
 
 #[cfg(test)]

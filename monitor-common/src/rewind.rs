@@ -108,6 +108,10 @@ pub struct Rewind {
     pub held_seq: u32,
 }
 
+// Two copies and four words: the agent's `SockFlowLayout` (pins.rs) adds
+// this size to the socket storage value it expects.
+const _: () = assert!(core::mem::size_of::<Rewind>() == 2 * core::mem::size_of::<FlowState>() + 16);
+
 impl Rewind {
     /// Decides what to do with a client segment of `len` (> 0) payload
     /// bytes at `seq`, TCP's `rcv_nxt` being `rcv_nxt`, and does it to

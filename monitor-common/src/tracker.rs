@@ -51,7 +51,15 @@
 //! * **TLS 1.3 post-handshake.** Application-data records of exactly the size
 //!   of one KeyUpdate ([`KEY_UPDATE_RECORD_LEN`]) after the handshake count as
 //!   `keyupdate_like`: the record layer cannot tell them from a 5-byte
-//!   application write, hence the name.
+//!   application write, hence the name. The client's also extend a
+//!   *streak* ([`FlowState::keyupdate_run`]): client KeyUpdate-size
+//!   records with no record of another size or type in either direction
+//!   between them (the server's KeyUpdate-size records neither extend nor
+//!   break it: they are what a KeyUpdate with `update_requested` gets
+//!   back). Each client KeyUpdate-size record that makes the streak at
+//!   least [`KEYUPDATE_STREAK_MIN`] long counts in `keyupdate_streaked`,
+//!   what the policy's KeyUpdate rule reads. See [`KEYUPDATE_STREAK_MIN`]
+//!   for why: a flood is a streak, most applications break it.
 //!
 //! # Renegotiation cap
 //!
@@ -101,6 +109,41 @@ pub const fn step_bound(new_bytes: u32) -> u32 {
 
 // The budget of the longest segment fits in one `bpf_loop`.
 const _: () = assert!(step_bound(MAX_SEGMENT_LEN) <= BPF_MAX_LOOPS);
+
+/// A client KeyUpdate-size record counts in
+/// [`FlowCounters::keyupdate_streaked`] when it makes the client's streak
+/// (client KeyUpdate-size records with no other record but the server's
+/// KeyUpdate-size ones between them, [`FlowState::keyupdate_run`]) at
+/// least this long.
+///
+/// Why a streak, client only, and 4:
+/// - A client that floods KeyUpdates sends nothing else: its direction is
+///   all 22-byte records, and the server sends back either nothing or
+///   (`update_requested`) one 22-byte KeyUpdate each. Its records are all
+///   streaked but the first 3.
+/// - The server's own KeyUpdates are its choice, and a server pushing
+///   5-byte messages sends 22-byte records with no client records at all:
+///   the server direction never counts.
+/// - An application that mixes sizes in either direction (a 5-byte
+///   heartbeat answered with anything but 5 bytes, requests or replies of
+///   other sizes) resets the streak with every other record: nothing
+///   counts.
+/// - An attacker that slips one record of another size in every 3
+///   KeyUpdates is not counted at all: it gets at most 3 KeyUpdates past
+///   the rule per other record on the connection, so its KeyUpdate work is
+///   bounded by a small multiple of the application traffic it must send
+///   or make the server send (each of those records is work for the
+///   server's application too). A larger minimum would let more through
+///   per record; a smaller one would count more small-message patterns of
+///   applications.
+///
+/// What a streak cannot tell apart: an application that exchanges only
+/// 5-byte messages one for one (a 5-byte request, a 5-byte reply) looks
+/// exactly like a KeyUpdate flood with `update_requested`, and one that
+/// sends only 5-byte messages one way like a flood without it (the record
+/// layer is encrypted: same sizes, same order). The policy's default action
+/// for the rule is therefore `alert`.
+pub const KEYUPDATE_STREAK_MIN: u16 = 4;
 
 /// Index of the client-to-server direction in [`FlowState::dirs`].
 pub const CLIENT: usize = 0;
@@ -230,6 +273,9 @@ pub struct FlowCounters {
     pub alerts: u32,
     /// TLS 1.3 post-handshake records of KeyUpdate size.
     pub keyupdate_like: u32,
+    /// Client KeyUpdate-size records that made the client's streak at least
+    /// [`KEYUPDATE_STREAK_MIN`] long (what the KeyUpdate rule counts).
+    pub keyupdate_streaked: u32,
     /// Records by content type: ChangeCipherSpec, alert, handshake, application data, heartbeat.
     pub records: [u32; 5],
     /// Segments that only repeated bytes already seen.
@@ -263,6 +309,12 @@ pub struct FlowState {
     pub alert_first: [u16; 2],
     /// Last cleartext alert of each direction, same encoding.
     pub alert_last: [u16; 2],
+    /// The client's current KeyUpdate streak: its KeyUpdate-size records
+    /// since the last record (either direction) that was neither one of
+    /// them nor a server KeyUpdate-size record; saturates.
+    pub keyupdate_run: u16,
+    /// Padding, always zero.
+    pub _pad: u16,
 }
 
 /// The alert level of an [`FlowState::alert_first`]/[`FlowState::alert_last`] value.
@@ -636,6 +688,10 @@ impl FlowState {
             bump(&mut self.counters.records[idx]);
         }
         let tls13 = self.version == VERSION_TLS13;
+        if typ != CT_APPLICATION_DATA || len != KEY_UPDATE_RECORD_LEN {
+            // Any other record, either direction, ends a KeyUpdate streak.
+            self.keyupdate_run = 0;
+        }
         let ds = &mut self.dirs[dir];
         ds.rec_type = typ;
         ds.rec_left = len;
@@ -690,6 +746,12 @@ impl FlowState {
                     && len == KEY_UPDATE_RECORD_LEN
                 {
                     bump(&mut self.counters.keyupdate_like);
+                    if dir == CLIENT {
+                        self.keyupdate_run = self.keyupdate_run.saturating_add(1);
+                        if self.keyupdate_run >= KEYUPDATE_STREAK_MIN {
+                            bump(&mut self.counters.keyupdate_streaked);
+                        }
+                    }
                 }
             }
             _ => {}

@@ -827,6 +827,80 @@ fn tls13_keyupdate_like_records() {
     assert_eq!(s.counters.records, recs(0, 0, 2, 7 + 11, 0));
 }
 
+/// The client's KeyUpdate streak: only client KeyUpdate-size records with
+/// nothing between them but the server's KeyUpdate-size answers count, from
+/// the [`KEYUPDATE_STREAK_MIN`]th on.
+#[test]
+fn tls13_keyupdate_streaks() {
+    let ku = || app_data(KEY_UPDATE_RECORD_LEN as usize);
+    let streaked = |build: &dyn Fn(&mut Conversation)| {
+        let mut c = Conversation::new();
+        tls13_full(&mut c);
+        build(&mut c);
+        let s = all_ways(&c);
+        (s.counters.keyupdate_streaked, s.counters.keyupdate_like)
+    };
+    let min = u32::from(KEYUPDATE_STREAK_MIN);
+    // A flood with update_requested: each client KeyUpdate answered.
+    let flood_answered = streaked(&|c| {
+        for _ in 0..10 {
+            c.client(ku()).server(ku());
+        }
+    });
+    assert_eq!(flood_answered, (10 - (min - 1), 20));
+    // A flood without: client records only, several in one segment too.
+    let flood = streaked(&|c| {
+        c.client([ku(), ku(), ku(), ku(), ku()].concat());
+        for _ in 0..5 {
+            c.client(ku());
+        }
+    });
+    assert_eq!(flood, (10 - (min - 1), 10));
+    // 5-byte heartbeats answered with 9 bytes: never a streak.
+    let heartbeats = streaked(&|c| {
+        for _ in 0..10 {
+            c.client(ku()).server(app_data(26));
+        }
+    });
+    assert_eq!(heartbeats, (0, 10));
+    // Server push of 5-byte messages: the server direction never counts.
+    let push = streaked(&|c| {
+        for _ in 0..10 {
+            c.server(ku());
+        }
+    });
+    assert_eq!(push, (0, 10));
+    // An attacker breaking the streak with a 23-byte record every 3
+    // KeyUpdates gets none counted; every 8, 8 - 3 of each 8 count.
+    for (every, want) in [(3u32, 0u32), (8, 8 - (min - 1))] {
+        let got = streaked(&|c| {
+            for _ in 0..4 {
+                for _ in 0..every {
+                    c.client(ku()).server(ku());
+                }
+                c.client(app_data(23));
+            }
+        });
+        assert_eq!(got, (4 * want, 4 * every * 2), "a break every {every}");
+    }
+    // A break from the server (a record of another size) counts as well,
+    // and so does an alert; the streak starts again after it.
+    let broken = streaked(&|c| {
+        for _ in 0..5 {
+            c.client(ku());
+        }
+        c.server(app_data(100));
+        for _ in 0..5 {
+            c.client(ku());
+        }
+        c.client(encrypted_alert());
+        for _ in 0..3 {
+            c.client(ku());
+        }
+    });
+    assert_eq!(broken, (2 * (5 - (min - 1)), 13));
+}
+
 /// 22-byte records before the client's Finished flight (the server's
 /// encrypted handshake, 0-RTT data) are not KeyUpdates.
 #[test]

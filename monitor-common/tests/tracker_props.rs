@@ -93,6 +93,12 @@ enum Post {
         dir: usize,
         len: usize,
     },
+    /// `n` client KeyUpdate-size records, each answered by one from the
+    /// server when `answered` (a KeyUpdate flood, or 5-byte messages).
+    KeyUpdates {
+        n: usize,
+        answered: bool,
+    },
     /// TLS <= 1.2 only. The client may send application data right after its
     /// ClientHello, before the answer.
     ClientReneg {
@@ -174,6 +180,7 @@ fn post(tls13: bool) -> BoxedStrategy<Post> {
         4 => (dir(), app_len()).prop_map(|(dir, len)| Post::App { dir, len }),
         1 => dir().prop_map(|dir| Post::Alert { dir }),
         1 => (dir(), 0usize..100).prop_map(|(dir, len)| Post::Heartbeat { dir, len }),
+        1 => (1usize..10, any::<bool>()).prop_map(|(n, answered)| Post::KeyUpdates { n, answered }),
     ];
     if tls13 {
         common.boxed()
@@ -472,6 +479,14 @@ fn build(m: &Model) -> Conversation {
             Post::Heartbeat { dir, len } => {
                 c.send(*dir, heartbeat(*len));
             }
+            Post::KeyUpdates { n, answered } => {
+                for _ in 0..*n {
+                    c.client(app_data(KEY_UPDATE_RECORD_LEN as usize));
+                    if *answered {
+                        c.server(app_data(KEY_UPDATE_RECORD_LEN as usize));
+                    }
+                }
+            }
             Post::ClientReneg {
                 answer,
                 app_between,
@@ -602,19 +617,48 @@ fn oracle(m: &Model) -> Expect {
             c.records[R_ALERT] += 1;
         }
     };
+    // The client's KeyUpdate streak: its KeyUpdate-size records since the
+    // last record of another size or type (the server's KeyUpdate-size
+    // records neither count nor break it).
+    let mut run = 0u16;
     for e in &m.post {
         match e {
-            Post::App { len, .. } => {
+            Post::App { len, dir } => {
                 c.records[R_APP] += 1;
-                if tls13 && *len == KEY_UPDATE_RECORD_LEN as usize {
+                if *len != KEY_UPDATE_RECORD_LEN as usize {
+                    run = 0;
+                } else if tls13 {
                     c.keyupdate_like += 1;
+                    if *dir == CLIENT {
+                        run += 1;
+                        if run >= KEYUPDATE_STREAK_MIN {
+                            c.keyupdate_streaked += 1;
+                        }
+                    }
                 }
             }
             Post::Alert { .. } => {
+                run = 0;
                 c.alerts += 1;
                 c.records[R_ALERT] += 1;
             }
-            Post::Heartbeat { .. } => c.records[R_HB] += 1,
+            Post::Heartbeat { .. } => {
+                run = 0;
+                c.records[R_HB] += 1;
+            }
+            Post::KeyUpdates { n, answered } => {
+                let per = 1 + u32::from(*answered);
+                c.records[R_APP] += *n as u32 * per;
+                if tls13 {
+                    c.keyupdate_like += *n as u32 * per;
+                    for _ in 0..*n {
+                        run += 1;
+                        if run >= KEYUPDATE_STREAK_MIN {
+                            c.keyupdate_streaked += 1;
+                        }
+                    }
+                }
+            }
             Post::ClientReneg {
                 answer,
                 app_between,
@@ -983,7 +1027,7 @@ fn model_generator_covers_the_cases() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let strat = model();
-    let mut seen = [false; 12];
+    let mut seen = [false; 13];
     for _ in 0..3000 {
         let m = strat.new_tree(&mut runner).unwrap().current();
         let e = oracle(&m);
@@ -1014,8 +1058,9 @@ fn model_generator_covers_the_cases() {
             .packs
             .iter()
             .any(|p| matches!(p, Pack::Fragment(k) if *k > 10));
+        seen[12] |= e.counters.keyupdate_streaked >= 1;
     }
-    assert_eq!(seen, [true; 12]);
+    assert_eq!(seen, [true; 13]);
 }
 
 proptest! {

@@ -30,7 +30,14 @@ use std::time::Duration;
 /// record header:
 /// TCP discards it, a hook before TCP's checksum check may not), `reneg=N` (N renegotiations, each
 /// `SSL_renegotiate` + `SSL_do_handshake`), `ping=N,MS,TEXT` (N writes of
-/// TEXT every MS ms, each answered by the server), `keyupdate=N,MS`, `hold=S`
+/// TEXT every MS ms, each answered by the server), `keyupdate=N,MS`,
+/// `kuflood=N,MS,BREAK` (N KeyUpdates with `update_requested` every MS ms,
+/// and after every BREAK of them one 6-byte write, a 23-byte record: an
+/// attacker breaking its streak; BREAK 0: none; prints `KEYUPDATE I` and
+/// `BREAK I`), `push=N,MS` (asks the [`crate::pyssl`] server to push N
+/// 5-byte messages every MS ms and reads them: `PUSHED N`), `beat=N,MS`
+/// (N 5-byte heartbeats `~beat` every MS ms, each answered by that server
+/// with 9 bytes: `BEAT I ok|fail`), `hold=S`
 /// (stay connected S seconds), `wait` (read stdin until a line),
 /// `awaitclose=S` (up to S seconds for the server side to end the
 /// connection: prints `CLOSED reset|eof|open`).
@@ -196,6 +203,46 @@ for step in steps:
             r2 = lib.SSL_do_handshake(s)
             out("KEYUPDATE", i, r1, r2)
             if r1 != 1 or r2 != 1:
+                break
+            time.sleep(int(ms) / 1000)
+    elif key == "kuflood":
+        n, ms, brk = (int(x) for x in val.split(","))
+        for i in range(1, n + 1):
+            r1 = lib.SSL_key_update(s, 1)
+            r2 = lib.SSL_do_handshake(s)
+            out("KEYUPDATE", i, r1, r2)
+            if r1 != 1 or r2 != 1:
+                break
+            if brk and i % brk == 0:
+                w = lib.SSL_write(s, b"brk123", 6)
+                out("BREAK", i, w)
+                if w != 6:
+                    break
+            time.sleep(int(ms) / 1000)
+    elif key == "push":
+        n, ms = val.split(",")
+        msg = ("PUSH %s %s" % (n, ms)).encode()
+        want, got = 5 * int(n), 0
+        if lib.SSL_write(s, msg, len(msg)) == len(msg):
+            while got < want:
+                r = lib.SSL_read(s, buf, len(buf))
+                if r <= 0:
+                    break
+                got += r
+        out("PUSHED", got // 5)
+    elif key == "beat":
+        n, ms = val.split(",")
+        for i in range(1, int(n) + 1):
+            ok = lib.SSL_write(s, b"~beat", 5) == 5
+            got = b""
+            while ok and len(got) < 9:
+                r = lib.SSL_read(s, buf, len(buf))
+                if r <= 0:
+                    ok = False
+                    break
+                got += buf.raw[:r]
+            out("BEAT", i, "ok" if ok and got == b"~beat-ack" else "fail")
+            if not ok:
                 break
             time.sleep(int(ms) / 1000)
     elif key == "awaitclose":

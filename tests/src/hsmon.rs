@@ -53,6 +53,9 @@ pub struct HsmonConn {
     pub alerts: u64,
     /// TLS 1.3 KeyUpdate-like records.
     pub keyupdate_like: u64,
+    /// The client's KeyUpdate-size records in streaks (what the KeyUpdate
+    /// rule counts).
+    pub keyupdate_streaked: u64,
     /// The tracker lost the record boundary on this flow.
     pub unsynced: bool,
     /// "open" or "closed".
@@ -220,6 +223,9 @@ pub struct KernelLinks {
     pub tcx: usize,
     /// Perf-event (tracepoint) links of `hsmon_sock_state` using the map.
     pub sock_state: usize,
+    /// cgroup links (`--hooks socket`: `cgroup_skb` and `sock_ops`) whose
+    /// program uses the map.
+    pub cgroup: usize,
 }
 
 /// `bpftool ARGS -j`, parsed.
@@ -242,13 +248,14 @@ impl AgentState {
 }
 
 /// Counts, in the kernel's link table (`bpftool link show`), the links
-/// whose program uses the map `map_id`: TCX links and `hsmon_sock_state`
-/// perf-event links. bpftool 7.1 prints the TCX link type as its number (11).
+/// whose program uses the map `map_id`: TCX links, `hsmon_sock_state`
+/// perf-event links and cgroup links. bpftool 7.1 prints the TCX link type as its number (11).
 pub fn kernel_links(map_id: u64) -> Result<KernelLinks> {
     let links = bpftool_json(&["link", "show"])?;
     let mut out = KernelLinks {
         tcx: 0,
         sock_state: 0,
+        cgroup: 0,
     };
     for l in links.as_array().map(Vec::as_slice).unwrap_or_default() {
         let Some(prog_id) = l["prog_id"].as_u64() else {
@@ -256,7 +263,8 @@ pub fn kernel_links(map_id: u64) -> Result<KernelLinks> {
         };
         let is_tcx = l["type"] == "tcx" || l["type"] == 11;
         let is_perf = l["type"] == "perf_event";
-        if !is_tcx && !is_perf {
+        let is_cgroup = l["type"] == "cgroup";
+        if !is_tcx && !is_perf && !is_cgroup {
             continue;
         }
         // The program may go away between the two calls: skip it then.
@@ -271,6 +279,8 @@ pub fn kernel_links(map_id: u64) -> Result<KernelLinks> {
         }
         if is_tcx {
             out.tcx += 1;
+        } else if is_cgroup {
+            out.cgroup += 1;
         } else if prog["name"]
             .as_str()
             .is_some_and(|n| n.starts_with("hsmon_sock_stat"))
@@ -542,7 +552,7 @@ mod unit {
         let json = r#"[{"client":"[fd00:200::2]:40000","server":"[fd00:200::1]:4433","tls_version":null,
             "client_hellos":1,"handshakes":1,"resumed":false,"renegotiations_client":0,
             "renegotiations_server":0,"renegotiations_refused":0,"alerts":2,"keyupdate_like":0,
-            "unsynced":false,"state":"closed","pid":123}]"#;
+            "keyupdate_streaked":0,"unsynced":false,"state":"closed","pid":123}]"#;
         let c = parse_conns(json).expect("parse");
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].tls_version, None);

@@ -1,6 +1,9 @@
 //! A TLS echo server written with Python's `ssl` module (which uses the
 //! system libssl), with `SSLContext.keylog_filename` set so its secrets land
-//! in a key log too. The script is written to the test's directory and runs
+//! in a key log too. Two reads are not echoed: `PUSH N MS` makes it push
+//! N 5-byte messages (`+OK\r\n`), one every MS ms (then it prints
+//! `PUSHED`), and a read starting with `~` (a heartbeat) is answered with
+//! itself and `-ack`. The script is written to the test's directory and runs
 //! with `/usr/bin/python3` (Debian's, linked to the system OpenSSL) when that
 //! exists.
 
@@ -47,7 +50,18 @@ def serve(conn, peer):
                 data = tls.recv(4096)
                 if not data:
                     break
-                tls.sendall(data)
+                if data.startswith(b"PUSH "):
+                    # Server push: N 5-byte messages, one every MS ms.
+                    _, n, ms = data.split()
+                    for _ in range(int(n)):
+                        tls.sendall(b"+OK\r\n")
+                        time.sleep(int(ms) / 1000)
+                    print("PUSHED", peer, int(n), flush=True)
+                elif data.startswith(b"~"):
+                    # A heartbeat: answered with 4 more bytes.
+                    tls.sendall(data + b"-ack")
+                else:
+                    tls.sendall(data)
         print("CLOSED", peer, flush=True)
     except Exception as e:
         print("ERROR", peer, repr(e), flush=True)

@@ -9,6 +9,9 @@
 //! - `hsmon cleanup` while the agent runs is refused (exit 1) and changes
 //!   nothing.
 //! - `--no-persist`: a clean stop leaves nothing behind.
+//! - `--hooks socket`: the three cgroup links are pinned too, kept by a
+//!   clean stop, taken over by the next agent, removed by `hsmon cleanup`;
+//!   with `--no-persist` they go with the agent.
 
 use anyhow::{ensure, Context, Result};
 use std::net::{SocketAddr, TcpListener};
@@ -48,6 +51,7 @@ fn with_logs<T>(r: Result<T>, agent: &Agent) -> Result<T> {
 const NONE: KernelLinks = KernelLinks {
     tcx: 0,
     sock_state: 0,
+    cgroup: 0,
 };
 
 /// Polls the kernel's link table for `want` (2 s at most).
@@ -109,6 +113,7 @@ fn clean_stop_keeps_pins_and_cleanup_removes_everything() {
             &KernelLinks {
                 tcx: 2,
                 sock_state: 1,
+                cgroup: 0,
             },
         )?;
         ensure!(
@@ -239,6 +244,93 @@ fn no_persist_leaves_nothing_behind() {
     });
 }
 
+/// `--hooks socket` (on a port no other test uses: the cgroup programs see
+/// every socket of the host).
+fn socket_args(extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["--no-uprobes", "--hooks", "socket", "--ports", "5913"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// The socket hooks' links are pinned: a clean stop leaves the three
+/// cgroup links attached, a restarted agent takes them over (still three,
+/// no duplicate), and `hsmon cleanup` removes their pins and detaches them.
+#[test]
+fn socket_hook_links_stay_pinned_and_cleanup_removes_them() {
+    with_scenario_no_agent("cleanup_sock_links", |sc| {
+        let args = socket_args(&[]);
+        let mut first = Agent::start_with_args(&sc.net, sc.dir.path(), &args)?;
+        let state = first.state();
+        let with_sock = KernelLinks {
+            tcx: 2,
+            sock_state: 1,
+            cgroup: 3,
+        };
+        let map_id = with_logs(
+            (|| -> Result<u64> {
+                let id = state.flows_map_id()?;
+                wait_links(id, &with_sock)?;
+                Ok(id)
+            })(),
+            &first,
+        )?;
+        first.stop();
+        let pins = state.pins();
+        for want in ["links/sock-ingress", "links/sock-egress", "links/sock-ops"] {
+            ensure!(
+                pins.iter().any(|p| p == want),
+                "no pin {want} after a clean stop: {pins:?}"
+            );
+        }
+        wait_links(map_id, &with_sock)?;
+        let mut second = Agent::start_with_state(&sc.net, sc.dir.path(), &args, state.clone())?;
+        with_logs(wait_links(map_id, &with_sock), &second)?;
+        second.stop();
+        let out = state.cleanup(&[], &second.socket)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.code() == Some(0) && stdout.contains("links/sock-ops"),
+            "cleanup: {} {stdout}",
+            out.status
+        );
+        ensure!(!state.pin_dir.exists(), "pins left: {:?}", state.pins());
+        wait_links(map_id, &NONE)?;
+        Ok(())
+    });
+}
+
+/// With `--no-persist` the socket hooks go with the agent.
+#[test]
+fn socket_hooks_no_persist_leave_nothing_behind() {
+    with_scenario_no_agent("cleanup_sock_no_persist", |sc| {
+        let mut agent =
+            Agent::start_with_args(&sc.net, sc.dir.path(), &socket_args(&["--no-persist"]))?;
+        let state = agent.state();
+        let map_id = with_logs(
+            (|| -> Result<u64> {
+                let id = state.flows_map_id()?;
+                wait_links(
+                    id,
+                    &KernelLinks {
+                        tcx: 2,
+                        sock_state: 1,
+                        cgroup: 3,
+                    },
+                )?;
+                Ok(id)
+            })(),
+            &agent,
+        )?;
+        agent.stop();
+        ensure!(!state.pin_dir.exists(), "pins left: {:?}", state.pins());
+        wait_links(map_id, &NONE)?;
+        Ok(())
+    });
+}
+
 /// The hsmon bpf filters on the server's veth in `direction` (`tc filter
 /// show`), one line each.
 fn hsmon_filters(sc: &Scenario, direction: &str) -> Result<Vec<String>> {
@@ -298,6 +390,7 @@ fn clsact_filters_are_replaced_on_restart_and_removed_by_cleanup() {
                 &KernelLinks {
                     tcx: 0,
                     sock_state: 1,
+                    cgroup: 0,
                 },
             )?;
             Ok(())

@@ -84,6 +84,7 @@ fn wait_links(map_id: u64, want: &KernelLinks, within: Duration) -> Result<()> {
 const ONE_PER_HOOK: KernelLinks = KernelLinks {
     tcx: 2,
     sock_state: 1,
+    cgroup: 0,
 };
 
 #[test]

@@ -12,7 +12,7 @@
 use monitor_common::{
     testing::*,
     tls::{KEY_UPDATE_RECORD_LEN, MAX_RECORD_LEN},
-    tracker::{FlowState, CLIENT, DIR_UNSYNCED, FF_CLOSED, SERVER},
+    tracker::{FlowState, CLIENT, DIR_UNSYNCED, FF_CLOSED, KEYUPDATE_STREAK_MIN, SERVER},
 };
 use tests::{
     packet::{flags, tcp_segment, Endpoint},
@@ -99,7 +99,9 @@ fn tls12_with_renegotiations() -> Conversation {
     c
 }
 
-/// A TLS 1.3 connection with KeyUpdate-sized records after the handshake.
+/// A TLS 1.3 connection with KeyUpdate-sized records after the handshake:
+/// six from the client, each answered by one from the server (one streak:
+/// the last three count in `keyupdate_streaked`).
 fn tls13_with_key_updates() -> Conversation {
     let mut c = Conversation::new();
     c.client(ClientHello::tls13().record());
@@ -108,7 +110,7 @@ fn tls13_with_key_updates() -> Conversation {
         .server(app_data(2000));
     c.client(ccs()).client(app_data(53));
     c.server(app_data(200));
-    for _ in 0..3 {
+    for _ in 0..6 {
         c.client(app_data(KEY_UPDATE_RECORD_LEN as usize));
         c.server(app_data(KEY_UPDATE_RECORD_LEN as usize));
     }
@@ -157,7 +159,11 @@ fn ipv6_tls13_key_updates() {
         &conv.plan_sizes(|d| if d == CLIENT { 13 } else { 700 }),
     );
     assert_eq!(s.version, 0x0304);
-    assert_eq!(s.counters.keyupdate_like, 6);
+    assert_eq!(s.counters.keyupdate_like, 12);
+    assert_eq!(
+        s.counters.keyupdate_streaked,
+        6 - u32::from(KEYUPDATE_STREAK_MIN) + 1
+    );
     assert_eq!(s.counters.handshakes, 1);
 }
 

@@ -15,8 +15,12 @@
 //!    `cargo xtask run` (until `hsmon status` answers, then SIGINT and
 //!    `hsmon cleanup`) and `CI=true bash .ci/run`.
 //!
-//! Everything runs in a private mount namespace, and a guard kills every
-//! process inside the root and unmounts it on exit, also on failure and on
+//! Everything runs in a private mount namespace. Each command enters the
+//! root with `pivot_root` in a mount namespace of its own, not `chroot`:
+//! the kernel refuses new user namespaces to a chrooted process, and the
+//! tests' unprivileged `unshare -rn` peer needs one. xtask is the
+//! processes' subreaper, and a guard kills every process it started
+//! (daemons included) and unmounts the root on exit, also on failure and on
 //! SIGINT/SIGTERM. Logs: `target/fresh/logs/`; summary:
 //! `target/fresh/logs/summary.txt`.
 
@@ -68,7 +72,7 @@ struct StepResult {
 /// Runs the rehearsal and prints the summary; fails if a step failed.
 pub fn fresh_check(opts: Options) -> Result<()> {
     if !util::is_root() {
-        bail!("fresh-check needs root (debootstrap, chroot, mounts)");
+        bail!("fresh-check needs root (debootstrap, mount namespaces, pivot_root)");
     }
     let fresh = util::workspace_root().join("target").join("fresh");
     let logs = fresh.join("logs");
@@ -77,6 +81,7 @@ pub fn fresh_check(opts: Options) -> Result<()> {
     }
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     private_mount_namespace()?;
+    become_subreaper()?;
     install_signal_handlers();
 
     let mut results = Vec::new();
@@ -249,6 +254,107 @@ fn is_rustup_proxy(path: &Path, rustup: &Path) -> bool {
     }
 }
 
+/// In a forked child: a new mount namespace whose root is `root`
+/// (`pivot_root(".", ".")` on a recursive bind of `root` onto itself, then
+/// the old root detached). Unlike `chroot`, the process is then not
+/// "chrooted" in the kernel's sense, so it may create user namespaces.
+fn enter_root(root: &std::ffi::CStr) -> std::io::Result<()> {
+    fn check(r: libc::c_long) -> std::io::Result<()> {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+    let none = std::ptr::null::<libc::c_char>();
+    // SAFETY: plain system calls on NUL-terminated strings that outlive them.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS).into())?;
+        check(
+            libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+            .into(),
+        )?;
+        check(
+            libc::mount(
+                root.as_ptr(),
+                root.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+            .into(),
+        )?;
+        check(libc::chdir(root.as_ptr()).into())?;
+        check(libc::syscall(
+            libc::SYS_pivot_root,
+            c".".as_ptr(),
+            c".".as_ptr(),
+        ))?;
+        check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH).into())?;
+        check(libc::chdir(c"/".as_ptr()).into())
+    }
+}
+
+/// Makes xtask the subreaper of everything it starts: a daemon whose
+/// parent exits (the agent behind `cargo xtask run`, a test's background
+/// server) becomes xtask's child, so the guard can find and kill it.
+fn become_subreaper() -> Result<()> {
+    // SAFETY: prctl(2) with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_CHILD_SUBREAPER)");
+    }
+    Ok(())
+}
+
+/// Live (not zombie) descendants of `pid`, from `/proc/*/stat`.
+fn descendants_of(pid: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(i32, i32)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (state, ppid) = stat_state_and_ppid(&stat)?;
+            (state != 'Z').then_some((pid, ppid))
+        })
+        .collect();
+    let Ok(root) = i32::try_from(pid) else {
+        return Vec::new();
+    };
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// The state letter and parent pid of a `/proc/PID/stat` line (the fields
+/// after the parenthesised command name, which may contain spaces).
+fn stat_state_and_ppid(stat: &str) -> Option<(char, i32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
 /// The run's root: an overlay (or copy) of the base with the kernel
 /// facilities mounted. On drop, every process inside is killed and the
 /// mounts are removed.
@@ -269,7 +375,19 @@ impl FreshRoot {
             _overlay: overlay,
         };
         fresh.mount_facilities()?;
+        fresh.check_user_namespaces()?;
         Ok(fresh)
+    }
+
+    /// An unprivileged user inside the root can make a user and network
+    /// namespace (`unshare -rn`), as on a real machine: the tests' ghost
+    /// peer needs it, and a `chroot`ed process could not.
+    fn check_user_namespaces(&self) -> Result<()> {
+        let mut c = self.enter_cmd("/usr/bin/unshare");
+        c.args(["-rn", "true"]);
+        util::run(&mut c).context(
+            "`unshare -rn true` inside the fresh root failed: user namespaces are not available there",
+        )
     }
 
     fn path(&self) -> &Path {
@@ -315,17 +433,20 @@ impl FreshRoot {
             }
         }
         if any {
-            let mut c = self.chroot_cmd("update-ca-certificates");
+            let mut c = self.enter_cmd("/usr/sbin/update-ca-certificates");
             c.stdout(Stdio::null());
             util::run(&mut c).context("update-ca-certificates in the fresh root")?;
         }
         Ok(())
     }
 
-    /// `chroot ROOT` with the clean environment of a root login shell.
-    fn chroot_cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("chroot");
-        c.arg(&self.root).arg(program);
+    /// A command that runs `program` (a path inside the root) in the root:
+    /// in a mount namespace of its own whose root directory is the fresh
+    /// root (see [`enter_root`]), with the clean environment of a root
+    /// login shell.
+    fn enter_cmd(&self, program: &str) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(program);
         c.env_clear()
             .env("HOME", "/root")
             .env("USER", "root")
@@ -333,23 +454,24 @@ impl FreshRoot {
             .env("SHELL", "/bin/bash")
             .env("LANG", "C.UTF-8")
             .env("PATH", ROOT_PATH)
+            .current_dir("/")
             .stdin(Stdio::null());
+        let root = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes());
+        // SAFETY: `enter_root` only makes system calls (async-signal-safe)
+        // on a string allocated before the fork.
+        unsafe {
+            c.pre_exec(move || match &root {
+                Ok(root) => enter_root(root),
+                Err(_) => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+            });
+        }
         c
     }
 
-    /// Pids of the processes whose root directory is this root.
+    /// Pids of the processes this check started (its descendants; orphans
+    /// are re-parented to xtask, the subreaper), zombies left out.
     fn pids(&self) -> Vec<i32> {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::read_link(format!("/proc/{pid}/root"))
-                    .is_ok_and(|p| p.starts_with(&self.root))
-            })
-            .collect()
+        descendants_of(std::process::id())
     }
 
     /// Pids of the processes inside the root whose command name is `comm`.
@@ -362,7 +484,7 @@ impl FreshRoot {
             .collect()
     }
 
-    /// Kills every process inside the root: SIGTERM, then SIGKILL.
+    /// Kills every process this check started: SIGTERM, then SIGKILL.
     fn kill_all(&self) {
         for (signal, wait) in [(libc::SIGTERM, 3), (libc::SIGKILL, 2)] {
             let pids = self.pids();
@@ -374,8 +496,8 @@ impl FreshRoot {
                 pids.len()
             );
             for pid in pids {
-                // SAFETY: kill(2) on a pid just read from /proc whose root is
-                // our fresh root: a process this check started.
+                // SAFETY: kill(2) on a pid just read from /proc: a live
+                // descendant of xtask, i.e. a process this check started.
                 unsafe {
                     libc::kill(pid, signal);
                 }
@@ -451,7 +573,7 @@ fn clone_head(root: &Path, logs: &Path) -> Result<String> {
 /// SIGINT (a clean stop) and `hsmon cleanup` (its pins and links).
 fn run_agent(root: &FreshRoot, logs: &Path) -> Result<String> {
     let log = logs.join("xtask-run.log");
-    let mut c = root.chroot_cmd("/bin/bash");
+    let mut c = root.enter_cmd("/bin/bash");
     c.args(["-c", &format!("cd {CLONE_IN_ROOT} && exec cargo xtask run")]);
     let mut child = spawn_logged(&mut c, &log)?;
     let started = Instant::now();
@@ -473,7 +595,7 @@ fn run_agent(root: &FreshRoot, logs: &Path) -> Result<String> {
         }
         if root.path().join(hsmon.trim_start_matches('/')).is_file() {
             let status_log = logs.join("hsmon-status.log");
-            let mut s = root.chroot_cmd(&hsmon);
+            let mut s = root.enter_cmd(&hsmon);
             s.arg("status");
             if run_logged(&mut s, &status_log, Duration::from_secs(10)).is_ok() {
                 break started.elapsed();
@@ -495,7 +617,7 @@ fn run_agent(root: &FreshRoot, logs: &Path) -> Result<String> {
         }
     }
     let stopped = wait_child(&mut child, Duration::from_secs(30))?;
-    let mut cleanup = root.chroot_cmd(&hsmon);
+    let mut cleanup = root.enter_cmd(&hsmon);
     cleanup.arg("cleanup");
     let cleaned = run_logged(
         &mut cleanup,
@@ -524,7 +646,7 @@ fn run_agent(root: &FreshRoot, logs: &Path) -> Result<String> {
 /// `CI=true bash .ci/run` in the clone, with CI's time limit.
 fn run_ci(root: &FreshRoot, logs: &Path) -> Result<String> {
     let log = logs.join("ci-run.log");
-    let mut c = root.chroot_cmd("/bin/bash");
+    let mut c = root.enter_cmd("/bin/bash");
     c.env("CI", "true").arg(format!("{CLONE_IN_ROOT}/.ci/run"));
     let mut child = spawn_logged(&mut c, &log)?;
     let status = wait_child(&mut child, CI_TIMEOUT)?;
@@ -550,6 +672,47 @@ mod tests {
         let text = "Types: deb\n# comment\nURIs: http://mirror.example/debian http://b\nSuites: bookworm\n";
         assert_eq!(first_uri(text), Some("http://mirror.example/debian".into()));
         assert_eq!(first_uri("Types: deb\n"), None);
+    }
+
+    #[test]
+    fn stat_fields_after_a_command_name_with_spaces() {
+        let stat = "4242 (tokio rt) S 17 4242 4242 0 -1 4194560 144";
+        assert_eq!(stat_state_and_ppid(stat), Some(('S', 17)));
+        assert_eq!(stat_state_and_ppid("1 (a) Z"), None);
+        assert_eq!(stat_state_and_ppid("no parenthesis"), None);
+    }
+
+    #[test]
+    fn a_grandchild_is_a_descendant() {
+        let mut sh = Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .expect("spawning sh");
+        let sh_pid = i32::try_from(sh.id()).expect("pid");
+        let child_of_sh = |pid: &i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| stat_state_and_ppid(&s))
+                .is_some_and(|(_, ppid)| ppid == sh_pid)
+        };
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = descendants_of(std::process::id());
+            if found.iter().any(child_of_sh) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sleep = found.iter().copied().find(child_of_sh);
+        for pid in sleep.into_iter().chain([sh_pid]) {
+            // SAFETY: kill(2) on this test's own child and grandchild.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        let _ = sh.wait();
+        assert!(found.contains(&sh_pid), "{found:?}");
+        assert!(sleep.is_some(), "sh's sleep among {found:?}");
     }
 
     #[test]

@@ -186,10 +186,8 @@ async fn agent(args: Args) -> Result<()> {
     tasks.spawn(pipeline.clone().read_events(kernel_maps.events, reader));
 
     let mut attachments = persistence.attach(&mut ebpf, &ifaces)?;
-    let sock_hooks = match hook_mode {
-        crate::config::HookMode::Socket => Some(kernel::sock_hooks::SockHooks::attach(&mut ebpf)?),
-        crate::config::HookMode::Tc => None,
-    };
+    let sock_hooks =
+        persistence.attach_sock_hooks(&mut ebpf, hook_mode == crate::config::HookMode::Socket)?;
     let state_writer = persistence.writer(&args.socket.socket.display().to_string(), &attachments);
     tasks.spawn(pipeline.clone().state_timer(state_writer.clone()));
     let mut tracepoints = attachments.tracepoints().to_vec();

@@ -24,10 +24,11 @@ use crate::agent::kernel::clock::monotonic_now_ns;
 use crate::agent::kernel::maps::KernelFlows;
 use crate::agent::kernel::uprobes::{Uprobes, RESCAN_EVERY};
 use crate::agent::persist::StateWriter;
-use crate::agent::policy::{Decision, Policy};
+use crate::agent::policy::{Decision, Outcome, Policy};
 use crate::agent::publish::event_bus::EventBus;
 use crate::agent::publish::{decision_log, notify};
 use crate::locks::lock;
+use monitor_common::flow::FlowKey;
 
 /// How often the state file is checked for changes.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -69,14 +70,14 @@ impl Pipeline {
 
     /// One batch of observations from the ring-buffer reader.
     fn on_events(self: &Arc<Self>, observed: Observed) {
-        let hits: Vec<LimitHit> = {
+        let hits: Vec<(LimitHit, FlowKey, u64)> = {
             let mut over_cap = lock(&self.over_cap);
             observed
                 .limit_hits
                 .iter()
                 .map(|(k, v)| {
                     over_cap.mark_reset(k, v);
-                    LimitHit::of_flow(k, v)
+                    (LimitHit::of_flow(k, v), *k, v.first_seen_ns)
                 })
                 .collect()
         };
@@ -86,7 +87,15 @@ impl Pipeline {
             let p = self.clone();
             tokio::task::spawn_blocking(move || {
                 p.act_and_publish(&mut decisions);
-                p.reset_over_cap(&hits);
+                let only: Vec<LimitHit> = hits.iter().map(|(h, _, _)| *h).collect();
+                let outcomes = p.reset_over_cap(&only);
+                // A failed reset goes back to the sweep, which retries it.
+                let mut over_cap = lock(&p.over_cap);
+                for ((_, k, first_seen), outcome) in hits.iter().zip(outcomes) {
+                    if outcome == Outcome::ResetFailed {
+                        over_cap.unmark_reset(k, *first_seen);
+                    }
+                }
             });
         }
     }
@@ -120,12 +129,15 @@ impl Pipeline {
 
     /// Resets the connections over the renegotiation cap (blocking) and
     /// publishes their `reneg_cap` decisions.
-    fn reset_over_cap(&self, hits: &[LimitHit]) {
+    /// Returns each hit's outcome, in order.
+    fn reset_over_cap(&self, hits: &[LimitHit]) -> Vec<Outcome> {
         if hits.is_empty() {
-            return;
+            return Vec::new();
         }
         let mut decisions = cap::reset_all(hits, |ip| lock(&self.policy).peer_counts(ip));
+        let outcomes = decisions.iter().map(|d| d.action).collect();
         decision_log::emit(&mut decisions, &self.events);
+        outcomes
     }
 
     /// One periodic sweep: closed flows move out of the kernel map, and the
@@ -159,7 +171,13 @@ impl Pipeline {
                 "renegotiation cap: resetting flows whose event was lost"
             );
             let hits: Vec<_> = due.iter().map(|(k, v)| LimitHit::of_flow(k, v)).collect();
-            self.reset_over_cap(&hits);
+            let outcomes = self.reset_over_cap(&hits);
+            let mut over_cap = lock(&self.over_cap);
+            for ((k, v), outcome) in due.iter().zip(outcomes) {
+                if outcome == Outcome::ResetFailed {
+                    over_cap.unmark_reset(k, v.first_seen_ns);
+                }
+            }
         }
         Ok(())
     }

@@ -98,6 +98,10 @@ pub struct ConnRecord {
     /// The server sent a HelloRetryRequest.
     #[serde(default)]
     pub hello_retry: bool,
+    /// The client's KeyUpdate-size records in streaks (what the KeyUpdate
+    /// rule counts; `keyupdate_streaked` in the tracker).
+    #[serde(default)]
+    pub keyupdate_streaked: u32,
     /// Milliseconds since the first ClientHello.
     #[serde(default)]
     pub first_seen_ms_ago: u64,

@@ -83,6 +83,31 @@ pub struct ConnRef {
     pub client: SocketAddr,
     /// Server endpoint.
     pub server: SocketAddr,
+    /// The server socket's identity when the socket hooks counted the
+    /// connection (not serialized: the decision's JSON is unchanged).
+    #[serde(skip)]
+    pub socket: Option<SocketCookies>,
+}
+
+/// A server socket as the socket hooks name it (`hsmon conns`'
+/// `socket_cookie` and `netns_cookie`): enough to find that one socket in
+/// that one network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketCookies {
+    /// `bpf_get_socket_cookie` (sock_diag's `idiag_cookie`).
+    pub socket: u64,
+    /// `bpf_get_netns_cookie` (`SO_NETNS_COOKIE` in that namespace).
+    pub netns: u64,
+}
+
+impl SocketCookies {
+    /// The cookies of a flow key, `None` for a TC-observed flow (cookie 0).
+    pub fn of_key(key: &monitor_common::flow::FlowKey) -> Option<Self> {
+        (key.sock_cookie != 0).then_some(SocketCookies {
+            socket: key.sock_cookie,
+            netns: key.netns_cookie,
+        })
+    }
 }
 
 /// The counts behind a decision: the peer's (or prefix's) windows, and for
@@ -96,7 +121,8 @@ pub struct Counts {
     /// `handshake_timeout`: ms since the connection's first ClientHello.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_ms: Option<u64>,
-    /// `keyupdates_per_second`: the connection's `keyupdate_like` rate.
+    /// `keyupdates_per_second`: the connection's `keyupdate_streaked` rate
+    /// (per second, over the rule's span).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keyupdates_1s: Option<u64>,
     /// `reneg_cap`: the connection's client renegotiations.

@@ -111,6 +111,7 @@ mod tests {
             overflows: 0,
             malformed: 0,
             hello_retry: false,
+            keyupdate_streaked: 0,
             first_seen_ms_ago: 0,
             last_seen_ms_ago: 0,
             failure_reasons: Vec::new(),

@@ -38,11 +38,13 @@ reneg_cap = 3
 # A connection whose first handshake has not completed this long after its
 # first ClientHello ("0s": off).
 handshake_timeout = "10s"
-# keyupdate_like records (both directions) per connection per second, when
-# they are at least 3 in 4 of its application-data records (0: off). The wire
-# cannot tell a KeyUpdate from a 5-byte write: 60 is above an application
-# exchanging 5-byte messages 20 times a second each way.
-keyupdates_per_second = 60
+# The client's KeyUpdate-size records in streaks (nothing of another size in
+# either direction between them) per connection per second (0: off). The
+# wire cannot tell a KeyUpdate from a 5-byte write: an application that
+# exchanges only 5-byte messages more than 30 times a second breaks this
+# rule too, so its action is "alert" (see the README's "Which default rules
+# can misfire").
+keyupdates_per_second = 30
 
 [peer]
 # Per client address, over sliding windows (0 disables the rule).
@@ -66,7 +68,7 @@ handshakes_per_10s = "alert"
 prefix_renegotiations_per_minute = "ban"
 prefix_handshakes_per_10s = "ban"
 handshake_timeout = "reset"
-keyupdates_per_second = "reset"
+keyupdates_per_second = "alert"
 # The first ban's length; each repeat offence within 24h multiplies it by
 # ban_escalation, up to max_ban_ttl.
 ban_ttl = "10m"
@@ -107,7 +109,8 @@ pub struct Limits {
     /// first handshake (zero: off).
     #[serde(deserialize_with = "duration_or_off")]
     pub handshake_timeout: Duration,
-    /// `keyupdate_like` records per connection per second (0: off).
+    /// The client's streaked KeyUpdate-size records (`keyupdate_streaked`)
+    /// per connection per second (0: off).
     pub keyupdates_per_second: u32,
 }
 
@@ -169,7 +172,7 @@ impl Default for Limits {
         Limits {
             reneg_cap: 3,
             handshake_timeout: Duration::from_secs(10),
-            keyupdates_per_second: 60,
+            keyupdates_per_second: 30,
         }
     }
 }
@@ -202,7 +205,7 @@ impl Default for Actions {
             prefix_renegotiations_per_minute: Action::Ban,
             prefix_handshakes_per_10s: Action::Ban,
             handshake_timeout: Action::Reset,
-            keyupdates_per_second: Action::Reset,
+            keyupdates_per_second: Action::Alert,
             ban_ttl: Duration::from_secs(600),
             ban_escalation: 4,
             max_ban_ttl: Duration::from_secs(24 * 3600),

@@ -10,6 +10,7 @@ use monitor_common::flow::{FlowKey, FlowValue};
 use crate::agent::enforce::sock_destroy::{self, Conn};
 use crate::agent::ingest::record::client_server_addrs;
 use crate::agent::policy::{ConnRef, Counts, Decision, Outcome, Rule};
+use crate::api::decisions::SocketCookies;
 
 /// A connection whose client went over the renegotiation cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +21,9 @@ pub struct LimitHit {
     pub server: SocketAddr,
     /// Client-initiated renegotiations counted when the cap was hit.
     pub renegotiations_client: u32,
+    /// The server socket and its network namespace (socket hooks), `None`
+    /// for a TC-observed flow.
+    pub socket: Option<SocketCookies>,
 }
 
 impl LimitHit {
@@ -30,13 +34,17 @@ impl LimitHit {
             client,
             server,
             renegotiations_client: value.tracker.counters.renegotiations_client,
+            socket: SocketCookies::of_key(key),
         }
     }
 }
 
 /// Resets (`SOCK_DESTROY`, blocking) the server-side socket of each
-/// connection, logging each with its 4-tuple, and returns each as a
-/// `reneg_cap` decision (`peer_counts` gives the peer's windows).
+/// connection in the network namespace that owns it
+/// ([`sock_destroy::destroy`]), logging each with its 4-tuple, and returns
+/// each as a `reneg_cap` decision (`peer_counts` gives the peer's windows):
+/// `reset`, `already_closed` (no such socket in its namespace) or
+/// `reset_failed` (after the retries).
 pub fn reset_all(hits: &[LimitHit], peer_counts: impl Fn(IpAddr) -> Counts) -> Vec<Decision> {
     let mut decisions = Vec::with_capacity(hits.len());
     for hit in hits {
@@ -45,7 +53,7 @@ pub fn reset_all(hits: &[LimitHit], peer_counts: impl Fn(IpAddr) -> Counts) -> V
             remote: hit.client,
         };
         let (client, server, renegs) = (hit.client, hit.server, hit.renegotiations_client);
-        let action = match sock_destroy::destroy(&conn) {
+        let action = match sock_destroy::destroy(&conn, hit.socket) {
             Ok(sock_destroy::Outcome::Destroyed) => {
                 tracing::warn!(
                     %client, %server, renegotiations_client = renegs,
@@ -79,6 +87,7 @@ fn cap_decision(hit: &LimitHit, action: Outcome, peer: Counts) -> Decision {
     d.connection = Some(ConnRef {
         client: hit.client,
         server: hit.server,
+        socket: hit.socket,
     });
     d.counts = Counts {
         renegotiations_conn: Some(u64::from(hit.renegotiations_client)),

@@ -26,6 +26,14 @@ impl OverCap {
         self.reset.insert((*key, value.first_seen_ns));
     }
 
+    /// The reset of this flow failed: the sweep tries again (after its
+    /// grace sweep), so a failed reset is retried until the flow closes.
+    pub fn unmark_reset(&mut self, key: &FlowKey, first_seen_ns: u64) {
+        let id = (*key, first_seen_ns);
+        self.reset.remove(&id);
+        self.seen.remove(&id);
+    }
+
     /// The live flows to reset now (each returned once); forgets flows that
     /// are no longer live, so both sets stay bounded by the live flows.
     pub fn due(&mut self, live: &[(FlowKey, FlowValue)]) -> Vec<(FlowKey, FlowValue)> {
@@ -74,6 +82,10 @@ mod tests {
         o.mark_reset(&k, &w);
         assert!(o.due(&[(k, w)]).is_empty());
         assert!(o.due(&[(k, w)]).is_empty());
+        // A failed reset is tried again by the sweep, after its grace.
+        o.unmark_reset(&k, w.first_seen_ns);
+        assert!(o.due(&[(k, w)]).is_empty(), "grace sweep");
+        assert_eq!(o.due(&[(k, w)]).len(), 1, "retried");
         // Gone from the live set: forgotten.
         o.due(&[]);
         assert!(o.reset.is_empty() && o.seen.is_empty());

@@ -59,7 +59,7 @@ pub fn perform_resets(decisions: &mut [Decision]) {
             remote: conn.client,
         };
         if d.action == Outcome::Ban {
-            match sock_destroy::destroy(&c) {
+            match sock_destroy::destroy(&c, conn.socket) {
                 Ok(outcome) => {
                     tracing::debug!(client = %conn.client, server = %conn.server, ?outcome, "banned peer's connection reset");
                 }
@@ -69,7 +69,7 @@ pub fn perform_resets(decisions: &mut [Decision]) {
             }
             continue;
         }
-        d.action = match sock_destroy::destroy(&c) {
+        d.action = match sock_destroy::destroy(&c, conn.socket) {
             Ok(sock_destroy::Outcome::Destroyed) => Outcome::Reset,
             Ok(sock_destroy::Outcome::Gone) => Outcome::AlreadyClosed,
             Err(e) => {

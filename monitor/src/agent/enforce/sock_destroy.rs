@@ -3,8 +3,38 @@
 //! and CAP_NET_ADMIN). The kernel aborts the socket (`tcp_abort`): the local
 //! application's next call fails with `ECONNABORTED` and the peer gets a RST.
 //!
-//! sock_diag acts on the calling thread's network namespace: the agent's,
-//! which is the namespace of the interfaces it watches.
+//! sock_diag acts on the calling thread's network namespace, so the request
+//! is sent from a thread inside the namespace that owns the socket
+//! ([`crate::agent::kernel::netns`]; `setns(CLONE_NEWNET)` moves one
+//! thread only):
+//!
+//! - **Socket hooks** (`--hooks socket`): the flow carries the server
+//!   socket's cookie and its namespace's cookie. The namespace with that
+//!   cookie is found (the agent's own, or one a process is in or `ip netns`
+//!   keeps) and the socket is looked up there *with its cookie*: the kernel
+//!   answers only for that very socket, so a socket with the same 4-tuple in
+//!   another namespace, or a newer connection reusing the 4-tuple, is never
+//!   touched.
+//! - **TC hooks**: no cookie. The agent's own namespace is tried first; when
+//!   no socket with that 4-tuple is there, every other namespace is asked
+//!   (an exact 4-tuple query in each), and the socket is destroyed only when
+//!   exactly one namespace has it. Two or more namespaces with that 4-tuple
+//!   (the flow does not say whose it is) are reported as a failure, not
+//!   guessed.
+//!
+//! `already_closed` ([`Outcome::Gone`]) therefore means: no such socket in
+//! the namespace that owns the flow (or, for TC flows, in any namespace).
+//! A namespace that cannot be found is an error (`reset_failed`), never
+//! `already_closed`.
+//!
+//! Why netlink and not the `bpf_sock_destroy` kfunc from an `iter/tcp`
+//! program (kernel >= 6.5): the TCP iterator also walks only the namespace
+//! its creator was in, so it needs the same per-namespace thread; it is a
+//! `BPF_PROG_TYPE_TRACING` program, which this project's reference kernel
+//! refuses (`bpftool feature probe`: "program_type tracing is NOT
+//! available", like fentry); and it would add a program to the eBPF object
+//! for something the agent does a few times a minute at most. sock_diag
+//! (`CONFIG_INET_DIAG_DESTROY`) works on every kernel the agent supports.
 //!
 //! An exact sock_diag request looks the 4-tuple up the way an arriving packet
 //! would, so when the connection is already gone it finds the *listening*
@@ -23,6 +53,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 
 use crate::agent::kernel::netlink::{exchange, parse_ack};
+use crate::agent::kernel::netns;
+use crate::api::decisions::SocketCookies;
 
 /// `SOCK_DIAG_BY_FAMILY`: query sockets.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -44,6 +76,10 @@ const SOCKID_LEN: usize = 48;
 const INET_DIAG_NOCOOKIE: u32 = !0;
 /// `TCP_LISTEN` in `enum tcp_state`.
 const TCP_LISTEN: u8 = 10;
+/// `TCP_TIME_WAIT` in `enum tcp_state`: the connection is closed.
+const TCP_TIME_WAIT: u8 = 6;
+/// `TCP_CLOSE` in `enum tcp_state`.
+const TCP_CLOSE: u8 = 7;
 /// How long to wait for the kernel's answer.
 const RECV_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -215,34 +251,128 @@ const RETRY_PAUSES: [std::time::Duration; 2] = [
     std::time::Duration::from_millis(100),
 ];
 
-/// Aborts the local TCP socket of `conn` (see the module doc). A failed
-/// attempt (no netlink socket: `EMFILE`; a lost answer) is logged and
-/// retried twice; the last error is returned, for the caller to report.
-pub fn destroy(conn: &Conn) -> Result<Outcome> {
-    let mut result = destroy_once(conn);
+/// Aborts the local TCP socket of `conn` in the network namespace that
+/// owns it (see the module doc; `socket` is the flow's socket identity in
+/// socket mode, `None` for a TC flow). A failed attempt (no netlink socket:
+/// `EMFILE`; a lost answer; the namespace not found) is logged and retried
+/// twice; the last error is returned, for the caller to report.
+pub fn destroy(conn: &Conn, socket: Option<SocketCookies>) -> Result<Outcome> {
+    let mut result = destroy_once(conn, socket);
     for pause in RETRY_PAUSES {
         let Err(e) = &result else {
             break;
         };
         tracing::warn!(local = %conn.local, remote = %conn.remote, "reset attempt failed, retrying: {e:#}");
         std::thread::sleep(pause);
-        result = destroy_once(conn);
+        result = destroy_once(conn, socket);
     }
     result.context("resetting the connection (3 attempts)")
 }
 
+/// The sock_diag cookie words of a socket cookie.
+fn cookie_words(cookie: u64) -> [u32; 2] {
+    [cookie as u32, (cookie >> 32) as u32]
+}
+
 /// One attempt of [`destroy`].
-fn destroy_once(conn: &Conn) -> Result<Outcome> {
+fn destroy_once(conn: &Conn, socket: Option<SocketCookies>) -> Result<Outcome> {
+    match socket {
+        Some(id) => destroy_in_owner(conn, id),
+        None => destroy_anywhere(conn),
+    }
+}
+
+/// Socket mode: that socket, in the namespace with that cookie.
+fn destroy_in_owner(conn: &Conn, id: SocketCookies) -> Result<Outcome> {
+    let cookie = cookie_words(id.socket);
+    if id.netns == netns::own_cookie()? {
+        return destroy_here(conn, cookie);
+    }
+    let Some(ns) = netns::find(id.netns) else {
+        bail!(
+            "the socket's network namespace (cookie {}) was not found: no process is in it \
+             and /run/netns does not name it",
+            id.netns
+        );
+    };
+    let outcome = netns::run_in(ns.fd(), || destroy_here(conn, cookie))
+        .with_context(|| format!("entering the network namespace of {}", ns.path.display()))??;
+    tracing::debug!(local = %conn.local, remote = %conn.remote, netns = %ns.path.display(), ?outcome, "SOCK_DESTROY in the socket's namespace");
+    Ok(outcome)
+}
+
+/// TC mode: the agent's namespace, else the one other namespace that has
+/// a socket with this 4-tuple.
+fn destroy_anywhere(conn: &Conn) -> Result<Outcome> {
+    if destroy_here(conn, [INET_DIAG_NOCOOKIE; 2])? == Outcome::Destroyed {
+        return Ok(Outcome::Destroyed);
+    }
+    let others = netns::others()?;
+    // One thread visits every namespace (not one thread each).
+    let answers = netns::run_in_each(&others, |_| query_here(conn, [INET_DIAG_NOCOOKIE; 2]));
+    if answers.len() != others.len() {
+        bail!("the thread visiting the other network namespaces failed");
+    }
+    let mut holders = Vec::new();
+    for (ns, answer) in others.iter().zip(answers) {
+        match answer {
+            Ok(Ok(Some(found))) => holders.push((ns, found)),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) | Err(e) => {
+                tracing::debug!(netns = %ns.path.display(), "sock_diag query: {e:#}");
+            }
+        }
+    }
+    match holders.as_slice() {
+        [] => Ok(Outcome::Gone),
+        [(ns, found)] => {
+            let outcome = netns::run_in(ns.fd(), || destroy_here(conn, found.cookie))
+                .with_context(|| {
+                    format!("entering the network namespace of {}", ns.path.display())
+                })??;
+            tracing::info!(local = %conn.local, remote = %conn.remote, netns = %ns.path.display(), ?outcome, "the connection's socket was in another network namespace");
+            Ok(outcome)
+        }
+        many => bail!(
+            "{} network namespaces have a socket with this 4-tuple and a TC-observed flow \
+             does not say whose it is: none reset (--hooks socket names the namespace)",
+            many.len()
+        ),
+    }
+}
+
+/// Looks the connection's socket up in the calling thread's namespace
+/// (with `cookie`: only that socket); `None` when there is no such
+/// connection (gone, closed, or only the listener of its port).
+fn query_here(conn: &Conn, cookie: [u32; 2]) -> Result<Option<Found>> {
     let sock = open()?;
-    let query = request(SOCK_DIAG_BY_FAMILY, 1, conn, [INET_DIAG_NOCOOKIE; 2])?;
-    let answer = exchange(&sock, &query).context("sock_diag query")?;
+    query(&sock, conn, cookie)
+}
+
+/// [`query_here`] on an open sock_diag socket.
+fn query(sock: &OwnedFd, conn: &Conn, cookie: [u32; 2]) -> Result<Option<Found>> {
+    let req = request(SOCK_DIAG_BY_FAMILY, 1, conn, cookie)?;
+    let answer = exchange(sock, &req).context("sock_diag query")?;
     let Some(found) = parse_query_answer(&answer, 1)? else {
+        return Ok(None);
+    };
+    if matches!(found.state, TCP_LISTEN | TCP_TIME_WAIT | TCP_CLOSE)
+        || found.remote_port != conn.remote.port()
+    {
+        // The connection is closed, or gone and the lookup fell back to
+        // the listener.
+        return Ok(None);
+    }
+    Ok(Some(found))
+}
+
+/// Finds and destroys the connection's socket in the calling thread's
+/// namespace (with `cookie`: only that socket).
+fn destroy_here(conn: &Conn, cookie: [u32; 2]) -> Result<Outcome> {
+    let sock = open()?;
+    let Some(found) = query(&sock, conn, cookie)? else {
         return Ok(Outcome::Gone);
     };
-    if found.state == TCP_LISTEN || found.remote_port != conn.remote.port() {
-        // The connection is gone and the lookup fell back to the listener.
-        return Ok(Outcome::Gone);
-    }
     let req = request(SOCK_DESTROY, 2, conn, found.cookie)?;
     let answer = exchange(&sock, &req).context("SOCK_DESTROY")?;
     match parse_ack(&answer, 2) {
@@ -361,6 +491,73 @@ mod tests {
         assert!(parse_query_answer(&[], 1).is_err());
     }
 
+    #[test]
+    fn cookie_words_split_low_then_high() {
+        assert_eq!(
+            cookie_words(0x1122_3344_5566_7788),
+            [0x5566_7788, 0x1122_3344]
+        );
+    }
+
+    /// The socket cookie of `s` (`SO_COOKIE`).
+    fn so_cookie(s: &std::net::TcpStream) -> u64 {
+        use std::os::fd::AsRawFd as _;
+        let mut c: u64 = 0;
+        let mut len = mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: `c` and `len` are valid for the sizes given.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&mut c as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "SO_COOKIE");
+        c
+    }
+
+    /// Needs root: with socket cookies, only the socket named is destroyed:
+    /// a wrong cookie finds nothing (the connection survives), the right
+    /// one resets it.
+    #[test]
+    #[ignore = "needs root (CAP_NET_ADMIN)"]
+    fn a_socket_cookie_names_exactly_one_socket() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let server_addr = listener.local_addr().expect("addr");
+        let mut client = std::net::TcpStream::connect(server_addr).expect("connect");
+        let (mut server_side, client_addr) = listener.accept().expect("accept");
+        let c = Conn {
+            local: server_addr,
+            remote: client_addr,
+        };
+        let own = netns::own_cookie().expect("own netns cookie");
+        let real = so_cookie(&server_side);
+        let wrong = SocketCookies {
+            socket: real ^ 1,
+            netns: own,
+        };
+        assert_eq!(destroy(&c, Some(wrong)).expect("destroy"), Outcome::Gone);
+        server_side.write_all(b"x").expect("still open");
+        let mut buf = [0u8; 1];
+        client.read_exact(&mut buf).expect("still open");
+        let right = SocketCookies {
+            socket: real,
+            netns: own,
+        };
+        assert_eq!(
+            destroy(&c, Some(right)).expect("destroy"),
+            Outcome::Destroyed
+        );
+        let err = client.read(&mut buf);
+        assert!(
+            matches!(&err, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{err:?}"
+        );
+    }
+
     /// Needs root: a real loopback connection in the calling namespace is
     /// destroyed; its peer sees the reset; the listener survives.
     #[test]
@@ -375,7 +572,7 @@ mod tests {
             local: server_addr,
             remote: client_addr,
         };
-        assert_eq!(destroy(&c).expect("destroy"), Outcome::Destroyed);
+        assert_eq!(destroy(&c, None).expect("destroy"), Outcome::Destroyed);
         let mut buf = [0u8; 1];
         let err = client.read(&mut buf);
         assert!(
@@ -383,7 +580,7 @@ mod tests {
             "{err:?}"
         );
         // Gone now: the lookup would find the listener, which is spared.
-        assert_eq!(destroy(&c).expect("destroy"), Outcome::Gone);
+        assert_eq!(destroy(&c, None).expect("destroy"), Outcome::Gone);
         let _again = std::net::TcpStream::connect(server_addr).expect("listener still there");
     }
 }

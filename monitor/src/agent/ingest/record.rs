@@ -128,6 +128,7 @@ impl ConnRecord {
             overflows: c.overflows,
             malformed: c.malformed,
             hello_retry: t.flags & FF_HRR_SEEN != 0,
+            keyupdate_streaked: c.keyupdate_streaked,
             first_seen_ms_ago: ms_ago(now_ns, value.first_seen_ns),
             last_seen_ms_ago: ms_ago(now_ns, value.last_seen_ns),
             failure_reasons: alert_reasons(t),
@@ -279,8 +280,15 @@ pub(crate) mod tests {
         assert_eq!(r.retransmits, 5);
         assert_eq!(r.gaps, 1);
         assert!(!r.hello_retry);
+        assert_eq!(r.keyupdate_streaked, 0);
         assert_eq!(r.first_seen_ms_ago, 3500);
         assert_eq!(r.last_seen_ms_ago, 1500);
+        let mut ku = value;
+        ku.tracker.counters.keyupdate_streaked = 7;
+        let r = ConnRecord::from_flow(&key, &ku, ConnState::Open, 4_500_000_000);
+        assert_eq!(r.keyupdate_streaked, 7);
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["keyupdate_streaked"], 7, "{json}");
     }
 
     #[test]

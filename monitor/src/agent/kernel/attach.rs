@@ -141,7 +141,9 @@ impl Attachments {
         }
         if let Some(pins) = pins {
             for name in pins.pinned_links()? {
-                if !used.contains(&name) {
+                // The socket hooks' links are theirs to keep or remove
+                // (`sock_hooks`).
+                if !used.contains(&name) && !name.starts_with(super::sock_hooks::LINK_PREFIX) {
                     let path = pins.link_path(&name);
                     match pins::remove_pin(&path) {
                         Ok(()) => tracing::info!(

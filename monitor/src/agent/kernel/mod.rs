@@ -9,6 +9,7 @@ pub mod ifaces;
 pub mod loader;
 pub mod maps;
 pub mod netlink;
+pub mod netns;
 pub mod pins;
 pub mod sock_hooks;
 pub mod system;

@@ -7,6 +7,7 @@
 //! ```text
 //! DIR/maps-v<LAYOUT_VERSION>/FLOWS, STATS, EVENTS, BANS_V4, BANS_V6, BAN_COUNT
 //! DIR/links/tc-<iface>-<ingress|egress>, DIR/links/tp-sock_state
+//! DIR/links/sock-ingress, sock-egress, sock-ops   (--hooks socket)
 //! ```
 //!
 //! A pinned map is reused only when it still fits this build: the maps
@@ -88,7 +89,24 @@ fn size<T>() -> u32 {
     u32::try_from(std::mem::size_of::<T>()).unwrap_or(u32::MAX)
 }
 
+/// The value of `SOCK_FLOWS` as `monitor-ebpf/src/sock.rs` lays out its
+/// `SockFlow` (kept in step with it: a different size makes the agent
+/// replace the pinned map instead of reusing it).
+#[repr(C)]
+#[allow(dead_code)]
+struct SockFlowLayout {
+    key: FlowKey,
+    value: FlowValue,
+    rewind: monitor_common::rewind::Rewind,
+    /// `bpf_spin_lock` (one `u32`).
+    lock: u32,
+    ingress_busy: u32,
+}
+
 /// The maps that carry state across restarts, as this build creates them.
+/// `SOCK_FLOWS` (the socket hooks' per-socket state) is among them so that
+/// a restarted agent's socket programs, swapped into the pinned links, go
+/// on with the counts of connections that are open across the restart.
 pub fn persistent_maps(flow_map_size: u32, events_ring_size: u32) -> Vec<MapSpec> {
     // An LPM trie's key is the prefix length (u32) followed by the address.
     let lpm_v4 = size::<u32>() + size::<BanAddrV4>();
@@ -142,6 +160,17 @@ pub fn persistent_maps(flow_map_size: u32, events_ring_size: u32) -> Vec<MapSpec
                 key_size: lpm_v6,
                 value_size: size::<BanValue>(),
                 max_entries: MAX_BANS_PER_FAMILY,
+            },
+        },
+        MapSpec {
+            name: "SOCK_FLOWS",
+            loses: "the socket hooks' per-socket counters (open connections are counted afresh \
+                    from their next ClientHello)",
+            shape: Shape {
+                map_type: MapType::SkStorage,
+                key_size: 4,
+                value_size: size::<SockFlowLayout>(),
+                max_entries: 0,
             },
         },
         MapSpec {

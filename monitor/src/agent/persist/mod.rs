@@ -165,6 +165,24 @@ impl Persistence {
         Ok(a)
     }
 
+    /// Attaches the socket hooks (`--hooks socket`), taking over a previous
+    /// agent's pinned socket-hook links; with `None` (`--hooks tc`) removes
+    /// the ones a previous agent left.
+    pub fn attach_sock_hooks(
+        &mut self,
+        ebpf: &mut Ebpf,
+        socket_mode: bool,
+    ) -> Result<Option<crate::agent::kernel::sock_hooks::SockHooks>> {
+        use crate::agent::kernel::sock_hooks;
+        if !socket_mode {
+            sock_hooks::remove_pins(&self.pins)?;
+            return Ok(None);
+        }
+        let hooks = sock_hooks::SockHooks::attach(ebpf, &self.pins, !self.args.no_persist)?;
+        self.info.links_taken_over += hooks.taken_over();
+        Ok(Some(hooks))
+    }
+
     /// The previous agent's policy ban history.
     pub fn history(&self) -> Vec<SavedHistory> {
         self.prior

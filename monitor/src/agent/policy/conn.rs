@@ -8,21 +8,24 @@
 //!   eviction flood produces no decisions), and it began after this agent
 //!   started ([`Conns::adopt_flows_before`]: a connection that predates the
 //!   agent or its restart is adopted, never timed from the restart).
-//! - `keyupdates_per_second`: `keyupdate_like` records added since a
+//! - `keyupdates_per_second`: `keyupdate_streaked` records (the client's
+//!   KeyUpdate-size records in streaks: no record of another size in
+//!   either direction between them, from the 4th on; see
+//!   [`monitor_common::tracker::KEYUPDATE_STREAK_MIN`]) added since a
 //!   baseline observation, over at least one second; the baseline moves to
 //!   the current observation once it is a second old, so the rate is taken
 //!   over about one second whatever the observations' spacing (events every
-//!   8 records, a sweep every second). It fires only when such records are
-//!   at least 3 in 4 of the connection's application-data records in that
-//!   time: a KeyUpdate flood is nothing but 22-byte records, an application
-//!   mixes sizes.
+//!   8 KeyUpdate-size records, a sweep every second). A KeyUpdate flood is
+//!   one streak; an application that mixes sizes in either direction, or
+//!   whose 5-byte messages come from the server, never counts. An
+//!   application exchanging only 5-byte messages looks exactly like a
+//!   flood, so the rule's default action is `alert`.
 //! - in dry-run `reneg_cap` (the kernel does not enforce the cap then, so
 //!   the agent notices a connection over it and reports `would_reset`).
 //!
 //! Each rule fires at most once per connection.
 
 use monitor_common::flow::{FlowKey, FlowValue};
-use monitor_common::tls::{CT_APPLICATION_DATA, CT_CHANGE_CIPHER_SPEC};
 use monitor_common::tracker::{DIR_NEW, FF_CLOSED, FF_FIRST_HS_DONE, FF_UNSYNCED, SERVER};
 
 use super::{endpoints, ConnRef, Counts, HashMap, HashSet, Rule, Settings, SEC};
@@ -36,10 +39,8 @@ const FIRED_CAP: u8 = 4;
 /// What is remembered of one live connection.
 #[derive(Clone, Copy, Debug, Default)]
 struct Watch {
-    /// `keyupdate_like` at the baseline observation.
+    /// `keyupdate_streaked` at the baseline observation.
     keyupdates: u32,
-    /// Application-data records (both directions) at the baseline.
-    app_records: u32,
     /// When that was read (monotonic ns).
     at: u64,
     /// When the connection was last observed (monotonic ns).
@@ -66,11 +67,6 @@ pub struct Conns {
     /// Flows first seen before this (monotonic ns) predate the agent: never
     /// subject to `handshake_timeout`.
     adopt_before: u64,
-}
-
-/// The application-data record count of a flow (both directions).
-fn app_records(v: &FlowValue) -> u32 {
-    v.tracker.counters.records[usize::from(CT_APPLICATION_DATA - CT_CHANGE_CIPHER_SPEC)]
 }
 
 impl Conns {
@@ -120,7 +116,6 @@ impl Conns {
         let id = (*k, v.first_seen_ns);
         let w = self.watch.entry(id).or_insert(Watch {
             keyupdates: 0,
-            app_records: 0,
             at: v.first_seen_ns.min(now),
             seen: now,
             fired: 0,
@@ -151,19 +146,16 @@ impl Conns {
                 },
             });
         }
-        let ku = t.counters.keyupdate_like;
-        let app = app_records(v);
+        let ku = t.counters.keyupdate_streaked;
         let grown = u64::from(ku.saturating_sub(w.keyupdates));
-        let app_grown = u64::from(app.saturating_sub(w.app_records));
         let elapsed = now.saturating_sub(w.at);
         let span = elapsed.max(SEC);
         let limit = u64::from(s.keyupdates_per_second);
-        // More than `limit` per second over the span (at least 1 s), and
-        // at least 3 in 4 of the application-data records in it.
+        // More than `limit` streaked records per second over the span (at
+        // least 1 s).
         if limit > 0
             && w.fired & FIRED_KEYUPDATES == 0
             && u128::from(grown) * u128::from(SEC) > u128::from(limit) * u128::from(span)
-            && grown * 4 >= app_grown * 3
         {
             w.fired |= FIRED_KEYUPDATES;
             hits.push(ConnHit {
@@ -175,9 +167,8 @@ impl Conns {
                 },
             });
         }
-        if elapsed >= SEC || ku < w.keyupdates || app < w.app_records {
+        if elapsed >= SEC || ku < w.keyupdates {
             w.keyupdates = ku;
-            w.app_records = app;
             w.at = now;
         }
         if let Some(hit) = over_cap(k, v, w, s) {

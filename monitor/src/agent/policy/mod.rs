@@ -185,7 +185,11 @@ pub struct Policy {
 /// A flow's client and server endpoints.
 pub fn endpoints(key: &FlowKey, value: &FlowValue) -> ConnRef {
     let (client, server) = client_server_addrs(key, value);
-    ConnRef { client, server }
+    ConnRef {
+        client,
+        server,
+        socket: crate::api::decisions::SocketCookies::of_key(key),
+    }
 }
 
 /// What a ban would cover: the prefix, its ban history, and the reason text.

@@ -74,7 +74,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// Action of the handshake timeout.
     pub handshake_timeout_action: Action,
-    /// `keyupdate_like` records per connection per second (0: off).
+    /// Streaked client KeyUpdate-size records (`keyupdate_streaked`) per
+    /// connection per second (0: off).
     pub keyupdates_per_second: u32,
     /// Action of the KeyUpdate rule.
     pub keyupdate_action: Action,

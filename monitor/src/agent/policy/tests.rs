@@ -216,14 +216,6 @@ fn done_flow(host: u8, port: u16, first_seen: u64) -> (FlowKey, FlowValue) {
     (k, v)
 }
 
-/// `flow` with `n` more KeyUpdate-size records and `other` more
-/// application-data records of other sizes.
-fn add_records(flow: &mut (FlowKey, FlowValue), n: u32, other: u32) {
-    let c = &mut flow.1.tracker.counters;
-    c.keyupdate_like += n;
-    c.records[3] += n + other;
-}
-
 #[test]
 fn handshake_timeout_skips_adopted_forged_and_mid_stream_flows() {
     use monitor_common::tracker::{DIR_NEW, FF_HS_ACTIVE, SERVER};
@@ -260,43 +252,157 @@ fn handshake_timeout_skips_adopted_forged_and_mid_stream_flows() {
     assert!(p.on_events(t0 + 30 * SEC, &ups, &mut e).is_empty());
 }
 
-#[test]
-fn keyupdate_rule_tells_a_flood_from_small_replies() {
-    let mut s = conn_settings();
-    s.keyupdates_per_second = 60;
+/// One TLS 1.3 connection's records after its handshake: `(ms, dir, len)`
+/// (`dir` 0 client, 1 server; `len` the record's body length).
+type Timeline = Vec<(u64, usize, usize)>;
+
+/// `n` records from `dir` of `len` bytes every `every_ms` from `from_ms`,
+/// each answered (same time) by one of `answer` bytes from the other side
+/// when given.
+fn every(n: u64, every_ms: u64, dir: usize, len: usize, answer: Option<usize>) -> Timeline {
+    let mut t = Vec::new();
+    for i in 0..n {
+        t.push((i * every_ms, dir, len));
+        if let Some(a) = answer {
+            t.push((i * every_ms, 1 - dir, a));
+        }
+    }
+    t
+}
+
+/// Runs each workload's records through the tracker (from a real TLS 1.3
+/// handshake) and the policy `s`, observing every connection every 100 ms
+/// for `secs` seconds (the event path); returns `(workload, rule, action,
+/// ms after the start)` per decision and the enforcer.
+fn run_workloads(
+    s: Settings,
+    workloads: &[(&'static str, Timeline)],
+    secs: u64,
+) -> (Vec<(&'static str, &'static str, &'static str, u64)>, Fake) {
+    use monitor_common::testing::{app_data, run_sends, tls13_full, Conversation};
     let mut p = Policy::new(s);
     let mut e = Fake::default();
     let t0 = 100 * SEC;
-    // Redis-like: 20 five-byte requests and 20 five-byte replies a second,
-    // observed every 0.4 s (events every 8 records) for 3 s.
-    let mut redis = done_flow(1, 1000, t0);
-    // A KeyUpdate flood with answers: 100 records a second.
-    let mut flood = done_flow(2, 1001, t0);
-    // Many KeyUpdate-size records among larger ones: an application.
-    let mut mixed = done_flow(3, 1002, t0);
-    let mut decided = Vec::new();
-    for i in 1..=8u64 {
-        add_records(&mut redis, 16, 0);
-        add_records(&mut flood, 40, 0);
-        add_records(&mut mixed, 40, 40);
-        let now = t0 + i * 2 * SEC / 5;
-        for d in p.on_events(now, &[live(redis), live(flood), live(mixed)], &mut e) {
-            decided.push((d.peer, d.rule, now - t0));
+    let mut out = Vec::new();
+    let flows: Vec<_> = (0..workloads.len())
+        .map(|i| done_flow(1 + i as u8, 1000 + i as u16, t0))
+        .collect();
+    for step in 0..=secs * 10 {
+        let ms = step * 100;
+        let mut updates = Vec::new();
+        for ((_, records), f) in workloads.iter().zip(&flows) {
+            let mut c = Conversation::new();
+            tls13_full(&mut c);
+            for &(_, dir, len) in records.iter().filter(|r| r.0 <= ms) {
+                c.send(dir, app_data(len));
+            }
+            let mut f = *f;
+            f.1.tracker = run_sends(&c, [1000, 5000]);
+            updates.push(live(f));
+        }
+        for d in p.on_events(t0 + ms * SEC / 1000, &updates, &mut e) {
+            let i = flows
+                .iter()
+                .position(|f| Some(endpoints(&f.0, &f.1)) == d.connection)
+                .expect("a decision names one of the connections");
+            out.push((workloads[i].0, d.rule, d.action.name(), ms));
         }
     }
-    let flood_ip = endpoints(&flood.0, &flood.1).client.ip();
+    (out, e)
+}
+
+/// What the default policy does with KeyUpdate floods and with the
+/// small-message workloads that look like them (the tracker and the rule
+/// together, on real record sequences): the flood is caught within a
+/// second, nothing is reset or banned, and only the 5-byte ping-pong (the
+/// same records as a flood with `update_requested`) alerts.
+#[test]
+fn keyupdate_rule_under_the_default_policy_never_resets() {
+    let s = Settings::from_config(&Config::default());
     assert_eq!(
-        decided,
-        vec![(flood_ip, "keyupdates_per_second", 4 * SEC / 5)],
-        "only the flood, within a second"
+        (s.keyupdates_per_second, s.keyupdate_action),
+        (30, Action::Alert)
     );
-    assert_eq!(e.resets, vec![endpoints(&flood.0, &flood.1)]);
+    let ku = usize::from(monitor_common::tls::KEY_UPDATE_RECORD_LEN);
+    let workloads = vec![
+        // OpenSSL sending a KeyUpdate with update_requested every 20 ms.
+        ("flood", every(150, 20, 0, ku, Some(ku))),
+        // The same without update_requested: nothing comes back.
+        ("flood_one_way", every(150, 20, 0, ku, None)),
+        // 5-byte request, 5-byte reply, 100 a second each way.
+        ("ping_pong", every(300, 10, 0, ku, Some(ku))),
+        // The server pushes 5-byte messages 100 times a second.
+        ("server_push", every(300, 10, 1, ku, None)),
+        // 5-byte heartbeats 50 times a second, answered with 9 bytes.
+        ("heartbeats", every(150, 20, 0, ku, Some(ku + 4))),
+        // Redis-like: 20 requests a second, `+OK\r\n` replies.
+        ("redis_like", every(60, 50, 0, ku, Some(ku))),
+    ];
+    let (d, e) = run_workloads(s, &workloads, 3);
+    assert!(e.resets.is_empty() && e.bans.is_empty(), "{d:?}");
+    let mut fired: Vec<_> = d.iter().map(|d| (d.0, d.1, d.2)).collect();
+    fired.sort();
+    assert_eq!(
+        fired,
+        [
+            ("flood", "keyupdates_per_second", "alert"),
+            ("flood_one_way", "keyupdates_per_second", "alert"),
+            ("ping_pong", "keyupdates_per_second", "alert"),
+        ],
+        "{d:?}"
+    );
+    for (name, _, _, ms) in &d {
+        assert!(*ms <= 1000, "{name} decided after {ms} ms: {d:?}");
+    }
+}
+
+/// With `reset` configured, the flood is reset within a second; an
+/// attacker that breaks its streak with a 23-byte record every 3
+/// KeyUpdates is not caught (it gets 3 KeyUpdates per record of another
+/// size), one that breaks it every 8 is.
+#[test]
+fn keyupdate_rule_reset_and_the_attackers_streak_breaks() {
+    let mut c = Config::default();
+    c.action.keyupdates_per_second = Action::Reset;
+    let ku = usize::from(monitor_common::tls::KEY_UPDATE_RECORD_LEN);
+    // KeyUpdates with answers every 10 ms, one 23-byte record after every
+    // `n`.
+    let broken = |n: u64| -> Timeline {
+        let mut t = Vec::new();
+        for i in 0..300u64 {
+            t.push((i * 10, 0, ku));
+            t.push((i * 10, 1, ku));
+            if (i + 1) % n == 0 {
+                t.push((i * 10 + 5, 0, ku + 1));
+            }
+        }
+        t
+    };
+    let workloads = vec![
+        ("flood", every(150, 20, 0, ku, Some(ku))),
+        ("break_every_3", broken(3)),
+        ("break_every_8", broken(8)),
+        ("heartbeats", every(150, 20, 0, ku, Some(ku + 4))),
+    ];
+    let (d, e) = run_workloads(Settings::from_config(&c), &workloads, 3);
+    let mut fired: Vec<_> = d.iter().map(|d| (d.0, d.2)).collect();
+    fired.sort();
+    assert_eq!(
+        fired,
+        [("break_every_8", "reset"), ("flood", "reset")],
+        "{d:?}"
+    );
+    assert_eq!(e.resets.len(), 2);
+    for (name, _, _, ms) in &d {
+        assert!(*ms <= 1000, "{name} decided after {ms} ms: {d:?}");
+    }
 }
 
 fn conn_settings() -> Settings {
     let mut c = Config::default();
     c.limits.handshake_timeout = Duration::from_secs(2);
     c.limits.keyupdates_per_second = 10;
+    c.action.keyupdates_per_second = Action::Reset;
     c.limits.reneg_cap = 3;
     Settings::from_config(&c)
 }
@@ -345,8 +451,8 @@ fn keyupdate_flood_is_reset_a_few_are_not() {
     let mut calm = done_flow(1, 1000, t0);
     let mut flood = done_flow(1, 1001, t0);
     assert!(p.step(t0, &[calm, flood], &[], &mut e).is_empty());
-    calm.1.tracker.counters.keyupdate_like = 10;
-    flood.1.tracker.counters.keyupdate_like = 11;
+    calm.1.tracker.counters.keyupdate_streaked = 10;
+    flood.1.tracker.counters.keyupdate_streaked = 11;
     let d = p.step(t0 + SEC, &[calm, flood], &[], &mut e);
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(
@@ -356,11 +462,11 @@ fn keyupdate_flood_is_reset_a_few_are_not() {
     assert_eq!(d[0].counts.keyupdates_1s, Some(11));
     assert_eq!(e.resets, vec![endpoints(&flood.0, &flood.1)]);
     // 15 more over 2 s: 7.5/s, under the limit.
-    calm.1.tracker.counters.keyupdate_like = 25;
+    calm.1.tracker.counters.keyupdate_streaked = 25;
     assert!(p.step(t0 + 3 * SEC, &[calm], &[], &mut e).is_empty());
     // A sweep soon after the last counts as a full second: 10 in 0.1 s
     // is not above 10/s.
-    calm.1.tracker.counters.keyupdate_like = 35;
+    calm.1.tracker.counters.keyupdate_streaked = 35;
     assert!(p
         .step(t0 + 3 * SEC + SEC / 10, &[calm], &[], &mut e)
         .is_empty());
@@ -418,7 +524,7 @@ fn connection_rules_take_their_actions() {
     let mut stalled = done_flow(1, 1000, t0);
     stalled.1.tracker.flags = 0;
     let mut ku = done_flow(2, 1001, t0);
-    ku.1.tracker.counters.keyupdate_like = 50;
+    ku.1.tracker.counters.keyupdate_streaked = 50;
     let mut d = p.step(t0 + 3 * SEC, &[stalled, ku], &[], &mut e);
     d.sort_by_key(|d| d.rule);
     assert_eq!(d.len(), 2, "{d:?}");
@@ -686,7 +792,7 @@ fn the_event_path_respects_dry_run_and_the_allowlist() {
     let mut e = Fake::default();
     let mut ku = done_flow(1, 1000, t0);
     assert!(p.on_events(t0, &[live(ku)], &mut e).is_empty());
-    ku.1.tracker.counters.keyupdate_like = 16;
+    ku.1.tracker.counters.keyupdate_streaked = 16;
     let d = p.on_events(t0 + SEC / 10, &[live(ku)], &mut e);
     assert_eq!(
         (d.len(), d[0].rule, d[0].action.name()),
