@@ -284,10 +284,29 @@ pub enum Stat {
     /// Of those, closed (`sock_ops` state callback: the socket reached
     /// `TCP_CLOSE`).
     SockFlowsClosed = 17,
+    /// Client segments the socket ingress program dropped because they
+    /// start beyond the next expected byte (`crate::rewind`: TCP sends them
+    /// again in order).
+    SockDropAhead = 18,
+    /// Client segments after which the socket ingress program went back to
+    /// the state TCP confirmed (`crate::rewind`: the bytes parsed beyond
+    /// `rcv_nxt` were never accepted, or are being sent again).
+    SockRewinds = 19,
+    /// Client segments the socket ingress program dropped because they
+    /// overlap bytes TCP has not accepted, start beyond `rcv_nxt` and no
+    /// confirmed copy fits (`crate::rewind`).
+    SockUnverifiedDrops = 20,
+    /// Client segments that overlap bytes TCP has not accepted, start at or
+    /// below `rcv_nxt`, and no confirmed copy fits: parsed without a check
+    /// (`crate::rewind`).
+    SockUnverified = 21,
+    /// Client segments the socket ingress program dropped because another
+    /// run (another CPU) was parsing a segment of the same socket.
+    SockBusyDrops = 22,
 }
 
 /// Number of `STATS` slots.
-pub const STAT_COUNT: u32 = 18;
+pub const STAT_COUNT: u32 = 23;
 
 impl Stat {
     /// Every slot, in index order.
@@ -310,6 +329,11 @@ impl Stat {
         Stat::SockEgressRuns,
         Stat::SockFlowsCreated,
         Stat::SockFlowsClosed,
+        Stat::SockDropAhead,
+        Stat::SockRewinds,
+        Stat::SockUnverifiedDrops,
+        Stat::SockUnverified,
+        Stat::SockBusyDrops,
     ];
 
     /// The slot's name in `/v1/stats` and in metric names (`hsmon_kernel_<name>_total`).
@@ -333,6 +357,11 @@ impl Stat {
             Stat::SockEgressRuns => "sock_egress_runs",
             Stat::SockFlowsCreated => "sock_flows_created",
             Stat::SockFlowsClosed => "sock_flows_closed",
+            Stat::SockDropAhead => "sock_drop_ahead",
+            Stat::SockRewinds => "sock_rewinds",
+            Stat::SockUnverifiedDrops => "sock_unverified_drops",
+            Stat::SockUnverified => "sock_unverified",
+            Stat::SockBusyDrops => "sock_busy_drops",
         }
     }
 
@@ -364,6 +393,21 @@ impl Stat {
             }
             Stat::SockFlowsClosed => {
                 "Per-socket flows closed with their socket (socket hooks, sock_ops state callback)"
+            }
+            Stat::SockDropAhead => {
+                "Client segments dropped at socket ingress because they start beyond the next expected byte"
+            }
+            Stat::SockRewinds => {
+                "Client segments at socket ingress after which the tracker went back to the state TCP confirmed"
+            }
+            Stat::SockUnverifiedDrops => {
+                "Client segments dropped at socket ingress: overlap unaccepted bytes, beyond rcv_nxt, no copy fits"
+            }
+            Stat::SockUnverified => {
+                "Client segments parsed unchecked at socket ingress: overlap unaccepted bytes, no copy fits"
+            }
+            Stat::SockBusyDrops => {
+                "Client segments dropped at socket ingress while another CPU parsed the same socket's"
             }
         }
     }

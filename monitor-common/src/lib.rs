@@ -13,6 +13,7 @@ pub mod ban;
 pub mod flow;
 pub mod orient;
 pub mod payload;
+pub mod rewind;
 pub mod ssl;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -14,6 +14,18 @@
 //! * The renegotiation cap is enforced at cgroup ingress with TC's rule
 //!   (`crate::tc::reneg_cap_drops`): returning 0 drops the segment before
 //!   TCP queues it.
+//! * Stream truth for the client direction (`monitor_common::rewind`):
+//!   before a client segment is parsed, `Rewind::admit` compares it with the
+//!   tracker's next expected byte and TCP's `rcv_nxt` (`bpf_tcp_sock`): a
+//!   segment beyond the next expected byte is dropped (TCP sends it again in
+//!   order), and one that overlaps bytes TCP never accepted takes the
+//!   tracker back to the copy of its state TCP confirmed. The copies live in
+//!   the socket's storage ([`SockFlow::rewind`]).
+//! * One ingress run at a time per socket (loopback can deliver one
+//!   socket's segments on two CPUs at once): a `bpf_spin_lock` in the
+//!   storage value guards [`SockFlow::ingress_busy`]; a run that finds it
+//!   set drops its segment (`sock_busy_drops`). The lock is held only for
+//!   the flag (the parse calls `bpf_loop`, which may not run under it).
 //! * `FLOWS` gets a mirror of the state under a key with the socket and
 //!   netns cookies (`monitor_common::flow::FlowKey`), for the agent; the
 //!   ring-buffer events are TC's.
@@ -26,14 +38,15 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        bpf_sock, bpf_spin_lock, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
     },
     btf_maps::SkStorage,
     cty::c_void,
     helpers::{
         bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
-        bpf_sk_fullsock, bpf_sk_storage_get,
+        bpf_sk_fullsock, bpf_sk_storage_get, bpf_spin_lock as spin_lock, bpf_spin_unlock,
+        bpf_tcp_sock,
     },
     macros::{btf_map, cgroup_skb, sock_ops},
     programs::{SkBuffContext, SockOpsContext},
@@ -41,6 +54,7 @@ use aya_ebpf::{
 use monitor_common::{
     flow::{ipv4_word_mapped, Addr, FlowKey, FlowValue, Stat, EVENT_FLOW_CLOSED},
     payload::Payload,
+    rewind::{Admit, Rewind},
     tls::{could_start_client_hello, CT_HANDSHAKE},
     tracker::{CLIENT, SERVER},
 };
@@ -61,6 +75,12 @@ pub struct SockFlow {
     pub key: FlowKey,
     /// The tracker state (the truth the cap reads).
     pub value: FlowValue,
+    /// Copies of the tracker state at confirmed client positions.
+    pub rewind: Rewind,
+    /// Guards `ingress_busy`.
+    pub lock: bpf_spin_lock,
+    /// 1 while an ingress run parses this socket's client segment.
+    pub ingress_busy: u32,
 }
 
 /// Per-socket flow state: freed with the socket, nothing to evict.
@@ -179,6 +199,50 @@ fn on_segment(ctx: &SkBuffContext, ingress: bool) -> bool {
                 sf.value.last_seen_ns = now;
             }
         }
+        if ingress && !created {
+            // One ingress run at a time per socket: a second one (another
+            // CPU, e.g. loopback delivering from two CPUs' backlogs) would
+            // parse on state the first is changing. It drops its segment;
+            // TCP sends it again.
+            if !claim_ingress(sf) {
+                count(Stat::SockBusyDrops);
+                return true;
+            }
+            let verdict = admit(sk, sf, &seg);
+            let drop_now = match verdict {
+                Admit::DropAhead => {
+                    count(Stat::SockDropAhead);
+                    true
+                }
+                Admit::DropUnverified => {
+                    count(Stat::SockUnverifiedDrops);
+                    true
+                }
+                Admit::Rewound => {
+                    count(Stat::SockRewinds);
+                    false
+                }
+                Admit::Unverified => {
+                    count(Stat::SockUnverified);
+                    false
+                }
+                Admit::Parse => false,
+            };
+            if drop_now {
+                release_ingress(sf);
+                return true;
+            }
+            let before = crate::progress::snapshot(&sf.value);
+            parse_payload(&mut sf.value, dir, seg.seq, payload);
+            crate::progress::send_if_changed(&before, &sf.value, &sf.key);
+            let drop = reneg_cap_drops(&mut sf.value, &sf.key, cfg);
+            if closing {
+                sf.value.tracker.on_close(dir);
+            }
+            mirror(sf);
+            release_ingress(sf);
+            return drop;
+        }
         let before = crate::progress::snapshot(&sf.value);
         parse_payload(&mut sf.value, dir, seg.seq, payload);
         if created {
@@ -197,6 +261,45 @@ fn on_segment(ctx: &SkBuffContext, ingress: bool) -> bool {
         mirror(sf);
     }
     drop
+}
+
+/// Marks the socket's ingress as busy; `false` if another run has it.
+#[inline(always)]
+fn claim_ingress(sf: &mut SockFlow) -> bool {
+    // SAFETY: the lock inside this socket's storage value; nothing but
+    // plain loads and stores while it is held.
+    unsafe { spin_lock(&mut sf.lock) };
+    let free = sf.ingress_busy == 0;
+    if free {
+        sf.ingress_busy = 1;
+    }
+    unsafe { bpf_spin_unlock(&mut sf.lock) };
+    free
+}
+
+/// Ends what [`claim_ingress`] started.
+#[inline(always)]
+fn release_ingress(sf: &mut SockFlow) {
+    // SAFETY: as in `claim_ingress`.
+    unsafe { spin_lock(&mut sf.lock) };
+    sf.ingress_busy = 0;
+    unsafe { bpf_spin_unlock(&mut sf.lock) };
+}
+
+/// `Rewind::admit` for a client segment with TCP's `rcv_nxt` (`Parse` when
+/// the socket gives no TCP view).
+#[inline(always)]
+fn admit(sk: *mut bpf_sock, sf: &mut SockFlow, seg: &Segment) -> Admit {
+    // SAFETY: a full socket (checked by the caller); the helper returns null
+    // or the socket's TCP view.
+    let tp = unsafe { bpf_tcp_sock(sk) };
+    if tp.is_null() {
+        return Admit::Parse;
+    }
+    // SAFETY: the pointer the helper returned.
+    let rcv_nxt = unsafe { (*tp).rcv_nxt };
+    sf.rewind
+        .admit(&mut sf.value.tracker, seg.seq, seg.payload_len, rcv_nxt)
 }
 
 /// Writes the socket's state into its `FLOWS` mirror entry (again, if the

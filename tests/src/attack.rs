@@ -20,7 +20,9 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The client script. Arguments: `HOST PORT` then steps, in order:
-/// `tls=1.2|1.3`, `bind=IP:PORT`, `download=N` (read N bytes),
+/// `tls=1.2|1.3`, `bind=IP:PORT`, `timeout=S` (the socket's receive and
+/// send timeouts, default 3 s), `download=N` (read N bytes), `upload=N` (write N bytes of application
+/// data in 16 KiB writes),
 /// `burst=N` (N one-byte records in one corked write),
 /// `ooo` (one 1-byte segment at snd_nxt + 200 through a raw socket, then a
 /// 400-byte record that covers it), `badsum` (a segment with a wrong TCP
@@ -76,8 +78,9 @@ if "bind" in opts:
 sock.settimeout(10)
 sock.connect((host, port))
 sock.settimeout(None)
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 3, 0))
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 3, 0))
+tmo = int(opts.get("timeout", "3"))
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", tmo, 0))
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", tmo, 0))
 s = lib.SSL_new(ctx)
 lib.SSL_set_fd(s, sock.fileno())
 if lib.SSL_connect(s) != 1:
@@ -113,6 +116,15 @@ for step in steps:
                 break
             got += n
         out("DOWNLOADED", got, why)
+    elif key == "upload":
+        want, sent = int(val), 0
+        chunk = b"u" * 16384
+        while sent < want:
+            n = lib.SSL_write(s, chunk, min(len(chunk), want - sent))
+            if n <= 0:
+                break
+            sent += n
+        out("UPLOADED", sent)
     elif key == "burst":
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)

@@ -12,7 +12,8 @@
 //! `HELLO PEER` for every ClientHello it reads (the `msg_callback` of the
 //! handshake layer, so renegotiation ClientHellos inside encrypted records
 //! count too, as `s_server -msg` counts them), `HANDSHAKE PEER VERSION`,
-//! `SENT PEER N`, then `CLOSED PEER` or `ERROR PEER WHY`.
+//! `SENT PEER N`, then `RECEIVED PEER N` (what the client uploaded) and
+//! `CLOSED PEER`, or `ERROR PEER WHY`.
 
 use crate::cert::TestCert;
 use crate::netns::ns_cmd;
@@ -67,8 +68,13 @@ def serve(conn, peer):
                 tls.sendall(chunk[:n])
                 sent += n
             out("SENT", peer, sent)
-            while tls.recv(4096):
-                pass
+            got = 0
+            while True:
+                d = tls.recv(65536)
+                if not d:
+                    break
+                got += len(d)
+            out("RECEIVED", peer, got)
         out("CLOSED", peer)
     except Exception as e:
         out("ERROR", peer, repr(e))
@@ -116,6 +122,17 @@ impl BulkServer {
         })?;
         proc.wait_listening(ns, addr, Duration::from_secs(15))?;
         Ok(Self { proc, addr })
+    }
+
+    /// Bytes of application data the server read from its clients
+    /// (`RECEIVED` lines, summed).
+    pub fn received(&self) -> u64 {
+        self.proc
+            .stdout()
+            .lines()
+            .filter_map(|l| l.strip_prefix("RECEIVED "))
+            .filter_map(|r| r.split_whitespace().last()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// ClientHellos the server read, renegotiations included.

@@ -97,6 +97,10 @@ fn size<T>() -> u32 {
 struct SockFlowLayout {
     key: FlowKey,
     value: FlowValue,
+    rewind: monitor_common::rewind::Rewind,
+    /// `bpf_spin_lock` (one `u32`).
+    lock: u32,
+    ingress_busy: u32,
 }
 
 /// The maps that carry state across restarts, as this build creates them.
