@@ -26,7 +26,9 @@
 //!      [`ProcInfo`] is written to `PROCS` (key: the same canonical
 //!      [`FlowKey`] as `FLOWS`) with its library, and the `SSL*` is tied to
 //!      the flow (`SSL_STATE`);
-//!    * it is not, but the flow is a tracked TLS flow (`FLOWS` has it): the
+//!    * it is not, but the flow is a tracked TLS flow (`FLOWS` has it, or,
+//!      with the socket hooks, the hook marked the socket
+//!      [`SockInfo::socket_tracked`]): the
 //!      [`ProcInfo`] is written without a library ([`LIBRARY_UNKNOWN`]).
 //!      This is how a process that handshakes inside `SSL_read`/`SSL_write`
 //!      (no handshake call to probe) still gets its connections in the
@@ -185,8 +187,10 @@ pub struct SockInfo {
     pub owner_library: u32,
     /// Send/recv calls seen while `FLOWS` did not track the flow.
     pub untracked: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// 1 when the socket hooks (`--hooks socket`) keep this socket's TLS
+    /// state: its `FLOWS` mirror is keyed by socket and netns cookie, which
+    /// a 4-tuple lookup cannot find, so the socket hook sets this instead.
+    pub socket_tracked: u32,
     /// Padding, always zero.
     pub _pad2: u32,
     /// The `SSL*` last tied to this socket by an SSL call (0: none); its

@@ -393,6 +393,7 @@ fn create_sock_flow(
     sf.value.client_is_a = client_is_a as u8;
     count(Stat::SockFlowsCreated);
     count(Stat::FlowsCreated);
+    mark_for_attribution(sk);
     if FLOWS
         .insert(&sf.key, &sf.value, BPF_NOEXIST as u64)
         .is_err()
@@ -400,6 +401,20 @@ fn create_sock_flow(
         count(Stat::FlowInsertErrors);
     }
     Some(st)
+}
+
+/// Tells the uprobes' socket table (`SOCKS`, keyed by the `struct sock`
+/// address; present when the uprobes run) that this socket's TLS state is
+/// kept here, so a process reading or writing it outside an SSL call is
+/// still named (`monitor_common::ssl`, step 3): the `FLOWS` mirror's key
+/// carries cookies the uprobes' 4-tuple lookup cannot know.
+#[inline(always)]
+fn mark_for_attribution(sk: *mut bpf_sock) {
+    let addr = sk as u64;
+    if let Some(info) = crate::ssl::SOCKS.get_ptr_mut(&addr) {
+        // SAFETY: a valid pointer into the map.
+        unsafe { (*info).socket_tracked = 1 };
+    }
 }
 
 /// Socket operations: state callbacks for watched server sockets, and the

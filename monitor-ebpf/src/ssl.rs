@@ -62,7 +62,7 @@ static SSL_STATE: LruHashMap<u64, SslState> = LruHashMap::with_max_entries(65536
 
 /// `struct sock` address to flow and side.
 #[map(name = "SOCKS")]
-static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(65536, 0);
+pub(crate) static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(65536, 0);
 
 /// Flow to the process behind it (read by the agent).
 #[map(name = "PROCS")]
@@ -367,7 +367,7 @@ fn on_sock_state(ctx: &TracePointContext) -> Option<()> {
         owner: 0,
         owner_library: 0,
         untracked: 0,
-        _pad: 0,
+        socket_tracked: 0,
         _pad2: 0,
         ssl: 0,
     };
@@ -491,7 +491,7 @@ fn on_plain_io(sock: &mut SockInfo, id: u64) -> Option<()> {
         return None;
     }
     let key = sock.key;
-    if FLOWS.get_ptr(&key).is_none() {
+    if sock.socket_tracked == 0 && FLOWS.get_ptr(&key).is_none() {
         sock.untracked += 1;
         return None;
     }

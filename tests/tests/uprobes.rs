@@ -831,49 +831,66 @@ fn cost_rounds() -> usize {
 #[test]
 fn unprobed_server_attributed_by_its_socket_io() {
     tests::with_scenario("uprobes-unprobed-server", |sc| {
-        let addr = sc.server_addr(false, 4437);
-        let copy = unprobed_libssl(sc.dir.path())?;
-        let mut c = sc.net.server_cmd("env");
-        c.arg(format!("LD_PRELOAD={}", copy.display()))
-            .arg("openssl")
-            .arg("s_server")
-            .arg("-accept")
-            .arg(addr.to_string())
-            .arg("-cert")
-            .arg(&sc.cert.cert)
-            .arg("-key")
-            .arg(&sc.cert.key);
-        // stdin stays open: on EOF s_server quits.
-        let mut srv = tests::process::Proc::spawn("unprobed_s_server", c, sc.dir.path(), true)?;
-        srv.wait_listening(&sc.net.server_ns, addr, Duration::from_secs(15))?;
-        sc.add_tls_port(addr.port());
-        sc.add_logs(&srv);
-        let server_pid = srv.pid();
-
-        let mut client = sc.s_client(&SClientOpts::new(addr))?;
-        client.wait_established(PER_CONN)?;
-        client.send_data("hello")?;
-        let agent = sc.agent().context("no agent")?;
-        let conn = wait_conn(agent, addr.port(), ATTRIBUTION, "the server's pid", |c| {
-            c["pid"].as_u64() == Some(u64::from(server_pid))
-        })?;
-        let by_socket = kernel_stat(agent, "ssl_flows_attributed_by_socket")?;
-        assert_eq!(conn["process_side"].as_str(), Some("server"), "{conn}");
-        assert_eq!(conn["comm"].as_str(), Some("openssl"), "{conn}");
-        assert_eq!(
-            conn["cgroup_path"].as_str(),
-            Some(cgroup_of(server_pid)?.as_str()),
-            "{conn}"
-        );
-        assert!(conn["library"].is_null(), "no probed library: {conn}");
-        assert!(conn["handshake_ms_last"].is_null(), "nothing timed: {conn}");
-        assert!(
-            by_socket >= 1,
-            "counted as attributed by socket I/O: {by_socket}"
-        );
-        client.close(PER_CONN)?;
-        Ok(())
+        unprobed_server_body(sc, 4437)
     });
+}
+
+/// [`unprobed_server_attributed_by_its_socket_io`] with the socket hooks:
+/// the flow's `FLOWS` mirror is keyed by cookies the uprobes' 4-tuple
+/// lookup cannot find, so the socket hook marks the socket for them.
+#[test]
+fn socket_hooks_unprobed_server_attributed_by_its_socket_io() {
+    let args = ["--hooks", "socket", "--ports", "4439"].map(String::from);
+    tests::scenario::with_scenario_agent_args("uprobes-unprobed-server-sock", &args, |sc| {
+        unprobed_server_body(sc, 4439)
+    });
+}
+
+/// One connection from a probed `s_client` to an `s_server` on an unprobed
+/// libssl copy at `port`: the server is named by its socket I/O alone.
+fn unprobed_server_body(sc: &mut Scenario, port: u16) -> Result<()> {
+    let addr = sc.server_addr(false, port);
+    let copy = unprobed_libssl(sc.dir.path())?;
+    let mut c = sc.net.server_cmd("env");
+    c.arg(format!("LD_PRELOAD={}", copy.display()))
+        .arg("openssl")
+        .arg("s_server")
+        .arg("-accept")
+        .arg(addr.to_string())
+        .arg("-cert")
+        .arg(&sc.cert.cert)
+        .arg("-key")
+        .arg(&sc.cert.key);
+    // stdin stays open: on EOF s_server quits.
+    let mut srv = tests::process::Proc::spawn("unprobed_s_server", c, sc.dir.path(), true)?;
+    srv.wait_listening(&sc.net.server_ns, addr, Duration::from_secs(15))?;
+    sc.add_tls_port(addr.port());
+    sc.add_logs(&srv);
+    let server_pid = srv.pid();
+
+    let mut client = sc.s_client(&SClientOpts::new(addr))?;
+    client.wait_established(PER_CONN)?;
+    client.send_data("hello")?;
+    let agent = sc.agent().context("no agent")?;
+    let conn = wait_conn(agent, addr.port(), ATTRIBUTION, "the server's pid", |c| {
+        c["pid"].as_u64() == Some(u64::from(server_pid))
+    })?;
+    let by_socket = kernel_stat(agent, "ssl_flows_attributed_by_socket")?;
+    assert_eq!(conn["process_side"].as_str(), Some("server"), "{conn}");
+    assert_eq!(conn["comm"].as_str(), Some("openssl"), "{conn}");
+    assert_eq!(
+        conn["cgroup_path"].as_str(),
+        Some(cgroup_of(server_pid)?.as_str()),
+        "{conn}"
+    );
+    assert!(conn["library"].is_null(), "no probed library: {conn}");
+    assert!(conn["handshake_ms_last"].is_null(), "nothing timed: {conn}");
+    assert!(
+        by_socket >= 1,
+        "counted as attributed by socket I/O: {by_socket}"
+    );
+    client.close(PER_CONN)?;
+    Ok(())
 }
 
 /// nginx with a master process: the connection belongs to the worker, a
