@@ -69,7 +69,7 @@ ver = {"1.2": 0x0303, "1.3": 0x0304}.get(opts.get("tls", ""))
 if ver:
     lib.SSL_CTX_ctrl(ctx, 123, ver, None)  # SSL_CTRL_SET_MIN_PROTO_VERSION
     lib.SSL_CTX_ctrl(ctx, 124, ver, None)  # SSL_CTRL_SET_MAX_PROTO_VERSION
-sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 if "bind" in opts:
     bh, bp = opts["bind"].rsplit(":", 1)

@@ -901,6 +901,25 @@ fn socket_hooks_count_and_cap_on_the_veth_pair() {
     rig_attack_with("hosts-sock-cap", &[], &[], Hooks::Socket);
 }
 
+/// The same cap check over the veth pair's IPv6 addresses: the socket
+/// hooks read an IPv6 socket's addresses (`src_ip6`/`dst_ip6`), count its
+/// handshakes and renegotiations exactly, drop the 4th renegotiation and
+/// reset the socket by its cookie.
+#[test]
+fn socket_hooks_count_and_cap_over_ipv6() {
+    require_root!();
+    let r = rig_with("hosts-sock-cap-v6", &[], Hooks::Socket);
+    let mut p = rig_peers_with(&r, Hooks::Socket);
+    p.listen = r.net.server_addr(true, Hooks::Socket.port());
+    p.connect = p.listen;
+    p.after_listen = r.net.server_addr(true, Hooks::Socket.after_port());
+    p.after_connect = p.after_listen;
+    let run = cap_run(&p, &[], None, || Ok(())).unwrap_or_else(|e| fail(e));
+    if let Err(e) = run.check() {
+        fail(e.context(r.agent.logs(40)));
+    }
+}
+
 /// Plain handshakes, no renegotiation: one entry per connection with one
 /// handshake each, closed with its socket.
 #[test]
