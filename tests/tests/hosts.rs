@@ -58,7 +58,7 @@ const CLIENT_WAIT: Duration = Duration::from_secs(60);
 /// Which hooks the agent counts with (`hsmon run --hooks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hooks {
-    /// TC on the interfaces (the default).
+    /// TC on the interfaces (`--hooks tc`).
     Tc,
     /// The socket hooks (`--hooks socket`), watching only the socket-test ports.
     Socket,
@@ -92,7 +92,7 @@ impl Hooks {
     /// `hsmon run` arguments for this mode.
     fn args(self) -> Vec<String> {
         match self {
-            Hooks::Tc => Vec::new(),
+            Hooks::Tc => vec!["--hooks".into(), "tc".into()],
             Hooks::Socket => vec![
                 "--hooks".into(),
                 "socket".into(),

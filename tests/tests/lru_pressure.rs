@@ -43,7 +43,13 @@ fn evicted_flows_are_accounted_when_opened_faster_than_the_sweep() {
 }
 
 fn pressure(name: &str, batch: u64, pause_ms: u64) {
-    let mut rig = Rig::start(name, &["--flow-map-size", &MAP_SIZE.to_string()]).expect("set up");
+    // TC flows live in the LRU map this test fills; socket-hook state is
+    // per socket and never evicted.
+    let mut rig = Rig::start(
+        name,
+        &["--hooks", "tc", "--flow-map-size", &MAP_SIZE.to_string()],
+    )
+    .expect("set up");
     let addr = rig.server_addr(TLS_PORT);
     let srv = PyTlsServer::start(&rig.net, rig.dir.path(), &rig.cert, addr, None, "pyserver")
         .expect("start the TLS server");

@@ -120,7 +120,7 @@ pub struct RunArgs {
     /// interfaces, flows by 4-tuple) or `socket` (`cgroup_skb` programs at
     /// the cgroup v2 root, one entry per local server socket in any network
     /// namespace, after NAT; TC then only drops banned sources). Overrides
-    /// the policy file's `hooks`; default `tc`. See the README's "Socket
+    /// the policy file's `hooks`; default `socket`. See the README's "Socket
     /// hooks".
     #[arg(long, value_name = "MODE", value_enum)]
     pub hooks: Option<HookMode>,
@@ -130,11 +130,12 @@ pub struct RunArgs {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HookMode {
-    /// The TC programs count flows by 4-tuple.
-    #[default]
+    /// The TC programs count flows by 4-tuple (for traffic this host only
+    /// forwards; see the README's threat model for what TC cannot hold).
     Tc,
     /// The socket hooks count each local server socket (`cgroup_skb` +
-    /// `SK_STORAGE`); TC keeps the bans.
+    /// `SK_STORAGE`); TC keeps the bans. The default.
+    #[default]
     Socket,
 }
 
