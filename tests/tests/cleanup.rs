@@ -75,7 +75,9 @@ fn clean_stop_keeps_pins_and_cleanup_removes_everything() {
     with_scenario_no_agent("cleanup_after_stop", |sc| {
         let (_l, dst) = listen(sc)?;
         let qdiscs_before = qdiscs(sc)?;
-        let mut agent = Agent::start_with_args(&sc.net, sc.dir.path(), &["--no-uprobes".into()])?;
+        // The TC links (the socket hooks' pins: socket_hook_links_stay_pinned_*).
+        let args = ["--no-uprobes", "--hooks", "tc"].map(String::from);
+        let mut agent = Agent::start_with_args(&sc.net, sc.dir.path(), &args)?;
         let state = agent.state();
         let r = (|| -> Result<u64> {
             let client = sc.net.client_ip(false).to_string();
@@ -352,7 +354,9 @@ fn clsact_filters_are_replaced_on_restart_and_removed_by_cleanup() {
             !qdiscs(sc)?.contains("clsact"),
             "the veth has a clsact qdisc before the test"
         );
-        let args: Vec<String> = vec!["--no-uprobes".into(), "--tc-mode".into(), "clsact".into()];
+        let args: Vec<String> = ["--no-uprobes", "--hooks", "tc", "--tc-mode", "clsact"]
+            .map(String::from)
+            .to_vec();
         let mut first = Agent::start_with_args(&sc.net, sc.dir.path(), &args)?;
         let state = first.state();
         let r = (|| -> Result<()> {

@@ -687,7 +687,7 @@ fn start(ct: &Container) -> Result<String> {
     ensure!(hooks > 0, "no hooks attached: {status}");
     Ok(format!(
         "start returned after {took:.1} s and the first `hsmon status` on /run/hsmon/hsmon.sock \
-         answered (Type=notify: READY=1 only once it listens): pid {}, {hooks} TC hooks, \
+         answered (Type=notify: READY=1 only once it listens): pid {}, {hooks} hooks, \
          {} tracepoint(s); is-active {active}",
         status["pid"],
         status["tracepoints"].as_array().map_or(0, Vec::len)
@@ -822,8 +822,9 @@ fn bans_list(ct: &Container) -> Result<bool> {
     Ok(ct.sh_ok("hsmon bans --json")?.contains(PEER))
 }
 
-/// TCX and sock_state tracepoint links in the kernel whose program uses
-/// the pinned FLOWS map, against the hooks `hsmon status` reports.
+/// TCX, cgroup (socket hooks) and sock_state tracepoint links in the
+/// kernel whose program uses the pinned FLOWS map, against the hooks
+/// `hsmon status` reports.
 fn one_program_per_hook(ct: &Container) -> Result<String> {
     let status: serde_json::Value = serde_json::from_str(&ct.sh_ok("hsmon status --json")?)?;
     let hooks = status["hooks"].as_array().map_or(0, Vec::len);
@@ -842,23 +843,26 @@ fn one_program_per_hook(ct: &Container) -> Result<String> {
             .then(|| p["name"].as_str().unwrap_or_default().to_string())
         })
     };
-    let (mut tcx, mut tp) = (0, 0);
+    let (mut tcx, mut cgroup, mut tp) = (0, 0, 0);
     for l in links.as_array().map(Vec::as_slice).unwrap_or_default() {
         let Some(name) = l["prog_id"].as_u64().and_then(uses_map) else {
             continue;
         };
         if l["type"] == "tcx" || l["type"] == 11 {
             tcx += 1;
+        } else if l["type"] == "cgroup" || l["type"] == 3 {
+            cgroup += 1;
         } else if l["type"] == "perf_event" && name.starts_with("hsmon_sock_stat") {
             tp += 1;
         }
     }
     ensure!(
-        tcx == hooks && tp == 1,
-        "kernel links using FLOWS: {tcx} TCX (status lists {hooks} hooks), {tp} sock_state"
+        tcx + cgroup == hooks && tp == 1,
+        "kernel links using FLOWS: {tcx} TCX + {cgroup} cgroup (status lists {hooks} hooks), \
+         {tp} sock_state"
     );
     Ok(format!(
-        "{tcx} TCX links for {hooks} hooks, {tp} sock_state link"
+        "{tcx} TCX + {cgroup} cgroup links for {hooks} hooks, {tp} sock_state link"
     ))
 }
 
