@@ -154,6 +154,40 @@ fn rig(name: &str, policy: Option<&str>) -> (Rig, Option<WorkDir>) {
     (Rig::start(name, &args).unwrap_or_else(|e| fail(e)), cfg)
 }
 
+/// A TLS 1.3 `s_server` on the rig's port, in the server's namespace.
+fn tls13_server(r: &Rig) -> (std::net::SocketAddr, SServer) {
+    let addr = r.server_addr(RIG_PORT);
+    let srv = SServer::start(
+        &r.net,
+        r.dir.path(),
+        &r.cert,
+        &SServerOpts::new(addr).version(TlsVersion::Tls13),
+        "s_server",
+    )
+    .unwrap_or_else(|e| fail(e));
+    (addr, srv)
+}
+
+/// Runs the attack client `name` to its end: its output, its local port
+/// and how long it took from the connection on.
+fn timed_run(
+    r: &Rig,
+    name: &str,
+    addr: std::net::SocketAddr,
+    steps: &[String],
+) -> (String, u16, Duration) {
+    let mut c = rig_client(r, name, addr, steps);
+    let port = c.wait_connected(CLIENT_WAIT).unwrap_or_else(|e| fail(e));
+    let start = Instant::now();
+    let out = c.finish(CLIENT_WAIT);
+    (out, port, start.elapsed())
+}
+
+/// The attack client `name` from the rig's client namespace to `addr`.
+fn rig_client(r: &Rig, name: &str, addr: std::net::SocketAddr, steps: &[String]) -> Client {
+    Client::start(&r.net.client_ns, r.dir.path(), name, addr, steps).unwrap_or_else(|e| fail(e))
+}
+
 /// The agent's decisions so far, counted by `rule:action:client port`.
 fn decision_counts(agent: &Agent) -> Result<BTreeMap<String, usize>> {
     let mut m = BTreeMap::new();
@@ -181,23 +215,13 @@ fn decision_counts(agent: &Agent) -> Result<BTreeMap<String, usize>> {
 fn default_policy_alerts_on_a_keyupdate_flood_within_a_second_and_resets_nothing() {
     require_root!();
     let (r, _cfg) = rig("ku-default-flood", None);
-    let addr = r.server_addr(RIG_PORT);
-    let srv = SServer::start(
-        &r.net,
-        r.dir.path(),
-        &r.cert,
-        &SServerOpts::new(addr).version(TlsVersion::Tls13),
-        "s_server",
-    )
-    .unwrap_or_else(|e| fail(e));
-    let mut c = Client::start(
-        &r.net.client_ns,
-        r.dir.path(),
+    let (addr, srv) = tls13_server(&r);
+    let mut c = rig_client(
+        &r,
         "flooder",
         addr,
         &steps(&["tls=1.3", "kuflood=100,20,0", "awaitclose=1"]),
-    )
-    .unwrap_or_else(|e| fail(e));
+    );
     let port = c.wait_connected(CLIENT_WAIT).unwrap_or_else(|e| fail(e));
     // Poll for the decision while the flood runs; note how many
     // KeyUpdates the client had sent by then.
@@ -252,23 +276,13 @@ fn configured_reset_stops_a_keyupdate_flood_within_a_second() {
         "ku-reset-flood",
         Some("[action]\nkeyupdates_per_second = \"reset\"\n"),
     );
-    let addr = r.server_addr(RIG_PORT);
-    let srv = SServer::start(
-        &r.net,
-        r.dir.path(),
-        &r.cert,
-        &SServerOpts::new(addr).version(TlsVersion::Tls13),
-        "s_server",
-    )
-    .unwrap_or_else(|e| fail(e));
-    let mut c = Client::start(
-        &r.net.client_ns,
-        r.dir.path(),
+    let (addr, srv) = tls13_server(&r);
+    let mut c = rig_client(
+        &r,
         "flooder",
         addr,
         &steps(&["tls=1.3", "kuflood=150,20,0", "awaitclose=5"]),
-    )
-    .unwrap_or_else(|e| fail(e));
+    );
     let out = c.finish(CLIENT_WAIT);
     let received = srv.key_updates_received();
     let ds = decision_counts(&r.agent).unwrap_or_else(|e| fail(e));
@@ -302,28 +316,10 @@ fn streak_breaks_every_8_keyupdates_are_still_reset_every_3_get_through() {
         "ku-streak-breaks",
         Some("[action]\nkeyupdates_per_second = \"reset\"\n"),
     );
-    let addr = r.server_addr(RIG_PORT);
-    let srv = SServer::start(
-        &r.net,
-        r.dir.path(),
-        &r.cert,
-        &SServerOpts::new(addr).version(TlsVersion::Tls13),
-        "s_server",
-    )
-    .unwrap_or_else(|e| fail(e));
-    let run = |name: &str, brk: usize| -> (String, u16, Duration) {
-        let mut c = Client::start(
-            &r.net.client_ns,
-            r.dir.path(),
-            name,
-            addr,
-            &steps(&["tls=1.3", &format!("kuflood=240,10,{brk}"), "awaitclose=3"]),
-        )
-        .unwrap_or_else(|e| fail(e));
-        let port = c.wait_connected(CLIENT_WAIT).unwrap_or_else(|e| fail(e));
-        let start = Instant::now();
-        let out = c.finish(CLIENT_WAIT);
-        (out, port, start.elapsed())
+    let (addr, srv) = tls13_server(&r);
+    let run = |name: &str, brk: usize| {
+        let flood = format!("kuflood=240,10,{brk}");
+        timed_run(&r, name, addr, &steps(&["tls=1.3", &flood, "awaitclose=3"]))
     };
     let before = srv.key_updates_received();
     let (out3, port3, took3) = run("break3", 3);
@@ -380,20 +376,7 @@ fn small_message_workloads_are_never_reset_under_the_default_policy() {
         "pyserver",
     )
     .unwrap_or_else(|e| fail(e));
-    let run = |name: &str, step: &str| -> (String, u16, Duration) {
-        let mut c = Client::start(
-            &r.net.client_ns,
-            r.dir.path(),
-            name,
-            addr,
-            &steps(&["tls=1.3", step]),
-        )
-        .unwrap_or_else(|e| fail(e));
-        let port = c.wait_connected(CLIENT_WAIT).unwrap_or_else(|e| fail(e));
-        let start = Instant::now();
-        let out = c.finish(CLIENT_WAIT);
-        (out, port, start.elapsed())
-    };
+    let run = |name: &str, step: &str| timed_run(&r, name, addr, &steps(&["tls=1.3", step]));
     let (ping, ping_port, ping_took) = run("pingpong", "ping=1000,3,+OK\\r\\n");
     let pings = ok_count(&ping, "PING");
     let ping_rate = pings as f64 / ping_took.as_secs_f64();
