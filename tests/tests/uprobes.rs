@@ -846,13 +846,11 @@ fn socket_hooks_unprobed_server_attributed_by_its_socket_io() {
     });
 }
 
-/// One connection from a probed `s_client` to an `s_server` on an unprobed
-/// libssl copy at `port`: the server is named by its socket I/O alone.
-fn unprobed_server_body(sc: &mut Scenario, port: u16) -> Result<()> {
-    let addr = sc.server_addr(false, port);
-    let copy = unprobed_libssl(sc.dir.path())?;
+/// `openssl s_server` on `addr` in the server's namespace with the
+/// certificate of the scenario, started through `env VAR=VALUE` (`env`).
+fn s_server_with_env(sc: &Scenario, addr: SocketAddr, env: &str) -> Command {
     let mut c = sc.net.server_cmd("env");
-    c.arg(format!("LD_PRELOAD={}", copy.display()))
+    c.arg(env)
         .arg("openssl")
         .arg("s_server")
         .arg("-accept")
@@ -861,6 +859,15 @@ fn unprobed_server_body(sc: &mut Scenario, port: u16) -> Result<()> {
         .arg(&sc.cert.cert)
         .arg("-key")
         .arg(&sc.cert.key);
+    c
+}
+
+/// One connection from a probed `s_client` to an `s_server` on an unprobed
+/// libssl copy at `port`: the server is named by its socket I/O alone.
+fn unprobed_server_body(sc: &mut Scenario, port: u16) -> Result<()> {
+    let addr = sc.server_addr(false, port);
+    let copy = unprobed_libssl(sc.dir.path())?;
+    let c = s_server_with_env(sc, addr, &format!("LD_PRELOAD={}", copy.display()));
     // stdin stays open: on EOF s_server quits.
     let mut srv = tests::process::Proc::spawn("unprobed_s_server", c, sc.dir.path(), true)?;
     srv.wait_listening(&sc.net.server_ns, addr, Duration::from_secs(15))?;
@@ -1047,16 +1054,7 @@ fn server_started_after_the_agent_attributed_within_5s() {
         std::fs::create_dir_all(&lib_dir).context("creating the libssl copy's directory")?;
         let lib = lib_dir.join("libssl.so.3");
         std::fs::copy(LIBSSL, &lib).context("copying libssl")?;
-        let mut c = sc.net.server_cmd("env");
-        c.arg(format!("LD_LIBRARY_PATH={}", lib_dir.display()))
-            .arg("openssl")
-            .arg("s_server")
-            .arg("-accept")
-            .arg(addr.to_string())
-            .arg("-cert")
-            .arg(&sc.cert.cert)
-            .arg("-key")
-            .arg(&sc.cert.key);
+        let c = s_server_with_env(sc, addr, &format!("LD_LIBRARY_PATH={}", lib_dir.display()));
         let started = Instant::now();
         let mut srv = tests::process::Proc::spawn("late_s_server", c, sc.dir.path(), true)?;
         sc.add_logs(&srv);
