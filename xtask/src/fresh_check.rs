@@ -312,47 +312,15 @@ fn become_subreaper() -> Result<()> {
     Ok(())
 }
 
-/// Live (not zombie) descendants of `pid`, from `/proc/*/stat`.
+/// Live (not zombie) descendants of `pid` ([`crate::procs::tree`]
+/// without `pid` itself).
 fn descendants_of(pid: u32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let parents: Vec<(i32, i32)> = entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (state, ppid) = stat_state_and_ppid(&stat)?;
-            (state != 'Z').then_some((pid, ppid))
-        })
-        .collect();
-    let Ok(root) = i32::try_from(pid) else {
-        return Vec::new();
-    };
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    found.remove(0);
-    found
-}
-
-/// The state letter and parent pid of a `/proc/PID/stat` line (the fields
-/// after the parenthesised command name, which may contain spaces).
-fn stat_state_and_ppid(stat: &str) -> Option<(char, i32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
+    crate::procs::tree(pid)
+        .into_iter()
+        .skip(1)
+        .filter(|(_, state)| *state != 'Z')
+        .filter_map(|(p, _)| i32::try_from(p).ok())
+        .collect()
 }
 
 /// The run's root: an overlay (or copy) of the base with the kernel
@@ -675,14 +643,6 @@ mod tests {
     }
 
     #[test]
-    fn stat_fields_after_a_command_name_with_spaces() {
-        let stat = "4242 (tokio rt) S 17 4242 4242 0 -1 4194560 144";
-        assert_eq!(stat_state_and_ppid(stat), Some(('S', 17)));
-        assert_eq!(stat_state_and_ppid("1 (a) Z"), None);
-        assert_eq!(stat_state_and_ppid("no parenthesis"), None);
-    }
-
-    #[test]
     fn a_grandchild_is_a_descendant() {
         let mut sh = Command::new("sh")
             .args(["-c", "sleep 30 & wait"])
@@ -692,8 +652,8 @@ mod tests {
         let child_of_sh = |pid: &i32| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|s| stat_state_and_ppid(&s))
-                .is_some_and(|(_, ppid)| ppid == sh_pid)
+                .and_then(|s| crate::procs::state_and_ppid(&s))
+                .is_some_and(|(_, ppid)| i32::try_from(ppid) == Ok(sh_pid))
         };
         let mut found = Vec::new();
         for _ in 0..100 {

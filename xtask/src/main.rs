@@ -10,6 +10,7 @@ mod build;
 mod deb;
 mod fresh_check;
 mod fuzz;
+mod procs;
 mod quickstart;
 mod rootfs;
 mod run;
